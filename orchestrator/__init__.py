@@ -1,0 +1,3 @@
+"""kbisect: differential kernel-version bisection orchestrator."""
+
+__version__ = "0.1.0"
