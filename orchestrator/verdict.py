@@ -1,0 +1,62 @@
+"""Verdict types shared by the probe, the bisection engine, the store and the reports.
+
+The reproducer protocol follows `git bisect run`: exit 0 good, 1 bad, 125 skip. Anything
+else (other codes, timeouts, boot failures, infrastructure trouble) is SKIP with a reason,
+never silently GOOD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    GOOD = "good"
+    BAD = "bad"
+    SKIP = "skip"
+
+    @property
+    def exit_code(self) -> int:
+        return {Verdict.GOOD: 0, Verdict.BAD: 1, Verdict.SKIP: 125}[self]
+
+    @classmethod
+    def from_exit_code(cls, code: int | None) -> "Verdict":
+        if code == 0:
+            return cls.GOOD
+        if code == 1:
+            return cls.BAD
+        return cls.SKIP
+
+
+@dataclass
+class ProbeRecord:
+    """One kernel booted, one reproducer run, one verdict."""
+
+    kernel: str  # kernel spec, e.g. "debian:6.1.0-54-cloud-amd64"
+    bug: str
+    verdict: Verdict
+    reason: str  # one line: what the reproducer saw, or why it was skipped / bad
+    phases: dict[str, float] = field(default_factory=dict)  # prepare, boot, upload, run, teardown (seconds)
+    console_excerpt: str = ""
+    output: str = ""  # reproducer stdout+stderr (tail)
+    artefacts: list[str] = field(default_factory=list)  # host paths of fetched files (dmesg, pcap...)
+    started_at: float = 0.0  # epoch seconds
+
+    @property
+    def seconds(self) -> float:
+        return round(sum(self.phases.values()), 3)
+
+    def to_json(self) -> dict:
+        return {
+            "kernel": self.kernel,
+            "bug": self.bug,
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "phases": self.phases,
+            "seconds": self.seconds,
+            "console_excerpt": self.console_excerpt,
+            "output": self.output,
+            "artefacts": self.artefacts,
+            "started_at": self.started_at,
+        }
