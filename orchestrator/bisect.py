@@ -1,0 +1,460 @@
+"""The bisection engine: pure logic over one lineage, no I/O.
+
+Like syzkaller's pkg/bisect, the engine never boots anything itself. It is handed an ordered
+list of candidate kernels of ONE lineage (oldest first, each available or not) and a probe
+function, and returns an explicit result: last good, first bad, every probe, a confidence and
+why it stopped. Everything that touches the world (VMs, the results database, replayed
+verdicts) lives in the probe function the caller injects, so every rule here is testable with
+simulated probes.
+
+Rules, and why:
+
+* The ends are confirmed first. Bisecting between two kernels that do not show good and bad is
+  bisecting nonsense; the result then says ``ends-disagree`` so the differential can look
+  elsewhere (the gretap-ECN case: the user's "bad 5.4" was a distro kernel, mainline 5.4 is good).
+* Unavailable kernels and skip verdicts never decide anything; the search moves to the nearest
+  testable neighbour of the midpoint. When nothing testable is left the result names the set of
+  kernels the first bad could be (syzkaller's "inconclusive: the first bad commit could be any of").
+* Flaky reproducers are run several times per kernel (the reproducer's RepeatPolicy): BAD needs
+  ``bad_needed`` bad runs, GOOD needs enough good runs that ``bad_needed`` can no longer be
+  reached. Confidence is syzkaller's ∏(1 − (1 − p)^good_runs) over the kernels called good,
+  with p the per-run detection probability (1 for deterministic reproducers, estimated from the
+  bad runs otherwise); results below 0.66 are flagged.
+* The boundary is verified (last good and first bad re-run ``verify`` times, default 3) before
+  it is reported, because one lucky good run on a flaky bug moves the boundary silently.
+* With clean verdicts at most ⌈log2 n⌉ + 2 distinct kernels are probed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from orchestrator.catalog import RepeatPolicy
+from orchestrator.verdict import ProbeRecord, Verdict
+
+CONFIDENCE_THRESHOLD = 0.66
+DEFAULT_VERIFY = 3
+
+# Result statuses.
+FOUND = "found"  # last good and first bad are adjacent testable kernels
+INCONCLUSIVE = "inconclusive"  # the first bad is one of a set of untestable kernels
+ENDS_DISAGREE = "ends-disagree"  # the good end is not good or the bad end is not bad
+UNSTABLE = "unstable"  # boundary verification contradicted the bisection
+NO_CANDIDATES = "no-candidates"  # nothing testable at one of the ends
+
+
+@dataclass
+class Candidate:
+    """One kernel of the lineage being bisected."""
+
+    spec: str  # full spec handed to the probe, e.g. "mainline:5.7-rc5"
+    label: str = ""  # display form as in `kernels list`, e.g. "5.7-rc5"
+    available: bool = True
+    reason: str = ""  # why it is unavailable (failed build, gone...)
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = self.spec.split(":", 1)[-1]
+
+
+@dataclass
+class RunOutcome:
+    """One reproducer run on one kernel, whatever produced it (VM, replay file, database)."""
+
+    verdict: Verdict
+    seconds: float = 0.0
+    reason: str = ""
+    origin: str = "probe"  # probe | replay | store
+    record: ProbeRecord | None = None  # the full record when a VM produced it
+
+
+# A probe function: given a candidate, do ONE reproducer run (or return several runs at once).
+ProbeResult = Verdict | RunOutcome | ProbeRecord | Sequence[Verdict | RunOutcome | ProbeRecord]
+ProbeFn = Callable[[Candidate], ProbeResult]
+
+
+@dataclass
+class Probe:
+    """One verdict on one kernel: the runs the repeat policy needed, folded into a verdict."""
+
+    kernel: str  # spec
+    label: str
+    verdict: Verdict
+    runs: int
+    good_runs: int
+    bad_runs: int
+    skip_runs: int
+    seconds: float
+    reason: str
+    phase: str  # ends | bisect | verify
+    origins: list[str] = field(default_factory=list)  # where each run came from
+    records: list[ProbeRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "label": self.label,
+            "verdict": self.verdict.value,
+            "runs": self.runs,
+            "good_runs": self.good_runs,
+            "bad_runs": self.bad_runs,
+            "skip_runs": self.skip_runs,
+            "seconds": round(self.seconds, 3),
+            "reason": self.reason,
+            "phase": self.phase,
+            "origins": sorted(set(self.origins)),
+        }
+
+
+@dataclass
+class BisectResult:
+    """Everything the engine concluded about one lineage."""
+
+    status: str
+    lineage: str
+    last_good: Candidate | None
+    first_bad: Candidate | None
+    probes: list[Probe]
+    confidence: float
+    stopped: str  # one line: why the engine stopped
+    suspects: list[Candidate] = field(default_factory=list)  # when inconclusive: first bad is one of these
+    good_end: Candidate | None = None  # the ends actually used (may have moved inwards)
+    bad_end: Candidate | None = None
+    disagreeing_end: str | None = None  # "good" or "bad" when status is ends-disagree
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> bool:
+        """Below the confidence threshold: say so rather than present a guess as a finding."""
+        return self.confidence < CONFIDENCE_THRESHOLD
+
+    @property
+    def distinct_kernels(self) -> int:
+        return len({p.kernel for p in self.probes})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "lineage": self.lineage,
+            "last_good": self.last_good.label if self.last_good else None,
+            "first_bad": self.first_bad.label if self.first_bad else None,
+            "suspects": [c.label for c in self.suspects],
+            "confidence": round(self.confidence, 4),
+            "flagged": self.flagged,
+            "stopped": self.stopped,
+            "disagreeing_end": self.disagreeing_end,
+            "notes": list(self.notes),
+            "probes": [p.to_json() for p in self.probes],
+        }
+
+
+def _as_runs(result: ProbeResult) -> list[RunOutcome]:
+    """Normalise whatever the probe returned into run outcomes (one call may carry several runs)."""
+    items: Iterable[Any]
+    if isinstance(result, (Verdict, RunOutcome, ProbeRecord)):
+        items = [result]
+    else:
+        items = list(result)
+    runs: list[RunOutcome] = []
+    for item in items:
+        if isinstance(item, RunOutcome):
+            runs.append(item)
+        elif isinstance(item, ProbeRecord):
+            runs.append(RunOutcome(item.verdict, item.seconds, item.reason, "probe", item))
+        elif isinstance(item, Verdict):
+            runs.append(RunOutcome(item))
+        elif isinstance(item, str):
+            runs.append(RunOutcome(Verdict(item)))
+        else:
+            raise TypeError(f"probe returned {type(item).__name__}, expected a Verdict, RunOutcome or ProbeRecord")
+    if not runs:
+        raise ValueError("probe returned no runs")
+    return runs
+
+
+def good_needed(policy: RepeatPolicy) -> int:
+    """Good runs needed for GOOD: enough that `bad_needed` bad runs are out of reach in `runs`."""
+    return max(1, policy.runs - policy.bad_needed + 1)
+
+
+def decide(policy: RepeatPolicy, good: int, bad: int, skip: int) -> Verdict | None:
+    """Fold run counts into a verdict, or None while more runs are needed."""
+    if bad >= policy.bad_needed:
+        return Verdict.BAD
+    if good >= good_needed(policy):
+        return Verdict.GOOD
+    if good + bad + skip >= max_attempts(policy):
+        return Verdict.SKIP
+    return None
+
+
+def max_attempts(policy: RepeatPolicy) -> int:
+    """Flaky reproducers get up to twice their runs so a few skipped runs do not waste a kernel."""
+    return policy.runs * 2 if policy.flaky else policy.runs
+
+
+class Engine:
+    """Bisect one lineage. Construct, then call `run()`; the engine keeps no global state."""
+
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        probe: ProbeFn,
+        *,
+        policy: RepeatPolicy | None = None,
+        lineage: str = "",
+        verify: int = DEFAULT_VERIFY,
+        p: float | None = None,
+        on_probe: Callable[[Probe], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+        known: dict[str, Verdict] | None = None,
+    ) -> None:
+        """`known` carries verdicts already established elsewhere (e.g. by the differential) so an
+        end is not probed twice; `p` fixes the per-run detection probability (else estimated)."""
+        self.candidates = list(candidates)
+        self.probe_fn = probe
+        self.policy = policy or RepeatPolicy()
+        self.lineage = lineage
+        self.verify = max(0, verify)
+        self.fixed_p = p
+        self.on_probe = on_probe
+        self.on_event = on_event
+        self.known: dict[str, Verdict] = dict(known or {})
+        self.probes: list[Probe] = []
+        self.verdicts: dict[str, Verdict] = {}
+        self.untestable: set[int] = {i for i, c in enumerate(self.candidates) if not c.available}
+        self.notes: list[str] = []
+
+    # -- probing ---------------------------------------------------------------------------
+    def _event(self, message: str) -> None:
+        if self.on_event:
+            self.on_event(message)
+
+    def judge(self, cand: Candidate, phase: str) -> Probe:
+        """Run the probe as often as the policy needs and fold the runs into one verdict."""
+        if cand.spec in self.known and phase != "verify":
+            verdict = self.known[cand.spec]
+            probe = Probe(cand.spec, cand.label, verdict, 0, 0, 0, 0, 0.0,
+                          "established earlier in this run", phase, ["known"])
+            self.verdicts[cand.spec] = verdict
+            return probe
+        good = bad = skip = 0
+        seconds = 0.0
+        reasons: list[str] = []
+        origins: list[str] = []
+        records: list[ProbeRecord] = []
+        verdict: Verdict | None = None
+        started = time.monotonic()
+        while verdict is None:
+            for run in _as_runs(self.probe_fn(cand)):
+                if run.verdict is Verdict.GOOD:
+                    good += 1
+                elif run.verdict is Verdict.BAD:
+                    bad += 1
+                else:
+                    skip += 1
+                seconds += run.seconds
+                origins.append(run.origin)
+                if run.record is not None:
+                    records.append(run.record)
+                if run.reason and run.reason not in reasons:
+                    reasons.append(run.reason)
+            verdict = decide(self.policy, good, bad, skip)
+        if not seconds:
+            seconds = time.monotonic() - started if "probe" in origins else 0.0
+        runs = good + bad + skip
+        summary = f"{bad}/{good + bad} bad runs" if runs > 1 else ""
+        reason = "; ".join(filter(None, [summary, *reasons[:3]]))
+        probe = Probe(cand.spec, cand.label, verdict, runs, good, bad, skip, seconds, reason, phase, origins, records)
+        self.probes.append(probe)
+        if phase != "verify":
+            self.verdicts[cand.spec] = verdict
+        if self.on_probe:
+            self.on_probe(probe)
+        return probe
+
+    # -- the search ------------------------------------------------------------------------
+    def _testable(self, i: int) -> bool:
+        return i not in self.untestable
+
+    def _nearest(self, lo: int, hi: int) -> int | None:
+        """The testable index strictly inside (lo, hi) nearest the midpoint; lower one on ties
+        (a good verdict there still halves the rest)."""
+        mid = (lo + hi) // 2
+        for delta in range(0, hi - lo):
+            for i in (mid - delta, mid + delta):
+                if lo < i < hi and self._testable(i):
+                    return i
+        return None
+
+    def _confirm_end(self, start: int, step: int, stop: int, want: Verdict) -> tuple[int | None, Probe | None]:
+        """Probe the end at `start`; unavailable or skipped ends move inwards by `step`."""
+        i = start
+        while i != stop:
+            cand = self.candidates[i]
+            if not self._testable(i):
+                i += step
+                continue
+            probe = self.judge(cand, "ends")
+            if probe.verdict is Verdict.SKIP:
+                self.untestable.add(i)
+                i += step
+                continue
+            return i, probe
+        return None, None
+
+    def run(self) -> BisectResult:
+        """Confirm the ends, bisect, verify the boundary, and explain the outcome."""
+        n = len(self.candidates)
+        if n < 2:
+            return self._result(NO_CANDIDATES, None, None, f"need at least two kernels in the lineage, got {n}")
+        self._event(f"{self.lineage or 'lineage'}: {n} candidates, "
+                    f"{self.candidates[0].label} .. {self.candidates[-1].label}")
+
+        gi, gprobe = self._confirm_end(0, +1, n - 1, Verdict.GOOD)
+        if gi is None or gprobe is None:
+            return self._result(NO_CANDIDATES, None, None,
+                                "no testable kernel at the good end (all unavailable or skipped)")
+        if gi != 0:
+            self.notes.append(f"good end {self.candidates[0].label} untestable; "
+                              f"used {self.candidates[gi].label} instead")
+        if gprobe.verdict is Verdict.BAD:
+            res = self._result(ENDS_DISAGREE, None, None,
+                               f"good end {self.candidates[gi].label} is bad: the regression is older than the range")
+            res.disagreeing_end = "good"
+            res.good_end = self.candidates[gi]
+            res.bad_end = self.candidates[-1]
+            return res
+
+        bi, bprobe = self._confirm_end(n - 1, -1, gi, Verdict.BAD)
+        if bi is None or bprobe is None:
+            return self._result(NO_CANDIDATES, self.candidates[gi], None,
+                                "no testable kernel at the bad end (all unavailable or skipped)")
+        if bi != n - 1:
+            self.notes.append(f"bad end {self.candidates[-1].label} untestable; "
+                              f"used {self.candidates[bi].label} instead")
+        if bprobe.verdict is Verdict.GOOD:
+            res = self._result(ENDS_DISAGREE, self.candidates[bi], None,
+                               f"bad end {self.candidates[bi].label} is good: "
+                               f"the bug is not in this lineage between the given ends")
+            res.disagreeing_end = "bad"
+            res.good_end, res.bad_end = self.candidates[gi], self.candidates[bi]
+            return res
+
+        lo, hi = gi, bi
+        while hi - lo > 1:
+            i = self._nearest(lo, hi)
+            if i is None:
+                break
+            probe = self.judge(self.candidates[i], "bisect")
+            if probe.verdict is Verdict.GOOD:
+                lo = i
+            elif probe.verdict is Verdict.BAD:
+                hi = i
+            else:
+                self.untestable.add(i)
+                self._event(f"{self.candidates[i].label}: skip ({probe.reason}); trying a neighbour")
+
+        good_end, bad_end = self.candidates[gi], self.candidates[bi]
+        if hi - lo > 1:
+            suspects = self.candidates[lo + 1: hi + 1]
+            res = self._result(INCONCLUSIVE, self.candidates[lo], None,
+                               "inconclusive: first bad could be any of "
+                               + ", ".join(c.label for c in suspects))
+            res.suspects = suspects
+            res.good_end, res.bad_end = good_end, bad_end
+            # the verified part of the answer still helps: the newest good and the oldest bad known
+            res.notes.append(f"untestable between {self.candidates[lo].label} and {self.candidates[hi].label}: "
+                             + ", ".join(self._why_untestable(j) for j in range(lo + 1, hi)))
+            self._verify(self.candidates[lo], self.candidates[hi], res)
+            return res
+
+        res = self._result(FOUND, self.candidates[lo], self.candidates[hi],
+                           f"boundary found: {self.candidates[lo].label} good, {self.candidates[hi].label} bad")
+        res.good_end, res.bad_end = good_end, bad_end
+        self._verify(self.candidates[lo], self.candidates[hi], res)
+        return res
+
+    def _why_untestable(self, j: int) -> str:
+        cand = self.candidates[j]
+        if not cand.available:
+            return f"{cand.label} (unavailable{': ' + cand.reason if cand.reason else ''})"
+        return f"{cand.label} (skip)"
+
+    def _verify(self, last_good: Candidate, first_bad: Candidate, res: BisectResult) -> None:
+        """Re-run both sides of the boundary; any contradiction makes the result `unstable`."""
+        if not self.verify:
+            res.confidence = self.confidence()
+            return
+        self._event(f"verifying boundary: {last_good.label} and {first_bad.label}, {self.verify}x each")
+        contradictions: list[str] = []
+        for cand, want in ((last_good, Verdict.GOOD), (first_bad, Verdict.BAD)):
+            for _ in range(self.verify):
+                probe = self.judge(cand, "verify")
+                if probe.verdict is not want and probe.verdict is not Verdict.SKIP:
+                    contradictions.append(f"{cand.label} was {probe.verdict.value} on re-run")
+        if contradictions:
+            res.status = UNSTABLE
+            res.stopped = "boundary verification failed: " + "; ".join(contradictions)
+        res.confidence = self.confidence()
+        if contradictions:
+            res.confidence = min(res.confidence, 0.5)
+
+    # -- confidence ------------------------------------------------------------------------
+    def detection_p(self) -> float:
+        """Per-run probability the reproducer shows the bug on a bad kernel.
+
+        A deterministic policy (one run, not flaky) means p = 1. Otherwise estimate from every
+        run on kernels called bad, shrunk towards uncertainty (bad / (runs + 1)) so that a
+        handful of bad runs never claims certainty."""
+        if self.fixed_p is not None:
+            return self.fixed_p
+        if not self.policy.flaky and self.policy.runs <= 1:
+            return 1.0
+        bad = total = 0
+        for probe in self.probes:
+            if probe.verdict is Verdict.BAD or (probe.phase == "verify" and probe.bad_runs):
+                bad += probe.bad_runs
+                total += probe.good_runs + probe.bad_runs
+        if not total:
+            return 0.5
+        return bad / (total + 1)
+
+    def confidence(self) -> float:
+        """∏ over kernels called good of P(a bad kernel would have shown at least one bad run)."""
+        p = self.detection_p()
+        good_runs: dict[str, int] = {}
+        for probe in self.probes:
+            if probe.good_runs and probe.bad_runs < self.policy.bad_needed:
+                good_runs[probe.kernel] = good_runs.get(probe.kernel, 0) + probe.good_runs
+        conf = 1.0
+        for runs in good_runs.values():
+            conf *= 1.0 - (1.0 - p) ** runs
+        return conf
+
+    def _result(self, status: str, last_good: Candidate | None, first_bad: Candidate | None,
+                stopped: str) -> BisectResult:
+        self._event(stopped)
+        return BisectResult(
+            status=status,
+            lineage=self.lineage,
+            last_good=last_good,
+            first_bad=first_bad,
+            probes=self.probes,
+            confidence=self.confidence(),
+            stopped=stopped,
+            notes=self.notes,
+        )
+
+
+def bisect(candidates: Sequence[Candidate], probe: ProbeFn, **kwargs: Any) -> BisectResult:
+    """Convenience wrapper: `Engine(candidates, probe, **kwargs).run()`."""
+    return Engine(candidates, probe, **kwargs).run()
+
+
+def clean_bound(n: int) -> int:
+    """The most distinct kernels a clean bisection of n candidates may probe: ⌈log2 n⌉ + 2."""
+    return math.ceil(math.log2(max(n, 1))) + 2
