@@ -1,0 +1,199 @@
+"""The results database: every probe stored the moment it finishes, so a killed bisection resumes.
+
+A probe is keyed by (bug id, kernel spec, reproducer content hash, sequence number). The content
+hash means editing the reproducer invalidates old verdicts automatically (they answered a
+different question); the sequence number is the n-th time this run asked for that kernel, so
+boundary re-runs are stored too and a resumed run replays exactly the answers the killed run had
+already paid for, in the same order, and then continues with real probes.
+
+SQLite because it is transactional (a kill mid-write loses at most the probe in flight) and needs
+no daemon; it lives under `$KBISECT_HOME/results.db`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from orchestrator import config
+from orchestrator.catalog import Bug
+from orchestrator.verdict import ProbeRecord, Verdict
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS probes (
+    bug TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    repro_hash TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    record TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (bug, kernel, repro_hash, seq)
+);
+"""
+
+
+def reproducer_hash(bug: Bug) -> str:
+    """sha256 over the reproducer directory (relative paths and contents, sorted): the same
+    reproducer on the same kernel gives the same answer, a changed one must be re-asked."""
+    digest = hashlib.sha256()
+    root = Path(bug.dir)
+    if root.is_dir():
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    else:
+        digest.update(bug.id.encode())
+    return digest.hexdigest()[:16]
+
+
+def _record_from_json(data: dict) -> ProbeRecord:
+    return ProbeRecord(
+        kernel=data["kernel"],
+        bug=data["bug"],
+        verdict=Verdict(data["verdict"]),
+        reason=data.get("reason", ""),
+        phases=dict(data.get("phases", {})),
+        console_excerpt=data.get("console_excerpt", ""),
+        output=data.get("output", ""),
+        artefacts=list(data.get("artefacts", [])),
+        started_at=float(data.get("started_at", 0.0)),
+    )
+
+
+class Store:
+    """Probe records in SQLite. One connection per Store; each put is its own transaction."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path else config.home() / "results.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+        self.conn.commit()
+
+    def get(self, bug: str, kernel: str, repro_hash: str, seq: int) -> ProbeRecord | None:
+        row = self.conn.execute(
+            "SELECT record FROM probes WHERE bug=? AND kernel=? AND repro_hash=? AND seq=?",
+            (bug, kernel, repro_hash, seq),
+        ).fetchone()
+        return _record_from_json(json.loads(row[0])) if row else None
+
+    def put(self, bug: str, kernel: str, repro_hash: str, seq: int, record: ProbeRecord) -> None:
+        """Store (or, under --fresh, replace) one finished probe and commit at once."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?,?,?,?)",
+                (bug, kernel, repro_hash, seq, record.verdict.value, record.reason, record.seconds,
+                 json.dumps(record.to_json()), time.time()),
+            )
+
+    def all(self, bug: str | None = None) -> list[tuple[str, str, str, int, str]]:
+        """(bug, kernel, repro_hash, seq, verdict) rows, for inspection and tests."""
+        sql = "SELECT bug, kernel, repro_hash, seq, verdict FROM probes"
+        args: tuple = ()
+        if bug:
+            sql += " WHERE bug=?"
+            args = (bug,)
+        return [tuple(r) for r in self.conn.execute(sql + " ORDER BY stored_at", args)]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- replay files and the resuming probe -------------------------------------------------------
+
+_WORDS = {"good": Verdict.GOOD, "bad": Verdict.BAD, "skip": Verdict.SKIP,
+          "0": Verdict.GOOD, "1": Verdict.BAD, "125": Verdict.SKIP}
+
+
+def _parse_verdict(value: object, where: str) -> list[Verdict]:
+    """`bad`, `good`, `skip`, an exit code (0/1/125), or a list of those (several runs)."""
+    from orchestrator.errors import KbisectError
+
+    if isinstance(value, list):
+        out: list[Verdict] = []
+        for item in value:
+            out.extend(_parse_verdict(item, where))
+        if not out:
+            raise KbisectError(f"{where}: empty list of verdicts")
+        return out
+    if isinstance(value, bool) or value is None:
+        raise KbisectError(f"{where}: verdict must be good, bad or skip, got {value!r}")
+    key = str(value).strip().lower()
+    if key not in _WORDS:
+        raise KbisectError(f"{where}: verdict must be good, bad or skip (or 0/1/125), got {value!r}")
+    return [_WORDS[key]]
+
+
+def load_replay(path: Path) -> dict[str, list[Verdict]]:
+    """Read a `--verdicts` file: a YAML or JSON object mapping kernel specs to verdicts
+    (ktest's BISECT_REPLAY, and how a user feeds in verdicts found by hand)."""
+    import yaml
+
+    from orchestrator.errors import KbisectError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KbisectError(f"--verdicts {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise KbisectError(f"--verdicts {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise KbisectError(f"--verdicts {path}: expected an object mapping kernel to verdict")
+    return {str(k).strip(): _parse_verdict(v, f"--verdicts {path}: {k}") for k, v in data.items()}
+
+
+class ResumingProbe:
+    """The probe function handed to the engine: replay file first, then the database, then a VM.
+
+    Answers come in this order because a replayed verdict is the user's word (it never boots),
+    a stored one was already paid for, and only what is left costs a boot. Each real probe is
+    stored the moment it returns, so a kill loses at most the probe in flight. `fresh` ignores
+    stored verdicts (new ones still overwrite them). `canon` maps a replay-file key to the spec
+    form the engine's candidates use, so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
+    """
+
+    def __init__(self, bug: Bug, real_probe, *, store: Store | None = None,
+                 replay: dict[str, list[Verdict]] | None = None, fresh: bool = False,
+                 canon=None, repro_hash: str | None = None) -> None:
+        self.bug = bug
+        self.real_probe = real_probe  # (spec: str) -> ProbeRecord
+        self.store = store
+        self.fresh = fresh
+        self.canon = canon or (lambda s: s)
+        self.replay: dict[str, list[Verdict]] = {}
+        for key, verdicts in (replay or {}).items():
+            self.replay[self.canon(key)] = verdicts
+        self.repro_hash = repro_hash or reproducer_hash(bug)
+        self.seq: dict[str, int] = {}
+        self.counts = {"replay": 0, "store": 0, "probe": 0}
+
+    def __call__(self, cand):
+        from orchestrator.bisect import RunOutcome
+
+        spec = cand.spec if hasattr(cand, "spec") else str(cand)
+        n = self.seq.get(spec, 0)
+        self.seq[spec] = n + 1
+        replayed = self.replay.get(self.canon(spec))
+        if replayed is not None:
+            self.counts["replay"] += 1
+            verdict = replayed[n % len(replayed)]
+            return RunOutcome(verdict, 0.0, "from --verdicts file", "replay")
+        if self.store is not None and not self.fresh:
+            record = self.store.get(self.bug.id, spec, self.repro_hash, n)
+            if record is not None:
+                self.counts["store"] += 1
+                return RunOutcome(record.verdict, record.seconds,
+                                  (record.reason + " (stored)").strip(), "store", record)
+        record = self.real_probe(spec)
+        if self.store is not None:
+            self.store.put(self.bug.id, spec, self.repro_hash, n, record)
+        self.counts["probe"] += 1
+        return RunOutcome(record.verdict, record.seconds, record.reason, "probe", record)
