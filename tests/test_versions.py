@@ -1,0 +1,178 @@
+"""Version parsing and ordering tables (pure, quick)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from orchestrator.errors import KbisectError
+from orchestrator.versions import (
+    DebianKernel,
+    KernelSpec,
+    KernelVersion,
+    parse_debian_kernel,
+    parse_debian_package_version,
+    parse_debian_version,
+    parse_mainline_dir,
+    parse_mainline_package_version,
+    parse_spec,
+    parse_ubuntu_version,
+    parse_version,
+    upstream_from_changelog,
+)
+
+ORDERED = ["4.15", "5.2.21", "5.4", "5.4.41", "5.6", "5.6.17", "5.7-rc1", "5.7-rc7", "5.7", "5.7.1",
+           "5.7.2", "5.8-rc1", "5.9", "5.10", "5.10.223", "6.0", "6.1", "6.1.53", "6.12-rc1", "6.12"]
+
+
+def test_total_order_matches_release_history():
+    parsed = [parse_version(v) for v in ORDERED]
+    shuffled = parsed[:]
+    random.Random(7).shuffle(shuffled)
+    assert sorted(shuffled) == parsed
+    assert [str(v) for v in sorted(shuffled)] == ORDERED
+
+
+def test_issue_chain_pairwise():
+    chain = ["5.6", "5.6.17", "5.7-rc1", "5.7-rc7", "5.7", "5.7.2", "5.8-rc1"]
+    for a, b in zip(chain, chain[1:]):
+        assert parse_version(a) < parse_version(b), (a, b)
+        assert not parse_version(b) < parse_version(a)
+    # numeric, not lexical: rc10 after rc9, 5.10 after 5.9
+    assert parse_version("5.7-rc9") < parse_version("5.7-rc10")
+    assert parse_version("5.9") < parse_version("5.10")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("4.15", "4.15"), ("v4.15", "4.15"), ("5.7-rc1", "5.7-rc1"), ("v5.7-rc4", "5.7-rc4"),
+    ("5.4.41", "5.4.41"), ("6.0", "6.0"), ("5.4.0", "5.4"), (" 6.1 ", "6.1"),
+])
+def test_parse_and_str(text, expected):
+    assert str(parse_version(text)) == expected
+
+
+def test_lineage_and_base():
+    assert parse_version("5.7").lineage == "mainline"
+    assert parse_version("5.7-rc4").lineage == "mainline"
+    assert parse_version("5.4.41").lineage == "stable-5.4"
+    assert parse_version("5.4.41").base == KernelVersion(5, 4)
+    assert parse_version("5.7-rc4").base == KernelVersion(5, 7)
+    assert parse_version("5.7-rc4").is_rc and not parse_version("5.7").is_rc
+    assert parse_version("6.0").mainline_dir == "v6.0"
+
+
+@pytest.mark.parametrize("bad", ["", "5", "five.four", "5.4.x", "v5.7-rc", "5.4.1-rc1", "5.4-rc1-dontuse"])
+def test_bad_versions_raise_one_line(bad):
+    with pytest.raises(KbisectError) as info:
+        parse_version(bad)
+    assert "\n" not in str(info.value) and "kernel version" in str(info.value)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("v4.15/", "4.15"), ("v5.2.21", "5.2.21"), ("v5.7-rc1/", "5.7-rc1"), ("v6.0", "6.0"), ("v6.1/", "6.1"),
+    ("v4.4-rc2+cod1/", None), ("v5.12-rc1-dontuse/", None), ("v4.4.10-xenial/", None),
+    ("v4.2-rc1-unstable", None), ("daily/", None), ("../", None), ("", None), ("v4.4.1-rc1/", None),
+])
+def test_mainline_dirs(name, expected):
+    got = parse_mainline_dir(name)
+    assert (str(got) if got else None) == expected
+
+
+def test_mainline_package_versions():
+    a = parse_mainline_package_version("5.4.0-050400.201911242031")
+    assert a.kernel == parse_version("5.4") and a.build == "201911242031" and a.kver_prefix == "5.4.0-050400"
+    rc = parse_mainline_package_version("4.6.0-040600rc1.201603261930")
+    assert str(rc.kernel) == "4.6-rc1" and rc.kver_prefix == "4.6.0-040600rc1"
+    assert str(rc) == "4.6.0-040600rc1.201603261930"
+    stable = parse_mainline_package_version("5.2.21-050221.201910111731")
+    assert str(stable.kernel) == "5.2.21"
+    # two builds of one version order by their timestamp
+    early = parse_mainline_package_version("5.16.0-051600.202201091830")
+    late = parse_mainline_package_version("5.16.0-051600.202201092355")
+    assert early < late and rc < a
+    with pytest.raises(KbisectError):
+        parse_mainline_package_version("5.4.0-26.30")
+
+
+def test_ubuntu_versions():
+    v = parse_ubuntu_version("5.4.0-26.30")
+    assert (str(v.base), v.abi, v.upload, v.abi_name) == ("5.4", 26, "30", "5.4.0-26")
+    assert str(v) == "5.4.0-26.30"
+    order = ["4.15.0-20.21", "5.4.0-26.30", "5.4.0-26.31", "5.4.0-77.86", "5.4.0-100.113", "5.15.0-25.25"]
+    parsed = [parse_ubuntu_version(x) for x in order]
+    assert sorted(reversed(parsed)) == parsed
+    # upstream stable base is carried but does not change identity
+    known = parse_ubuntu_version("5.4.0-26.30", upstream="5.4.30")
+    assert known.upstream == parse_version("5.4.30") and known == v
+    assert parse_ubuntu_version("5.4.0-26.30~18.04.1") < parse_ubuntu_version("5.4.0-26.30")
+    with pytest.raises(KbisectError):
+        parse_ubuntu_version("5.4.41")
+
+
+def test_upstream_from_changelog():
+    text = ("linux (5.4.0-45.49) focal\n  * Focal update: v5.4.51 upstream stable release\n"
+            "  * Focal update: v5.4.56 upstream stable release (LP: #1)\n")
+    assert upstream_from_changelog(text) == parse_version("5.4.56")
+    assert upstream_from_changelog("nothing here") is None
+
+
+def test_debian_abi_names():
+    old = parse_debian_kernel("6.1.0-54-cloud-amd64")
+    assert (str(old.upstream), old.abi, old.flavour, old.abi_name) == ("6.1", "54", "cloud-amd64", "6.1.0-54")
+    assert str(old) == "6.1.0-54-cloud-amd64"
+    new = parse_debian_kernel("6.12.94+deb13-cloud-amd64")
+    assert (str(new.upstream), new.abi, new.tag, new.flavour) == ("6.12.94", None, "+deb13", "cloud-amd64")
+    bare = parse_debian_kernel("6.12.94+deb13")
+    assert bare.flavour is None and str(bare) == "6.12.94+deb13"
+    assert str(parse_debian_kernel("6.1.0-0.deb11.48-amd64")) == "6.1.0-0.deb11.48-amd64"
+    order = ["4.19.0-27-amd64", "5.10.0-30-cloud-amd64", "5.10.0-46-cloud-amd64", "6.1.0-9-cloud-amd64",
+             "6.1.0-54-cloud-amd64", "6.1.0-56-cloud-amd64", "6.12.43+deb12-cloud-amd64",
+             "6.12.94+deb13-cloud-amd64", "6.12.100+deb13-cloud-amd64", "7.2.13+deb14-cloud-amd64"]
+    parsed = [parse_debian_kernel(x) for x in order]
+    assert sorted(reversed(parsed)) == parsed
+    for bad in ["6.1.190-1", "linux-image-6.1.0-54-amd64", "6.1.0", "6.1.0-54-"]:
+        with pytest.raises(KbisectError):
+            parse_debian_kernel(bad)
+
+
+def test_debian_package_versions():
+    a = parse_debian_package_version("6.1.190-1")
+    assert str(a.upstream) == "6.1.190"
+    assert parse_debian_package_version("6.1.172-1") < a
+    assert parse_debian_package_version("6.12.94-1~bpo12+1") < parse_debian_package_version("6.12.94-1")
+    assert isinstance(parse_debian_version("6.1.0-54-cloud-amd64"), DebianKernel)
+    assert isinstance(parse_debian_version("6.12.94+deb13"), DebianKernel)
+    assert str(parse_debian_version("6.1.190-1")) == "6.1.190-1"
+    with pytest.raises(KbisectError):
+        parse_debian_version("bookworm")
+
+
+@pytest.mark.parametrize("text,source,version,variant,canonical", [
+    ("4.15", "mainline", "4.15", None, "mainline:4.15"),
+    ("v4.15", "mainline", "4.15", None, "mainline:4.15"),
+    ("mainline:5.7-rc4", "mainline", "5.7-rc4", None, "mainline:5.7-rc4"),
+    ("mainline:5.4.41+revert-227adfb2b1df", "mainline", "5.4.41", "revert-227adfb2b1df",
+     "mainline:5.4.41+revert-227adfb2b1df"),
+    ("debian:6.1.0-54-cloud-amd64", "debian", "6.1.0-54-cloud-amd64", None, "debian:6.1.0-54-cloud-amd64"),
+    ("debian:6.12.94+deb13-cloud-amd64", "debian", "6.12.94+deb13-cloud-amd64", None,
+     "debian:6.12.94+deb13-cloud-amd64"),
+    ("debian:6.12.94+deb13-cloud-amd64+revert-abc", "debian", "6.12.94+deb13-cloud-amd64", "revert-abc",
+     "debian:6.12.94+deb13-cloud-amd64+revert-abc"),
+    ("ubuntu:5.4.0-26.30", "ubuntu", "5.4.0-26.30", None, "ubuntu:5.4.0-26.30"),
+    ("local:my-build", "local", "my-build", None, "local:my-build"),
+])
+def test_specs_round_trip(text, source, version, variant, canonical):
+    spec = parse_spec(text)
+    assert (spec.source, spec.version, spec.variant) == (source, version, variant)
+    assert str(spec) == canonical
+    assert parse_spec(str(spec)) == spec
+    assert spec.base_spec == KernelSpec(source, version)
+
+
+@pytest.mark.parametrize("bad", ["", "nosuch:5.4", "mainline:banana", "debian:6.1", "5.4+bad/name",
+                                 "ubuntu:5.4.41", "local:../x"])
+def test_bad_specs_one_line(bad):
+    with pytest.raises(KbisectError) as info:
+        parse_spec(bad)
+    assert "\n" not in str(info.value)
