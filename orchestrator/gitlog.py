@@ -1,0 +1,269 @@
+"""Git narrowing: from a version boundary to a ranked handful of commits.
+
+Once bisection has pinned a range (`v5.7-rc3..v5.7-rc4`, or `v5.4.40..v5.4.41`), the write-up's
+next step was `git log --grep=' ECT' v5.6..v5.7`. This module does that for every keyword of the
+reproducer, over the range, restricted to the reproducer's paths, and ranks what it finds:
+
+* keyword hits in the subject weigh more than hits in the body;
+* overlap of the changed files with the reproducer's paths;
+* a `Fixes:` tag pointing at a commit that touched relevant code (the culprit of gretap-ecn says
+  `Fixes: eccc1bb8d4b4 ("tunnel: drop packet if ECN present with not-ECT")`);
+* merges, documentation-only and other-architecture commits are demoted: they mention the words
+  but cannot change what an x86 guest does.
+
+Keyword hits outside the paths are still listed (with no path score) so that incomplete paths in
+a bug.yaml do not hide the culprit, but they rank below anything that touches the paths.
+
+Stable and distro commits name their upstream origin in a handful of conventional ways; those
+are mapped to an `upstream` sha, and in a differential the candidates present in both the
+stable/distro range and the upstream range rank first: that intersection is the backported
+culprit the write-up found by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from orchestrator.errors import KbisectError
+
+UPSTREAM_PATTERNS = [
+    re.compile(r"^\s*commit ([0-9a-f]{7,40}) upstream\.?", re.M | re.I),
+    re.compile(r"\[\s*Upstream commit ([0-9a-f]{7,40})\s*\]", re.I),
+    re.compile(r"\(cherry[ -]picked from commit ([0-9a-f]{7,40})[^)]*\)", re.I),
+    re.compile(r"\(backported from commit ([0-9a-f]{7,40})[^)]*\)", re.I),
+]
+FIXES = re.compile(r"^\s*Fixes:\s*([0-9a-f]{7,40})(?:\s*\(\"?(.*?)\"?\))?\s*$", re.M | re.I)
+OTHER_ARCHES = {"alpha", "arc", "arm", "arm64", "csky", "hexagon", "ia64", "loongarch", "m68k",
+                "microblaze", "mips", "nios2", "openrisc", "parisc", "powerpc", "riscv", "s390",
+                "sh", "sparc", "um", "xtensa"}
+
+# weights (see module docstring for why each exists)
+W_SUBJECT, W_BODY, W_PATH, W_ALL_RELEVANT, W_FIXES_PATH, W_FIXES_WORD = 5, 2, 4, 3, 3, 1
+P_MERGE, P_DOCS, P_ARCH = 12, 10, 10
+W_BOTH = 25
+
+
+@dataclass
+class Commit:
+    """One candidate commit and why it ranks where it does."""
+
+    sha: str
+    subject: str
+    score: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    upstream: str | None = None  # the mainline sha a stable/distro commit was taken from
+    files: list[str] = field(default_factory=list)
+    range: str = ""  # "upstream" or "stable" in a differential
+    backports: list[str] = field(default_factory=list)  # stable/distro shas carrying this upstream commit
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"sha": self.sha, "subject": self.subject, "score": round(self.score, 2),
+                                "reasons": list(self.reasons), "upstream": self.upstream}
+        if self.range:
+            data["range"] = self.range
+        if self.backports:
+            data["backports"] = list(self.backports)
+        return data
+
+
+def map_upstream(message: str) -> str | None:
+    """The upstream sha a stable/distro commit message names, or None."""
+    for pattern in UPSTREAM_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            return match.group(1).lower()
+    return None
+
+
+def _relevant(path: str, bug_paths: Iterable[str]) -> bool:
+    """A changed file is relevant when it is one of the paths or lies under one of them."""
+    for bp in bug_paths:
+        bp = bp.rstrip("/")
+        if path == bp or path.startswith(bp + "/"):
+            return True
+    return False
+
+
+def _is_doc(path: str) -> bool:
+    return path.startswith("Documentation/") or path.endswith((".rst", ".txt", ".md"))
+
+
+def _arch(path: str) -> str | None:
+    parts = path.split("/")
+    if len(parts) > 1 and parts[0] == "arch":
+        return parts[1]
+    return None
+
+
+def _open(repo_path: str | Path):
+    import git
+
+    try:
+        return git.Repo(str(repo_path))
+    except (git.exc.NoSuchPathError, git.exc.InvalidGitRepositoryError):
+        raise KbisectError(f"--repo {repo_path}: not a git repository") from None
+
+
+def _resolve(repo, rev: str) -> str:
+    import git
+
+    try:
+        return repo.commit(rev).hexsha
+    except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+        raise KbisectError(f"unknown revision {rev!r} in {repo.working_dir}") from None
+
+
+def _files(commit) -> list[str]:
+    """Files changed against the first parent (the whole tree for a root commit)."""
+    if commit.parents:
+        diff = commit.parents[0].diff(commit)
+        return sorted({d.b_path or d.a_path for d in diff})
+    return sorted(commit.stats.files)
+
+
+def _keyword_regex(word: str) -> re.Pattern[str]:
+    """Keywords match at a word start; all-caps acronyms (ECT, ECN) match case-sensitively, so
+    'ECT' does not hit "detect" or "connect" (the write-up grepped ' ECT' for the same reason)."""
+    flags = 0 if word.isupper() else re.I
+    return re.compile(r"(?<![A-Za-z0-9_])" + re.escape(word), flags)
+
+
+def _git_grep_args(word: str) -> list[str]:
+    """The same rule as `_keyword_regex`, in git's extended-regex dialect."""
+    pattern = r"(^|[^A-Za-z0-9_])" + re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", word)
+    return (["-E"] if word.isupper() else ["-E", "-i"]) + [f"--grep={pattern}"]
+
+
+def _hits(word: str, text: str) -> int:
+    return len(_keyword_regex(word).findall(text))
+
+
+def score_commit(repo, commit, keywords: list[str], paths: list[str]) -> Commit:
+    """Score one commit by the rules in the module docstring; every point has a reason."""
+    message = commit.message
+    subject, _, body = message.partition("\n")
+    files = _files(commit)
+    c = Commit(sha=commit.hexsha, subject=subject.strip(), files=files)
+
+    for kw in keywords:
+        s, b = _hits(kw, subject), _hits(kw, body)
+        if s:
+            c.score += W_SUBJECT
+            c.reasons.append(f"keyword {kw!r} in subject")
+        if b:
+            c.score += W_BODY
+            c.reasons.append(f"keyword {kw!r} in body")
+
+    relevant = [f for f in files if _relevant(f, paths)]
+    if relevant:
+        c.score += W_PATH * min(len(relevant), 3)
+        c.reasons.append("touches " + ", ".join(relevant[:4]))
+        if len(relevant) == len(files):
+            c.score += W_ALL_RELEVANT
+            c.reasons.append("touches only relevant paths")
+
+    for match in FIXES.finditer(body):
+        ref, fixed_subject = match.group(1), match.group(2) or ""
+        fixed_files: list[str] = []
+        try:
+            fixed_files = _files(repo.commit(ref))
+        except Exception:  # the fixed commit may predate a shallow or synthetic history
+            fixed_files = []
+        if any(_relevant(f, paths) for f in fixed_files):
+            c.score += W_FIXES_PATH
+            c.reasons.append(f"Fixes: {ref[:12]} touched relevant code")
+        elif any(_hits(kw, fixed_subject) for kw in keywords):
+            c.score += W_FIXES_WORD
+            c.reasons.append(f"Fixes: {ref[:12]} ({fixed_subject}) names a keyword")
+
+    if len(commit.parents) > 1:
+        c.score -= P_MERGE
+        c.reasons.append("merge commit (demoted)")
+    if files and all(_is_doc(f) for f in files):
+        c.score -= P_DOCS
+        c.reasons.append("documentation only (demoted)")
+    arches = {_arch(f) for f in files}
+    if files and None not in arches and arches & OTHER_ARCHES and "x86" not in arches:
+        c.score -= P_ARCH
+        c.reasons.append(f"other architecture only: {', '.join(sorted(a for a in arches if a))} (demoted)")
+
+    up = map_upstream(body)
+    if up:
+        try:
+            c.upstream = repo.commit(up).hexsha
+        except Exception:
+            c.upstream = up
+        c.reasons.append(f"backport of upstream {c.upstream[:12]}")
+    return c
+
+
+def find_candidates(repo_path: str | Path, good: str, bad: str, keywords: list[str],
+                    paths: list[str], *, limit: int = 50) -> list[Commit]:
+    """`git log --grep` per keyword over good..bad (merges included), restricted to the paths,
+    plus keyword hits elsewhere and path-only commits as lower tiers; ranked best first."""
+    repo = _open(repo_path)
+    good_sha, bad_sha = _resolve(repo, good), _resolve(repo, bad)
+    rng = f"{good_sha}..{bad_sha}"
+    shas: dict[str, None] = {}
+
+    def log(*args: str) -> list[str]:
+        out = repo.git.log("--format=%H", "--full-history", *args)
+        return [line for line in out.splitlines() if line]
+
+    for kw in keywords:
+        # tier 1: the issue's rule, keyword and paths; tier 2: keyword anywhere (paths may be incomplete)
+        if paths:
+            shas.update(dict.fromkeys(log(*_git_grep_args(kw), rng, "--", *paths)))
+        shas.update(dict.fromkeys(log(*_git_grep_args(kw), rng)))
+    if paths:
+        # tier 3: commits touching the paths whose message names no keyword (the bug may be silent)
+        shas.update(dict.fromkeys(log("--no-merges", "-n", "200", rng, "--", *paths)))
+
+    commits = [score_commit(repo, repo.commit(sha), keywords, paths) for sha in shas]
+    commits.sort(key=lambda c: (-c.score, c.subject))
+    return commits[:limit]
+
+
+def merge_differential(stable: list[Commit], upstream: list[Commit]) -> list[Commit]:
+    """One ranked list for a differential: upstream commits that the stable/distro range carries
+    as a backport first (the culprit by intersection), each followed by its backports, then the
+    rest of both ranges by score."""
+    for c in stable:
+        c.range = c.range or "stable"
+    for c in upstream:
+        c.range = c.range or "upstream"
+    by_sha = {c.sha: c for c in upstream}
+
+    def lookup(sha: str | None) -> Commit | None:
+        if not sha:
+            return None
+        if sha in by_sha:
+            return by_sha[sha]
+        matches = [c for s, c in by_sha.items() if s.startswith(sha) or sha.startswith(s)]
+        return matches[0] if len(matches) == 1 else None
+
+    both: dict[str, list[Commit]] = {}
+    for s in stable:
+        u = lookup(s.upstream)
+        if u is not None:
+            s.upstream = u.sha
+            both.setdefault(u.sha, []).append(s)
+    head: list[Commit] = []
+    for sha in sorted(both, key=lambda k: -by_sha[k].score):
+        u = by_sha[sha]
+        u.score += W_BOTH
+        u.backports = [s.sha for s in both[sha]]
+        u.reasons.insert(0, "in both ranges: carried by the stable/distro range as "
+                         + ", ".join(s.sha[:12] for s in both[sha]))
+        head.append(u)
+        for s in both[sha]:
+            s.score += W_BOTH
+            s.reasons.insert(0, f"in both ranges: backport of {u.sha[:12]}")
+            head.append(s)
+    seen = {id(c) for c in head}
+    rest = [c for c in upstream + stable if id(c) not in seen]
+    rest.sort(key=lambda c: (-c.score, c.subject))
+    return head + rest
