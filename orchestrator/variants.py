@@ -787,7 +787,7 @@ def build_variant(base_spec: str, patch: Path, name: str | None = None) -> Unpac
     patches shipped with reproducers. Cached by name; a cached variant built from a different
     patch is refused rather than silently reused.
     """
-    patch = Path(patch)
+    patch = Path(patch).resolve()
     if not patch.is_file():
         raise KbisectError(f"patch file {patch} does not exist")
     name = name or patch.name.removesuffix(".patch").removesuffix(".diff")
