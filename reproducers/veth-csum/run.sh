@@ -1,0 +1,90 @@
+#!/bin/bash
+# veth-csum: corrupted TCP segments crossing a veth must be dropped, not delivered.
+#
+# Sender ns S (tx checksum offload off, so every segment leaves as CHECKSUM_NONE with a
+# software checksum) streams random data over a veth to ns R while a few segments get a byte
+# corrupted after their checksum was computed. Kernels before ce8c839b74e3 (v4.4) turn
+# CHECKSUM_NONE into CHECKSUM_UNNECESSARY in veth_xmit, so R's TCP never checks the sum and the
+# corruption reaches the application.
+# Corruption: `netem corrupt` on the sender's egress (the write-up's recipe) when sch_netem
+# exists; otherwise an nftables rule in R's prerouting overwrites one payload byte of ~1 in 20
+# segments (raw payload write, no checksum fix-up) - it runs after veth_xmit, so it tests the
+# same ip_summed decision. Force one with VETH_CSUM_CORRUPT=netem|nft.
+# good: data identical and TcpInCsumErrors rose; bad: data differs; skip: nothing corrupted.
+set -u
+cd "$(dirname "$0")"
+. ./common.sh
+
+need_tools ip ethtool python3 timeout sha256sum
+load_modules veth sch_netem nf_tables nft_numgen
+SIZE_MB=${VETH_CSUM_MB:-8}
+METHOD=${VETH_CSUM_CORRUPT:-auto}
+
+S=kbvc-s-$SFX
+R=kbvc-r-$SFX
+new_netns "$S"
+new_netns "$R"
+ip -n "$S" link add c0 type veth peer name c1 netns "$R" || skip "cannot create a veth pair"
+ip -n "$S" addr add 192.0.2.1/24 dev c0
+ip -n "$R" addr add 192.0.2.2/24 dev c1
+ip -n "$S" link set c0 up
+ip -n "$R" link set c1 up
+ip netns exec "$S" ethtool -K c0 tx off >"$OUT/ethtool.txt" 2>&1 || skip "ethtool -K c0 tx off failed"
+
+if [ "$METHOD" = auto ]; then
+    if command -v tc >/dev/null && ip netns exec "$S" tc qdisc add dev c0 root netem corrupt 5% 2>/dev/null; then
+        METHOD=netem-applied
+    else
+        METHOD=nft
+    fi
+elif [ "$METHOD" = netem ]; then
+    need_tools tc
+    ip netns exec "$S" tc qdisc add dev c0 root netem corrupt 5% 2>"$OUT/netem.err" \
+        || skip "netem corrupt unavailable: $(tail -n1 "$OUT/netem.err")"
+    METHOD=netem-applied
+fi
+if [ "$METHOD" = nft ]; then
+    need_tools nft
+    # Byte 100 of the TCP header area is always payload (TCP headers end by byte 60).
+    ip netns exec "$R" nft -f - >"$OUT/nft.err" 2>&1 <<'NFT' || skip "nftables payload mangling unavailable: $(tail -n1 "$OUT/nft.err")"
+table ip kbcsum {
+    chain pre {
+        type filter hook prerouting priority -300; policy accept;
+        ip saddr 192.0.2.1 ip protocol tcp ip length > 400 numgen random mod 20 == 0 @th,800,8 set 0x55 counter
+    }
+}
+NFT
+elif [ "$METHOD" = netem-applied ]; then
+    METHOD=netem
+else
+    skip "unknown VETH_CSUM_CORRUPT=$METHOD"
+fi
+log "corrupting with $METHOD, streaming ${SIZE_MB} MiB"
+
+csum_errors() {
+    ip netns exec "$R" awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else { for (i = 1; i <= NF; i++) if (n[i] == "InCsumErrors") print $i } }' /proc/net/snmp
+}
+
+head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom >"$OUT/sent.bin" || skip "cannot create test data"
+before=$(csum_errors)
+bg ip netns exec "$R" python3 xfer.py serve 192.0.2.2 5001 "$OUT/received.bin" 20
+sleep 0.3
+ip netns exec "$S" timeout 60 python3 xfer.py send 192.0.2.2 5001 "$OUT/sent.bin" 20 2>"$OUT/send.err"
+send_rc=$?
+for _ in $(seq 1 50); do kill -0 "${PIDS[0]}" 2>/dev/null || break; sleep 0.1; done
+after=$(csum_errors)
+errs=$(( ${after:-0} - ${before:-0} ))
+result=$(python3 xfer.py compare "$OUT/sent.bin" "$OUT/received.bin")
+ip netns exec "$R" nft list ruleset >"$OUT/nft-ruleset.txt" 2>/dev/null
+ip netns exec "$S" tc -s qdisc show dev c0 >"$OUT/qdisc.txt" 2>/dev/null
+rm -f "$OUT/sent.bin" "$OUT/received.bin"  # 2 x SIZE_MB of artefacts would only slow the fetch
+
+case "$result" in
+    same)
+        [ "$errs" -gt 0 ] && finish 0 "${SIZE_MB} MiB identical, TcpInCsumErrors +$errs ($METHOD) (good)"
+        skip "data identical but TcpInCsumErrors +0: nothing was corrupted ($METHOD)" ;;
+    differ@*)
+        finish 1 "received data differs at byte ${result#differ@}, TcpInCsumErrors +$errs ($METHOD) (bad)" ;;
+    *)
+        skip "transfer incomplete ($result, sender rc $send_rc, TcpInCsumErrors +$errs, $METHOD)" ;;
+esac
