@@ -1,0 +1,548 @@
+"""Lineages and the mainline-vs-stable/distro differential, on top of the pure engine.
+
+Bisection never mixes lineages: a stable point release (5.4.41) carries backports from later
+mainline (5.7-rc), so it is not "between" 5.4 and 5.5. The lineages are:
+
+* ``mainline``: X.Y releases and their release candidates;
+* ``stable-X.Y``: X.Y.z, rooted at the mainline release X.Y (5.4.1 is built directly on 5.4,
+  so 5.4 is the natural good anchor of stable-5.4);
+* ``ubuntu:X.Y`` / ``debian:X.Y``: one distro series, its uploads in order.
+
+The differential is the write-up's twist done automatically. The user says "good 4.15, bad 5.4";
+mainline 5.4 turns out good, so the 5.4 the user ran was not mainline 5.4. kbisect then
+
+(a) bisects the lineage of that base the user most plausibly ran (the distro series named with
+    ``--distro``, else stable-5.4 up to its newest available release) to its first bad release;
+(b) walks mainline forward from the base release by release until the bug appears, and bisects
+    that release's rc's (v5.6 good .. v5.7 bad → v5.7-rcK);
+(c) names the origin: ``mainline`` (regression between the given mainline ends),
+    ``stable-backport`` (a stable or distro line got it by backporting a later mainline change),
+    ``distro`` (only distro kernels show it: a distro-only patch), or ``stable-only`` (a stable
+    line shows it but no mainline release after the base does: a stable-specific breakage).
+
+Everything here is pure: the kernel listings arrive as entries and the probe function is
+injected, so the differential is tested with replayed verdicts on a generated mirror.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from orchestrator.bisect import (
+    ENDS_DISAGREE,
+    FOUND,
+    INCONCLUSIVE,
+    NO_CANDIDATES,
+    UNSTABLE,
+    BisectResult,
+    Candidate,
+    Engine,
+    ProbeFn,
+)
+from orchestrator.catalog import RepeatPolicy
+from orchestrator.errors import KbisectError
+from orchestrator.verdict import Verdict
+from orchestrator.versions import (
+    KernelSpec,
+    KernelVersion,
+    parse_debian_kernel,
+    parse_spec,
+    parse_ubuntu_version,
+    parse_version,
+)
+
+# Distro series names → the upstream base their kernels carry (for --distro ubuntu:focal).
+DISTRO_SERIES = {
+    "ubuntu": {"bionic": "4.15", "focal": "5.4", "jammy": "5.15", "noble": "6.8"},
+    "debian": {"buster": "4.19", "bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"},
+}
+MAX_WALK = 40  # mainline releases walked forward from the base before giving up
+
+
+@dataclass
+class Kernel:
+    """One listed kernel with what the differential needs to know about it."""
+
+    spec: str  # canonical "source:version"
+    source: str
+    label: str  # version as `kernels list` prints it
+    version: Any  # KernelVersion | UbuntuVersion | DebianKernel | str (local)
+    lineage: str  # mainline | stable-X.Y | ubuntu:X.Y | debian:X.Y | local
+    base: KernelVersion | None  # the mainline release X.Y it belongs to
+    available: bool = True
+    reason: str = ""
+
+    @property
+    def sort_key(self) -> Any:
+        return getattr(self.version, "sort_key", self.version)
+
+    def candidate(self) -> Candidate:
+        return Candidate(self.spec, self.label, self.available, self.reason)
+
+
+def _parse(source: str, version: str) -> tuple[Any, str, KernelVersion | None]:
+    """(parsed version, lineage, base) for a source's version string."""
+    if source == "mainline":
+        v = parse_version(version)
+        return v, v.lineage, v.base
+    if source == "ubuntu":
+        u = parse_ubuntu_version(version)
+        base = u.base.base
+        return u, f"ubuntu:{base}", base
+    if source == "debian":
+        d = parse_debian_kernel(version)
+        base = d.upstream.base
+        return d, f"debian:{base}", base
+    return version, source, None
+
+
+def make_kernel(source: str, version: str, available: bool = True, reason: str = "") -> Kernel:
+    v, lineage, base = _parse(source, str(version))
+    label = str(v)
+    return Kernel(f"{source}:{label}", source, label, v, lineage, base, available, reason)
+
+
+def canonical(spec: str) -> str:
+    """Canonical `source:version[+variant]` text for any spec a user may type (`v5.7-rc5`,
+    `mainline:5.7-rc5`); used to match --verdicts keys with candidates."""
+    try:
+        return str(parse_spec(spec))
+    except KbisectError:
+        return spec.strip()
+
+
+class KernelIndex:
+    """All listed kernels, grouped by lineage and ordered; the differential asks it questions."""
+
+    def __init__(self, kernels: Iterable[Kernel]) -> None:
+        self.by_spec: dict[str, Kernel] = {}
+        for k in kernels:
+            self.by_spec.setdefault(k.spec, k)
+        self.lineages: dict[str, list[Kernel]] = {}
+        for k in self.by_spec.values():
+            self.lineages.setdefault(k.lineage, []).append(k)
+        for lst in self.lineages.values():
+            lst.sort(key=lambda k: k.sort_key)
+
+    def get(self, spec: str) -> Kernel | None:
+        return self.by_spec.get(canonical(spec))
+
+    def lineage(self, name: str) -> list[Kernel]:
+        return list(self.lineages.get(name, []))
+
+    def between(self, name: str, lo: Kernel, hi: Kernel) -> list[Kernel]:
+        """Kernels of one lineage from lo to hi inclusive."""
+        return [k for k in self.lineage(name) if lo.sort_key <= k.sort_key <= hi.sort_key]
+
+    def mainline_release(self, base: KernelVersion) -> Kernel | None:
+        return self.by_spec.get(f"mainline:{base}")
+
+    def releases_after(self, base: KernelVersion) -> list[Kernel]:
+        """Mainline X.Y releases (no rc's) newer than base, oldest first."""
+        return [k for k in self.lineage("mainline")
+                if not k.version.is_rc and k.version > base]
+
+    def release_window(self, prev: Kernel, release: Kernel) -> list[Kernel]:
+        """prev release, the rc's of `release`, `release`: the range where it went bad."""
+        return [k for k in self.lineage("mainline") if prev.sort_key <= k.sort_key <= release.sort_key]
+
+    def stable_line(self, base: KernelVersion, upto: Kernel | None = None) -> list[Kernel]:
+        """The mainline release X.Y (the root) followed by X.Y.z, up to `upto` if given."""
+        line = self.lineage(f"stable-{base}")
+        if upto is not None:
+            line = [k for k in line if k.sort_key <= upto.sort_key]
+        root = self.mainline_release(base)
+        return ([root] if root else []) + line
+
+    def distro_line(self, distro: str, base: KernelVersion) -> list[Kernel]:
+        source = distro.split(":", 1)[0]
+        return self.lineage(f"{source}:{base}")
+
+
+def distro_lineage(distro: str) -> tuple[str, KernelVersion]:
+    """`ubuntu:focal` / `debian:bookworm` / `ubuntu:5.4` → (source, base)."""
+    source, _, series = distro.partition(":")
+    source = source.strip().lower()
+    if source not in DISTRO_SERIES or not series:
+        raise KbisectError(f"--distro {distro!r}: expected ubuntu:SERIES or debian:SERIES (e.g. ubuntu:focal)")
+    base_text = DISTRO_SERIES[source].get(series.strip().lower(), series.strip())
+    try:
+        base = parse_version(base_text).base
+    except KbisectError:
+        known = ", ".join(sorted(DISTRO_SERIES[source]))
+        raise KbisectError(f"--distro {distro!r}: unknown series (known: {known}, or a base like {source}:5.4)") from None
+    return source, base
+
+
+@dataclass
+class Stage:
+    """One engine run inside the differential, kept for the report."""
+
+    name: str  # "given range", "stable/distro lineage", "mainline walk", "upstream rc's"
+    result: BisectResult | None = None
+    walk: list[tuple[str, str]] = field(default_factory=list)  # (label, verdict) for the walk
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name}
+        if self.result is not None:
+            r = self.result.to_json()
+            r.pop("probes", None)
+            data.update(r)
+        if self.walk:
+            data["walk"] = [{"kernel": k, "verdict": v} for k, v in self.walk]
+        return data
+
+
+@dataclass
+class DiffResult:
+    """What the user asked for: where it broke, in which lineage, and where it came from."""
+
+    bug: str
+    status: str
+    lineage: str | None = None
+    last_good: str | None = None
+    first_bad: str | None = None
+    origin: str | None = None
+    carrier: str | None = None  # for stable-backport: "stable" or "distro"
+    upstream_last_good: str | None = None
+    upstream_first_bad: str | None = None
+    suspects: list[str] = field(default_factory=list)
+    upstream_suspects: list[str] = field(default_factory=list)
+    confidence: float = 0.0
+    stopped: str = ""
+    notes: list[str] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    probes: list[Any] = field(default_factory=list)  # bisect.Probe, every one in order
+
+    @property
+    def flagged(self) -> bool:
+        from orchestrator.bisect import CONFIDENCE_THRESHOLD
+
+        return self.confidence < CONFIDENCE_THRESHOLD
+
+    def git_ranges(self) -> dict[str, tuple[str, str]]:
+        """Version ranges for git narrowing: {"range": (good, bad), "upstream": (good, bad)}."""
+        out: dict[str, tuple[str, str]] = {}
+        if self.last_good and self.first_bad:
+            out["range"] = (self.last_good, self.first_bad)
+        if self.upstream_last_good and self.upstream_first_bad:
+            out["upstream"] = (self.upstream_last_good, self.upstream_first_bad)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "bug": self.bug,
+            "status": self.status,
+            "lineage": self.lineage,
+            "last_good": self.last_good,
+            "first_bad": self.first_bad,
+            "origin": self.origin,
+        }
+        if self.origin and self.origin != "mainline":
+            data["upstream_last_good"] = self.upstream_last_good
+            data["upstream_first_bad"] = self.upstream_first_bad
+        if self.carrier:
+            data["carrier"] = self.carrier
+        if self.suspects:
+            data["suspects"] = self.suspects
+        if self.upstream_suspects:
+            data["upstream_suspects"] = self.upstream_suspects
+        data.update({
+            "confidence": round(self.confidence, 4),
+            "flagged": self.flagged,
+            "stopped": self.stopped,
+            "notes": self.notes,
+            "stages": [s.to_json() for s in self.stages],
+            "probes": [p.to_json() for p in self.probes],
+        })
+        return data
+
+
+class Differential:
+    """Run the whole decision procedure for one `kbisect bisect` invocation."""
+
+    def __init__(self, bug: str, index: KernelIndex, probe: ProbeFn, *,
+                 policy: RepeatPolicy | None = None, verify: int = 3,
+                 on_probe: Callable | None = None, on_event: Callable[[str], None] | None = None,
+                 max_walk: int = MAX_WALK) -> None:
+        self.bug = bug
+        self.index = index
+        self.probe = probe
+        self.policy = policy or RepeatPolicy()
+        self.verify = verify
+        self.on_probe = on_probe
+        self.on_event = on_event or (lambda m: None)
+        self.max_walk = max_walk
+        self.known: dict[str, Verdict] = {}
+        self.res = DiffResult(bug=bug, status="")
+
+    # -- helpers --------------------------------------------------------------------------
+    def _engine(self, name: str, kernels: Sequence[Kernel], lineage: str) -> BisectResult:
+        self.on_event(f"[{name}] {lineage}: {kernels[0].label} .. {kernels[-1].label} ({len(kernels)} kernels)"
+                      if kernels else f"[{name}] {lineage}: no kernels")
+        engine = Engine([k.candidate() for k in kernels], self.probe, policy=self.policy, lineage=lineage,
+                        verify=self.verify, on_probe=self.on_probe, on_event=self.on_event, known=self.known)
+        result = engine.run()
+        self.known.update(engine.verdicts)
+        self.res.probes.extend(result.probes)
+        self.res.stages.append(Stage(name, result))
+        return result
+
+    def _judge(self, kernel: Kernel, stage: Stage) -> Verdict:
+        """One verdict outside a bisection (ends of the differential, the mainline walk)."""
+        if kernel.spec in self.known:
+            return self.known[kernel.spec]
+        engine = Engine([kernel.candidate()], self.probe, policy=self.policy, lineage=kernel.lineage,
+                        verify=0, on_probe=self.on_probe)
+        probe = engine.judge(kernel.candidate(), "walk")
+        self.known[kernel.spec] = probe.verdict
+        self.res.probes.append(probe)
+        stage.walk.append((kernel.label, probe.verdict.value))
+        return probe.verdict
+
+    def _resolve(self, text: str, role: str) -> Kernel:
+        spec = parse_spec(text)
+        if spec.variant:
+            k = self.index.get(str(spec))
+            if k is None:
+                raise KbisectError(f"--{role} {text}: variant kernels are not in any listing")
+            return k
+        k = self.index.get(str(spec))
+        if k is None:
+            raise KbisectError(f"--{role} {text}: {spec} is not in the {spec.source} listing")
+        return k
+
+    # -- the procedure --------------------------------------------------------------------
+    def run(self, good: str, bad: str, distro: str | None = None) -> DiffResult:
+        g, b = self._resolve(good, "good"), self._resolve(bad, "bad")
+        if g.lineage == b.lineage and not g.sort_key < b.sort_key:
+            raise KbisectError(f"--good {g.label} is not older than --bad {b.label}")
+        res = self.res
+        if distro:
+            distro_lineage(distro)  # validate early: one clear line
+
+        if g.lineage == b.lineage:
+            r = self._engine("given range", self.index.between(g.lineage, g, b), g.lineage)
+            if r.status in (FOUND, INCONCLUSIVE, UNSTABLE):
+                self._take(r, g.lineage)
+                if g.lineage == "mainline":
+                    res.origin = "mainline"
+                    return self._finish([r])
+                # a stable/distro range: find where mainline got it (step b)
+                return self._upstream(b.base, [r], carrier=self._carrier(g.lineage))
+            if r.status == ENDS_DISAGREE and r.disagreeing_end == "good":
+                return self._stop(r, f"good end {r.good_end.label if r.good_end else g.label} is already bad: "
+                                     "the regression is older than the range; give an older --good")
+            if r.status == ENDS_DISAGREE and r.disagreeing_end == "bad" and b.lineage == "mainline":
+                res.notes.append(
+                    f"mainline {b.label} is good, so the bad {b.label} the user ran was not mainline {b.label}: "
+                    f"it was a stable or distro kernel built on {b.label}. Taking the "
+                    + (f"{distro} series" if distro else f"newest available stable-{b.base} release")
+                    + " as the bad kernel and comparing lineages (write-up's case).")
+                return self._differential(b.base, distro, None, [r])
+            return self._stop(r, r.stopped)
+
+        # different lineages: the bad end is a stable/distro kernel (or the good end is)
+        if b.base is None:
+            raise KbisectError(f"--bad {b.label}: cannot tell which mainline release it is built on")
+        root = self.index.mainline_release(b.base)
+        walk = Stage("base check")
+        res.stages.append(walk)
+        if root is not None and root.available and g.lineage == "mainline" and g.sort_key < root.sort_key:
+            if self._judge(root, walk) is Verdict.BAD:
+                res.notes.append(f"mainline {root.label} (the base of {b.label}) is already bad: "
+                                 f"the regression is in mainline; bisecting mainline {g.label}..{root.label}")
+                r = self._engine("mainline", self.index.between("mainline", g, root), "mainline")
+                if r.status in (FOUND, INCONCLUSIVE, UNSTABLE):
+                    self._take(r, "mainline")
+                    res.origin = "mainline"
+                    return self._finish([r])
+                return self._stop(r, r.stopped)
+            res.notes.append(f"mainline {root.label} (the base of {b.label}) is good: "
+                             f"bisecting the {b.lineage} lineage, then finding where mainline went bad")
+        if b.lineage.startswith("stable-") or (distro is None and b.source in ("ubuntu", "debian")):
+            return self._differential(b.base, None if b.lineage.startswith("stable-") else f"{b.source}:{b.base}",
+                                      b, [])
+        return self._differential(b.base, distro, b, [])
+
+    def _carrier(self, lineage: str) -> str:
+        return "stable" if lineage.startswith("stable-") else "distro"
+
+    def _differential(self, base: KernelVersion, distro: str | None, bad: Kernel | None,
+                      done: list[BisectResult]) -> DiffResult:
+        """(a) bisect the lineage of `base` the user ran; (b) find where mainline got it."""
+        res = self.res
+        if distro:
+            source, dbase = distro_lineage(distro)
+            if dbase != base:
+                res.notes.append(f"--distro {distro} carries {dbase}, not {base}: using its series anyway")
+                base_for_line = dbase
+            else:
+                base_for_line = base
+            lineage = f"{source}:{base_for_line}"
+            line = self.index.distro_line(distro, base_for_line)
+            if bad is not None and bad.lineage == lineage:
+                line = [k for k in line if k.sort_key <= bad.sort_key]
+        else:
+            line = self.index.stable_line(base, bad if bad is not None and bad.lineage.startswith("stable-") else None)
+            lineage = f"stable-{base}"
+        available = [k for k in line if k.available]
+        if len(available) < 2:
+            res.status = NO_CANDIDATES
+            res.stopped = f"the {lineage} lineage has fewer than two available kernels: nothing to compare"
+            return self._finish(done)
+        if bad is None:
+            line = self._pick_bad_end(line, lineage)
+        r = self._engine("lineage of the bad kernel", line, lineage)
+        if r.status in (ENDS_DISAGREE, NO_CANDIDATES):
+            if r.disagreeing_end == "bad":
+                msg = (f"no kernel of {lineage} up to {r.bad_end.label if r.bad_end else '?'} shows the bug either; "
+                       "cannot tell which kernel was bad"
+                       + ("" if distro else " (if the bad kernel was a distro build, pass --distro ubuntu:SERIES)"))
+            elif r.disagreeing_end == "good":
+                msg = (f"the oldest kernel of {lineage} ({r.good_end.label if r.good_end else '?'}) is already bad: "
+                       "the distro carried it from its first upload")
+                if distro:
+                    # the whole series is bad: still compare with mainline to name the origin
+                    res.lineage = lineage
+                    res.first_bad = r.good_end.label if r.good_end else None
+                    res.notes.append(msg)
+                    return self._upstream(base, done + [r], carrier="distro", allow_partial=True)
+            else:
+                msg = r.stopped
+            return self._stop(r, msg)
+        self._take(r, lineage)
+        return self._upstream(base, done + [r], carrier=self._carrier(lineage))
+
+    def _pick_bad_end(self, line: list[Kernel], lineage: str, samples: int = 8) -> list[Kernel]:
+        """The user named only a base ("bad 5.4"): which kernel of its line did they run?
+
+        The newest available release is the first guess (what an up-to-date machine runs). If
+        that one is good the bug may since have been fixed in the line (gretap-ecn: 5.4.41 bad,
+        5.4.138 good again), so up to `samples` evenly spaced releases are probed, oldest first,
+        and the first bad one becomes the bad end. Bisecting from the line's root to that kernel
+        then finds the first bad release. If no sample is bad the line is returned unchanged and
+        the engine reports the disagreement."""
+        available = [k for k in line if k.available]
+        newest = available[-1]
+        stage = Stage("bad-end search")
+        self.res.stages.append(stage)
+        if self._judge(newest, stage) is not Verdict.GOOD:
+            self.res.notes.append(f"bad end of {lineage}: newest available release, {newest.label}")
+            return line
+        inner = available[1:-1]
+        if not inner:
+            return line
+        step = max(1, len(inner) // samples)
+        picks = inner[step - 1::step][:samples]
+        for k in picks:
+            if self._judge(k, stage) is Verdict.BAD:
+                self.res.notes.append(
+                    f"newest {lineage} release {newest.label} is good (fixed since?); sampled the line and "
+                    f"took {k.label}, the oldest bad sample, as the bad end")
+                return [x for x in line if x.sort_key <= k.sort_key]
+        self.res.notes.append(f"newest {lineage} release {newest.label} and {len(picks)} sampled releases are good")
+        return line
+
+    def _upstream(self, base: KernelVersion | None, done: list[BisectResult], *, carrier: str,
+                  allow_partial: bool = False) -> DiffResult:
+        """Walk mainline releases forward from `base` to the first bad one; bisect its rc's."""
+        res = self.res
+        if base is None:
+            res.origin = None
+            return self._finish(done)
+        walk = Stage("mainline walk")
+        res.stages.append(walk)
+        prev = self.index.mainline_release(base)
+        if prev is None:
+            res.notes.append(f"mainline {base} is not listed: cannot walk mainline from it")
+            return self._finish(done)
+        if self._judge(prev, walk) is Verdict.BAD:
+            # should not happen after the checks above; say so rather than guess
+            res.notes.append(f"mainline {prev.label} is bad: the regression is in mainline, not a backport")
+            res.origin = "mainline"
+            return self._finish(done)
+        self.on_event(f"[mainline walk] forward from {prev.label}")
+        first_bad_release: Kernel | None = None
+        for i, rel in enumerate(self.index.releases_after(base)):
+            if i >= self.max_walk:
+                res.notes.append(f"stopped walking mainline after {self.max_walk} releases")
+                break
+            if not rel.available:
+                walk.walk.append((rel.label, "unavailable"))
+                continue
+            verdict = self._judge(rel, walk)
+            if verdict is Verdict.GOOD:
+                prev = rel
+            elif verdict is Verdict.BAD:
+                first_bad_release = rel
+                break
+        if first_bad_release is None:
+            res.origin = "distro" if carrier == "distro" else "stable-only"
+            res.notes.append(
+                f"no mainline release after {base} up to {prev.label} shows the bug: "
+                + ("a distro-only patch" if carrier == "distro" else
+                   "a stable-specific breakage (or a mainline bug fixed before its release)"))
+            return self._finish(done)
+        r = self._engine("upstream rc's", self.index.release_window(prev, first_bad_release), "mainline")
+        res.origin = "stable-backport"
+        res.carrier = carrier
+        if r.status in (FOUND, UNSTABLE):
+            res.upstream_last_good = r.last_good.label if r.last_good else None
+            res.upstream_first_bad = r.first_bad.label if r.first_bad else None
+        elif r.status == INCONCLUSIVE:
+            res.upstream_last_good = r.last_good.label if r.last_good else None
+            res.upstream_suspects = [c.label for c in r.suspects]
+            res.upstream_first_bad = r.suspects[-1].label if r.suspects else None
+            res.notes.append("upstream boundary " + r.stopped)
+        else:
+            res.upstream_last_good, res.upstream_first_bad = prev.label, first_bad_release.label
+            res.notes.append(f"upstream rc bisection did not settle ({r.stopped}); "
+                             f"upstream range is the release pair {prev.label}..{first_bad_release.label}")
+        res.notes.append(f"mainline went bad between {res.upstream_last_good} and {res.upstream_first_bad}; "
+                         f"{res.lineage} got it at {res.first_bad}: origin stable-backport via the {carrier} line")
+        return self._finish(done + [r])
+
+    # -- result assembly ------------------------------------------------------------------
+    def _take(self, r: BisectResult, lineage: str) -> None:
+        res = self.res
+        res.lineage = lineage
+        res.last_good = r.last_good.label if r.last_good else None
+        res.first_bad = r.first_bad.label if r.first_bad else None
+        if r.status == INCONCLUSIVE:
+            res.suspects = [c.label for c in r.suspects]
+            res.notes.append(r.stopped)
+        res.notes.extend(n for n in r.notes if n not in res.notes)
+
+    def _stop(self, r: BisectResult, why: str) -> DiffResult:
+        self.res.status = r.status
+        self.res.stopped = why
+        self.res.notes.append(why)
+        self.res.confidence = r.confidence
+        return self.res
+
+    def _finish(self, results: list[BisectResult]) -> DiffResult:
+        res = self.res
+        statuses = [r.status for r in results]
+        if not res.status:
+            if any(s == UNSTABLE for s in statuses):
+                res.status = UNSTABLE
+            elif any(s == INCONCLUSIVE for s in statuses):
+                res.status = INCONCLUSIVE
+            elif res.first_bad:
+                res.status = FOUND
+            else:
+                res.status = NO_CANDIDATES
+        res.confidence = functools.reduce(lambda a, r: a * r.confidence, results, 1.0) if results else 0.0
+        parts = []
+        if res.first_bad:
+            parts.append(f"{res.lineage}: {res.last_good} good, {res.first_bad} bad")
+        if res.origin:
+            parts.append(f"origin {res.origin}")
+        if res.upstream_first_bad:
+            parts.append(f"upstream {res.upstream_last_good} good, {res.upstream_first_bad} bad")
+        if not res.stopped:
+            res.stopped = "; ".join(parts) or (results[-1].stopped if results else "nothing to bisect")
+        return res
