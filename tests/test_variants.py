@@ -1,0 +1,501 @@
+"""Patched kernel variants: patch parsing, built-in vs module, refusals, and one real rebuild.
+
+The quick tests need no network; the registry test downloads Debian's headers and source for
+6.1.0-54-cloud-amd64 (~155 MB, cached in the shared test home) and rebuilds ip_tunnel.ko with
+227adfb2b1df reverted, the gretap-ecn positive control.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import variants
+from orchestrator.errors import KbisectError
+from orchestrator.kernel import UnpackedKernel
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).resolve().parent.parent
+TEST_PATCH = DATA / "revert-227adfb2b1df.patch"
+NET_IPV4_MAKEFILE = (DATA / "net-ipv4-Makefile").read_text()
+BASE = "debian:6.1.0-54-cloud-amd64"
+KVER = "6.1.0-54-cloud-amd64"
+
+GIT_PATCH = """\
+From 0000 Mon Sep 17 00:00:00 2001
+Subject: [PATCH] two files
+
+---
+ drivers/net/veth.c | 2 +-
+ net/ipv4/ip_gre.c  | 1 +
+ 2 files changed, 2 insertions(+), 1 deletion(-)
+
+diff --git a/drivers/net/veth.c b/drivers/net/veth.c
+index 1111111..2222222 100644
+--- a/drivers/net/veth.c
++++ b/drivers/net/veth.c
+@@ -1,3 +1,3 @@
+ a
+-b
++c
+ d
+diff --git a/net/ipv4/ip_gre.c b/net/ipv4/ip_gre.c
+index 3333333..4444444 100644
+--- a/net/ipv4/ip_gre.c
++++ b/net/ipv4/ip_gre.c
+@@ -1,2 +1,3 @@
+ a
++--- not a header, an added line starting with dashes
+ b
+"""
+
+
+# ------------------------------------------------------------------ patch parsing
+
+
+def test_touched_files_of_the_gretap_revert():
+    touched = variants.touched_files(TEST_PATCH.read_text())
+    assert [t.path for t in touched] == ["net/ipv4/ip_tunnel.c"]
+    assert not touched[0].created and not touched[0].deleted
+
+
+def test_touched_files_of_a_git_patch_with_two_files():
+    assert [t.path for t in variants.touched_files(GIT_PATCH)] == ["drivers/net/veth.c", "net/ipv4/ip_gre.c"]
+
+
+def test_new_and_deleted_files_are_flagged_and_refused():
+    text = "--- /dev/null\n+++ b/net/ipv4/new.c\n@@ -0,0 +1 @@\n+x\n"
+    (t,) = variants.touched_files(text)
+    assert t.path == "net/ipv4/new.c" and t.created
+    with pytest.raises(KbisectError, match="creates net/ipv4/new.c"):
+        variants._check_patch_scope([t])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("just some text\n", "touches no files"),
+        ("--- a/../../etc/passwd\n+++ b/../../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n", "leaves the source tree"),
+        ("--- ip_tunnel.c\n+++ ip_tunnel.c\n@@ -1 +1 @@\n-a\n+b\n", "no leading directory"),
+        ("diff --git a/x b/x\nGIT binary patch\nliteral 1\n", "binary"),
+    ],
+)
+def test_malformed_patches_are_one_line_errors(text, message):
+    with pytest.raises(KbisectError, match=message) as exc:
+        variants.touched_files(text)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("include/net/ip_tunnels.h", "header include/net/ip_tunnels.h"),
+        ("net/ipv4/Makefile", "changes the build"),
+        ("net/ipv4/Kconfig", "changes the build"),
+        ("Documentation/networking/ip-sysctl.rst", "not a C or assembler source"),
+    ],
+)
+def test_patch_scope_refusals(path, message):
+    with pytest.raises(KbisectError, match=message):
+        variants._check_patch_scope([variants.TouchedFile(path)])
+
+
+# ------------------------------------------------------------------ built-in or module
+
+
+def test_ip_tunnel_is_a_module_when_config_says_m():
+    plan = variants.plan_module("net/ipv4", NET_IPV4_MAKEFILE, "ip_tunnel.c", {"CONFIG_NET_IP_TUNNEL": "m"})
+    assert (plan.directory, plan.module, plan.members) == ("net/ipv4", "ip_tunnel", ["ip_tunnel.o"])
+    assert plan.condition == "CONFIG_NET_IP_TUNNEL=m"
+    assert "obj-m += ip_tunnel.o" in variants.kbuild_for([plan])
+
+
+def test_ip_tunnel_built_in_is_refused():
+    with pytest.raises(KbisectError, match=r"net/ipv4/ip_tunnel.c is built-in code \(CONFIG_NET_IP_TUNNEL=y"):
+        variants.plan_module("net/ipv4", NET_IPV4_MAKEFILE, "ip_tunnel.c", {"CONFIG_NET_IP_TUNNEL": "y"})
+
+
+def test_ip_tunnel_not_configured_is_refused():
+    with pytest.raises(KbisectError, match=r"not compiled in this kernel \(CONFIG_NET_IP_TUNNEL=n\)"):
+        variants.plan_module("net/ipv4", NET_IPV4_MAKEFILE, "ip_tunnel.c", {})
+
+
+def test_obj_y_code_is_refused_as_vmlinux():
+    # route.o sits in the multi-line obj-y list at the top of net/ipv4/Makefile.
+    with pytest.raises(KbisectError, match=r"route.c is built-in code \(y"):
+        variants.plan_module("net/ipv4", NET_IPV4_MAKEFILE, "route.c", {"CONFIG_NET_IP_TUNNEL": "m"})
+    # ip_tunnel_core.o is on a continuation line of the same obj-y list.
+    with pytest.raises(KbisectError, match="built-in"):
+        variants.plan_module("net/ipv4", NET_IPV4_MAKEFILE, "ip_tunnel_core.c", {"CONFIG_NET_IP_TUNNEL": "m"})
+
+
+def test_real_config_decides_ip_gre_module():
+    plan = variants.plan_module("net/ipv4", NET_IPV4_MAKEFILE, "ip_gre.c", {"CONFIG_NET_IPGRE": "m"})
+    assert plan.module == "ip_gre"
+
+
+COMPOSITE = """\
+# SPDX-License-Identifier: GPL-2.0
+obj-$(CONFIG_FOO) += foo.o
+obj-y += core.o
+foo-y := foo_main.o foo_rx.o \\
+	 foo_tx.o
+foo-$(CONFIG_FOO_DEBUG) += foo_debug.o
+foo-$(CONFIG_FOO_TRACE) += foo_trace.o
+ccflags-y += -I$(src)/include
+CFLAGS_foo_rx.o := -DRX
+CFLAGS_core.o := -DCORE
+obj-$(CONFIG_BAR) += bar.o
+bar-objs := bar_a.o bar_b.o
+"""
+
+
+def test_composite_module_members_follow_config():
+    cfg = {"CONFIG_FOO": "m", "CONFIG_FOO_DEBUG": "y"}
+    plan = variants.plan_module("drivers/foo", COMPOSITE, "foo_tx.c", cfg)
+    assert plan.module == "foo"
+    assert plan.members == ["foo_main.o", "foo_rx.o", "foo_tx.o", "foo_debug.o"]
+    kbuild = variants.kbuild_for([plan])
+    assert "obj-m += foo.o" in kbuild
+    assert "foo-y := foo_main.o foo_rx.o foo_tx.o foo_debug.o" in kbuild
+    assert "CFLAGS_foo_rx.o := -DRX" in kbuild and "ccflags-y += -I$(src)/include" in kbuild
+    assert "CFLAGS_core.o" not in kbuild  # flags of objects not rebuilt stay out
+    assert "core.o" not in kbuild.replace("CFLAGS_core.o", "")
+
+
+def test_composite_member_switched_off_is_refused():
+    with pytest.raises(KbisectError, match=r"foo_trace.c is not compiled in this kernel \(CONFIG_FOO_TRACE"):
+        variants.plan_module("drivers/foo", COMPOSITE, "foo_trace.c", {"CONFIG_FOO": "m"})
+
+
+def test_composite_of_a_built_in_driver_is_refused():
+    with pytest.raises(KbisectError, match=r"drivers/foo/foo_rx.c is built-in code \(CONFIG_FOO=y"):
+        variants.plan_module("drivers/foo", COMPOSITE, "foo_rx.c", {"CONFIG_FOO": "y"})
+
+
+def test_objs_style_composite():
+    plan = variants.plan_module("drivers/foo", COMPOSITE, "bar_b.c", {"CONFIG_BAR": "m"})
+    assert plan.module == "bar" and plan.members == ["bar_a.o", "bar_b.o"]
+
+
+def test_unknown_object_is_refused():
+    with pytest.raises(KbisectError, match="cannot tell how drivers/foo/nothere.c is built"):
+        variants.plan_module("drivers/foo", COMPOSITE, "nothere.c", {"CONFIG_FOO": "m"})
+
+
+def test_parse_kconfig_unquotes_and_skips_unset():
+    cfg = variants.parse_kconfig(
+        'CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"\n'
+        "CONFIG_NET_IP_TUNNEL=m\n# CONFIG_FOO is not set\nCONFIG_HZ=250\n"
+    )
+    assert cfg == {"CONFIG_CC_VERSION_TEXT": "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0",
+                   "CONFIG_NET_IP_TUNNEL": "m", "CONFIG_HZ": "250"}
+
+
+# ------------------------------------------------------------------ compiler
+
+
+KERNEL_CC = "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"
+
+
+def test_same_compiler_under_another_program_name_matches():
+    assert variants.compiler_mismatch(KERNEL_CC, "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0") is None
+    assert variants.compiler_mismatch(KERNEL_CC, "gcc (Debian 12.2.0-14+deb12u1) 12.2.0") is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "gcc (Debian 12.2.0-14) 12.2.0",  # another distro build of the same release
+        "gcc-13 (Debian 13.2.0-25) 13.2.0",
+        "Debian clang version 14.0.6",
+        "gcc (Ubuntu 9.4.0-1ubuntu1~20.04.2) 9.4.0",
+    ],
+)
+def test_other_compilers_are_refused(host):
+    why = variants.compiler_mismatch(KERNEL_CC, host)
+    assert why is not None and why.startswith("compiler mismatch") and "\n" not in why
+
+
+def test_unknown_kernel_compiler_is_refused():
+    assert "unknown" in variants.compiler_mismatch("", "gcc (Debian 12.2.0-14+deb12u1) 12.2.0")
+
+
+def test_host_compiler_matches_debian_6_1_kernels():
+    """The host is Debian 12: its gcc-12 must be the one Debian's 6.1 kernels were built with."""
+    if not shutil.which("gcc-12"):
+        pytest.skip("gcc-12 not installed")
+    cc, line = variants.host_compiler({"CONFIG_CC_VERSION_TEXT": KERNEL_CC})
+    assert cc == "gcc-12"
+    assert line.startswith("gcc-12 (")
+
+
+# ------------------------------------------------------------------ versions
+
+
+def test_nearest_version_prefers_exact_then_closest_same_line():
+    assert variants.nearest_version("6.1.190-1", ["6.1.176-1", "6.1.190-1", "6.1.192-2"]) == "6.1.190-1"
+    assert variants.nearest_version("6.1.190-1", ["6.1.176-1", "6.1.192-2"]) == "6.1.192-2"
+    assert variants.nearest_version("6.1.190-1", ["6.1.188-1", "6.1.192-2"]) == "6.1.192-2"  # tie: newer
+    assert variants.nearest_version("6.1.190-1", ["6.12.57-1", "5.10.223-1"]) is None
+
+
+def test_package_version_read_from_the_bzimage_header(tmp_path):
+    blob = bytearray(0x600)
+    blob[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", blob, 0x20E, 0x300)
+    text = b"6.1.0-54-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.190-1 (2026-10-16)\0"
+    blob[0x500 : 0x500 + len(text)] = text
+    (tmp_path / "vmlinuz").write_bytes(bytes(blob))
+    kernel = UnpackedKernel(spec=BASE, root=tmp_path, kver=KVER)
+    assert variants.debian_package_version(kernel) == "6.1.190-1"
+    kernel.extra["package_version"] = "6.1.188-1"
+    assert variants.debian_package_version(kernel) == "6.1.188-1"
+
+
+# ------------------------------------------------------------------ module tree helpers
+
+
+def test_compress_like_matches_the_base_compression(tmp_path):
+    payload = os.urandom(4096)
+    for ext, tool in ((".ko.xz", ["xz", "-dc"]), (".ko.zst", ["zstd", "-dc"]), (".ko.gz", ["gzip", "-dc"])):
+        ko = tmp_path / f"m{ext.replace('.', '_')}.ko"
+        ko.write_bytes(payload)
+        out = variants.compress_like(ko, Path("stock" + ext))
+        assert out.name == ko.name + ext[3:] and not ko.exists()
+        assert subprocess.run([*tool, str(out)], capture_output=True, check=True).stdout == payload
+    plain = tmp_path / "p.ko"
+    plain.write_bytes(payload)
+    assert variants.compress_like(plain, Path("stock.ko")) == plain
+
+
+def test_hardlinked_copy_shares_unchanged_files_only(tmp_path):
+    src = tmp_path / "base"
+    (src / "kernel/net").mkdir(parents=True)
+    (src / "kernel/net/a.ko").write_bytes(b"a")
+    (src / "kernel/net/b.ko").write_bytes(b"b")
+    (src / "modules.dep").write_text("stale\n")
+    (src / "build").symlink_to("/usr/src/linux-headers-x")
+    dst = tmp_path / "variant"
+    n = variants.copy_tree_hardlinked(src, dst, skip=lambda rel: rel == "kernel/net/b.ko" or rel in variants.DEPMOD_OUTPUTS)
+    assert n == 1
+    assert (dst / "kernel/net/a.ko").stat().st_ino == (src / "kernel/net/a.ko").stat().st_ino
+    assert not (dst / "kernel/net/b.ko").exists() and not (dst / "modules.dep").exists()
+    assert os.readlink(dst / "build") == "/usr/src/linux-headers-x"
+
+
+def test_depmod_writes_into_the_variant_tree(tmp_path):
+    modules = tmp_path / "modules"
+    (modules / "kernel").mkdir(parents=True)
+    (modules / "modules.order").write_text("")
+    (modules / "modules.builtin").write_text("")
+    variants.run_depmod(modules, "9.9.9-test", None)
+    assert (modules / "modules.dep").exists()
+
+
+# ------------------------------------------------------------------ refusals through the API and CLI
+
+
+def _fake_base(home: Path, cc_text: str = KERNEL_CC, ip_tunnel: str = "m") -> UnpackedKernel:
+    root = home / "kernels" / "debian" / KVER
+    (root / "modules" / "kernel" / "net" / "ipv4").mkdir(parents=True)
+    (root / "vmlinuz").write_bytes(b"not a kernel")
+    (root / "config").write_text(f'CONFIG_CC_VERSION_TEXT="{cc_text}"\nCONFIG_NET_IP_TUNNEL={ip_tunnel}\n')
+    kernel = UnpackedKernel(spec=BASE, root=root, kver=KVER, extra={"package_version": "6.1.190-1"})
+    kernel.save()
+    return kernel
+
+
+def test_compiler_mismatch_refused_before_any_download(kbisect_home, monkeypatch):
+    kernel = _fake_base(kbisect_home, cc_text="gcc-13 (Debian 13.2.0-25) 13.2.0")
+    monkeypatch.setattr(variants, "_fetch_base", lambda spec: kernel)
+    monkeypatch.setattr(variants, "apt_download", lambda *a, **k: pytest.fail("downloaded despite a compiler mismatch"))
+    with pytest.raises(KbisectError, match=r"refusing to build debian:6.1.0-54-cloud-amd64\+revert-227adfb2b1df: compiler mismatch"):
+        variants.build_variant(BASE, TEST_PATCH)
+    assert not variants.variant_dir("debian", KVER, "revert-227adfb2b1df").exists()
+    leftovers = [p.name for p in (kbisect_home / "kernels" / "debian").iterdir()]
+    assert leftovers == [KVER]  # nothing half-written
+    assert not list((kbisect_home / "variants").glob(".*work*"))
+
+
+def test_header_patch_refused_without_fetching(kbisect_home, monkeypatch, tmp_path):
+    monkeypatch.setattr(variants, "_fetch_base", lambda spec: pytest.fail("fetched a base for a refused patch"))
+    patch = tmp_path / "hdr.patch"
+    patch.write_text("--- a/include/net/ip_tunnels.h\n+++ b/include/net/ip_tunnels.h\n@@ -1 +1 @@\n-a\n+b\n")
+    with pytest.raises(KbisectError, match="header include/net/ip_tunnels.h"):
+        variants.build_variant(BASE, patch)
+
+
+@pytest.mark.parametrize(
+    "base, name, message",
+    [
+        (BASE, "bad name!", "bad variant name"),
+        (BASE + "+other", None, "itself a variant"),
+    ],
+)
+def test_bad_arguments_are_refused(kbisect_home, base, name, message):
+    with pytest.raises(KbisectError, match=message):
+        variants.build_variant(base, TEST_PATCH, name)
+
+
+def test_cached_variant_from_another_patch_is_refused(kbisect_home, tmp_path):
+    dest = variants.variant_dir("debian", KVER, "revert-227adfb2b1df")
+    dest.mkdir(parents=True)
+    UnpackedKernel(spec=BASE + "+revert-227adfb2b1df", root=dest, kver=KVER, extra={"patch_sha256": "0" * 64}).save()
+    with pytest.raises(KbisectError, match="already cached from a different patch"):
+        variants.build_variant(BASE, TEST_PATCH)
+
+
+def test_cached_variant_is_returned_without_building(kbisect_home, monkeypatch):
+    import hashlib
+
+    dest = variants.variant_dir("debian", KVER, "revert-227adfb2b1df")
+    dest.mkdir(parents=True)
+    sha = hashlib.sha256(TEST_PATCH.read_text().encode()).hexdigest()
+    UnpackedKernel(spec=BASE + "+revert-227adfb2b1df", root=dest, kver=KVER, extra={"patch_sha256": sha}).save()
+    monkeypatch.setattr(variants, "_build", lambda *a, **k: pytest.fail("rebuilt a cached variant"))
+    assert variants.build_variant(BASE, TEST_PATCH).root == dest
+
+
+def test_build_on_demand_without_a_control_patch(kbisect_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("KBISECT_REPRODUCERS", str(tmp_path / "reproducers"))
+    with pytest.raises(KbisectError, match=r"no control patch reproducers/\*/controls/revert-nothing.patch"):
+        variants.build_on_demand(BASE + "+revert-nothing")
+
+
+def test_build_on_demand_finds_the_control_patch(kbisect_home, monkeypatch, tmp_path):
+    controls = tmp_path / "reproducers" / "gretap-ecn" / "controls"
+    controls.mkdir(parents=True)
+    shutil.copy(TEST_PATCH, controls / "revert-x.patch")
+    monkeypatch.setenv("KBISECT_REPRODUCERS", str(tmp_path / "reproducers"))
+    calls = []
+    monkeypatch.setattr(variants, "build_variant", lambda base, patch, name=None: calls.append((base, patch, name)))
+    variants.build_on_demand(BASE + "+revert-x")
+    assert calls == [(BASE, controls / "revert-x.patch", "revert-x")]
+
+
+def test_cli_refusal_is_one_line(kbisect_home, tmp_path):
+    patch = tmp_path / "hdr.patch"
+    patch.write_text("--- a/include/net/ip_tunnels.h\n+++ b/include/net/ip_tunnels.h\n@@ -1 +1 @@\n-a\n+b\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "kernels", "patch", "--base", BASE, "--patch", str(patch)],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, KBISECT_HOME=str(kbisect_home)),
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "header include/net/ip_tunnels.h" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ the real thing
+
+
+def _functions(ko: Path) -> dict[str, list[str]]:
+    """Disassembly per function with addresses removed, so unchanged code compares equal."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-r", str(ko)], capture_output=True, text=True, check=True).stdout
+    funcs: dict[str, list[str]] = {}
+    current = None
+    for line in out.splitlines():
+        m = re.match(r"^[0-9a-f]+ <([^>]+)>:", line)
+        if m:
+            current = funcs.setdefault(m.group(1), [])
+            continue
+        if current is not None and line.strip():
+            line = re.sub(r"^\s*[0-9a-f]+:\s*", "", line.rstrip())
+            current.append(re.sub(r"\b[0-9a-f]+ <", "<", line))
+    return funcs
+
+
+def _base_kernel() -> UnpackedKernel:
+    """The stock kernel, through the sources layer when it has landed, else unpacked by hand."""
+    try:
+        from orchestrator.sources import fetch  # noqa: F401
+    except ImportError:
+        root = variants.config.subdir("kernels") / "debian" / KVER
+        if not (root / "kernel.json").exists():
+            work = variants.config.subdir("variants") / "test-base"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            subprocess.run(["apt-get", "download", f"linux-image-{KVER}-unsigned"], cwd=work, check=True, capture_output=True)
+            (deb,) = work.glob("*.deb")
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
+            tmp = root.with_name(root.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            shutil.move(str(work / "x" / "lib" / "modules" / KVER), tmp / "modules")
+            for name, dst in ((f"vmlinuz-{KVER}", "vmlinuz"), (f"config-{KVER}", "config"), (f"System.map-{KVER}", "System.map")):
+                shutil.move(str(work / "x" / "boot" / name), tmp / dst)
+            UnpackedKernel(spec=BASE, root=tmp, kver=KVER).save()
+            (tmp / "kernel.json").write_text((tmp / "kernel.json").read_text().replace(str(tmp), str(root)))
+            tmp.rename(root)
+            shutil.rmtree(work)
+        return UnpackedKernel.load(root)
+    return variants._fetch_base(BASE)
+
+
+def _check_variant(stock: UnpackedKernel, variant: UnpackedKernel) -> None:
+    rel = Path("kernel/net/ipv4/ip_tunnel.ko")
+    new_ko, old_ko = variant.modules / rel, stock.modules / rel
+    assert new_ko.read_bytes() != old_ko.read_bytes()
+    assert new_ko.stat().st_ino != old_ko.stat().st_ino  # replaced, not a link into the base
+    vermagic = lambda ko: variants.modinfo_field(ko, "vermagic")  # noqa: E731
+    assert vermagic(new_ko) == vermagic(old_ko) and vermagic(new_ko).startswith(KVER + " ")
+    # Same compiler, same flags: every function but the patched receive path compiles to the
+    # same code as Debian's own build; ip_tunnel_rcv (where the revert sits) does not.
+    new_f, old_f = _functions(new_ko), _functions(old_ko)
+    assert set(new_f) == set(old_f)
+    assert new_f["ip_tunnel_rcv"] != old_f["ip_tunnel_rcv"]
+    same = [f for f in old_f if new_f[f] == old_f[f]]
+    assert len(same) >= len(old_f) - 4, sorted(set(old_f) - set(same))
+    assert "ip_tunnel_lookup" in same
+    # stripped of debug info like Debian's modules
+    sections = subprocess.run(["objdump", "-h", str(new_ko)], capture_output=True, text=True, check=True).stdout
+    assert ".debug_info" not in sections
+    # depmod ran on the variant: modules.dep exists and knows the rebuilt module and its users
+    dep = (variant.modules / "modules.dep").read_text()
+    assert "kernel/net/ipv4/ip_tunnel.ko:" in dep
+    assert re.search(r"^kernel/net/ipv4/ip_gre.ko:.*kernel/net/ipv4/ip_tunnel.ko", dep, re.M)
+    # unchanged modules are shared with the base by hard links; the boot files are there
+    gre = Path("kernel/net/ipv4/ip_gre.ko")
+    assert (variant.modules / gre).stat().st_ino == (stock.modules / gre).stat().st_ino
+    assert variant.vmlinuz.read_bytes() == stock.vmlinuz.read_bytes()
+    assert variant.config is not None and variant.system_map is not None
+    manifest = json.loads((variant.root / "kernel.json").read_text())
+    assert manifest["kver"] == KVER and manifest["root"] == str(variant.root)
+    extra = variant.extra
+    assert extra["variant_of"] == BASE and extra["rebuilt_modules"] == [str(rel)]
+    assert extra["source_package"].startswith("linux-source-6.1=")
+    assert extra["compiler"].endswith(extra["kernel_compiler"].split(" ", 1)[1])
+    assert len(extra["patch_sha256"]) == 64
+
+
+@pytest.mark.registry
+@pytest.mark.timeout(1800)
+def test_real_gretap_ecn_control_variant(shared_home):
+    stock = _base_kernel()
+    variant = variants.build_variant(BASE, TEST_PATCH, "test-revert-227adfb2b1df")
+    assert variant.spec == BASE + "+test-revert-227adfb2b1df"
+    assert variant.root == shared_home / "kernels" / "debian" / f"{KVER}+test-revert-227adfb2b1df"
+    assert UnpackedKernel.load(variant.root).spec == variant.spec
+    _check_variant(stock, variant)
+    # a second call is a cache hit
+    assert variants.build_variant(BASE, TEST_PATCH, "test-revert-227adfb2b1df").extra == variant.extra
+
+
+@pytest.mark.registry
+@pytest.mark.timeout(1800)
+def test_real_control_patch_from_the_catalog_builds_on_demand(shared_home):
+    control = REPO / "reproducers" / "gretap-ecn" / "controls" / "revert-227adfb2b1df.patch"
+    if not control.exists():
+        pytest.skip("reproducers/gretap-ecn/controls/revert-227adfb2b1df.patch not shipped yet")
+    stock = _base_kernel()
+    variant = variants.build_on_demand(BASE + "+revert-227adfb2b1df")
+    assert variant.spec == BASE + "+revert-227adfb2b1df"
+    _check_variant(stock, variant)
