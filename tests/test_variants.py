@@ -415,27 +415,32 @@ def _functions(ko: Path) -> dict[str, list[str]]:
 
 def _base_kernel() -> UnpackedKernel:
     """The stock kernel, through the sources layer when it has landed, else unpacked by hand."""
+    import importlib.util
+
+    root = variants.config.subdir("kernels") / "debian" / KVER
+    if (root / "kernel.json").exists():
+        return UnpackedKernel.load(root)
     try:
-        from orchestrator.sources import fetch  # noqa: F401
-    except ImportError:
-        root = variants.config.subdir("kernels") / "debian" / KVER
-        if not (root / "kernel.json").exists():
-            work = variants.config.subdir("variants") / "test-base"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            subprocess.run(["apt-get", "download", f"linux-image-{KVER}-unsigned"], cwd=work, check=True, capture_output=True)
-            (deb,) = work.glob("*.deb")
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
-            tmp = root.with_name(root.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            shutil.move(str(work / "x" / "lib" / "modules" / KVER), tmp / "modules")
-            for name, dst in ((f"vmlinuz-{KVER}", "vmlinuz"), (f"config-{KVER}", "config"), (f"System.map-{KVER}", "System.map")):
-                shutil.move(str(work / "x" / "boot" / name), tmp / dst)
-            UnpackedKernel(spec=BASE, root=tmp, kver=KVER).save()
-            (tmp / "kernel.json").write_text((tmp / "kernel.json").read_text().replace(str(tmp), str(root)))
-            tmp.rename(root)
-            shutil.rmtree(work)
+        have_debian_source = importlib.util.find_spec("orchestrator.sources.debian") is not None
+    except ModuleNotFoundError:
+        have_debian_source = False
+    if not have_debian_source:
+        work = variants.config.subdir("variants") / "test-base"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        subprocess.run(["apt-get", "download", f"linux-image-{KVER}-unsigned"], cwd=work, check=True, capture_output=True)
+        (deb,) = work.glob("*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
+        tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.move(str(work / "x" / "lib" / "modules" / KVER), tmp / "modules")
+        for name, dst in ((f"vmlinuz-{KVER}", "vmlinuz"), (f"config-{KVER}", "config"), (f"System.map-{KVER}", "System.map")):
+            shutil.move(str(work / "x" / "boot" / name), tmp / dst)
+        UnpackedKernel(spec=BASE, root=tmp, kver=KVER).save()
+        (tmp / "kernel.json").write_text((tmp / "kernel.json").read_text().replace(str(tmp), str(root)))
+        tmp.rename(root)
+        shutil.rmtree(work)
         return UnpackedKernel.load(root)
     return variants._fetch_base(BASE)
 
