@@ -71,18 +71,14 @@ def test_bad_repo_and_bad_revision_are_one_line_errors(tmp_path, hist) -> None:
         find_candidates(hist.path, "v5.4", "v9.9", ["x"], [])
 
 
-def test_candidates_command_json(hist, tmp_path, kbisect_home, monkeypatch) -> None:
+def test_candidates_command_json(hist, kbisect_home) -> None:
+    """The catalog's real gretap-ecn keywords and paths, on the synthetic history."""
     from click.testing import CliRunner
 
     from orchestrator.cli import cli
 
-    bugdir = tmp_path / "gretap-ecn"
-    bugdir.mkdir()
-    (bugdir / "run.sh").write_text("exit 0\n")
-    (bugdir / "bug.yaml").write_text(json.dumps({"id": "gretap-ecn", "keywords": GRETAP_KEYWORDS,
-                                                 "paths": GRETAP_PATHS}))
     result = CliRunner().invoke(cli, ["candidates", "--repo", str(hist.path), "--good", "v5.4.40",
-                                      "--bad", "v5.4.41", "--bug", str(bugdir), "--json"])
+                                      "--bad", "v5.4.41", "--bug", "gretap-ecn", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     top = data["candidates"][0]
@@ -92,7 +88,7 @@ def test_candidates_command_json(hist, tmp_path, kbisect_home, monkeypatch) -> N
     # with the upstream range given too, the intersection comes first
     result = CliRunner().invoke(cli, ["candidates", "--repo", str(hist.path), "--good", "v5.4.40",
                                       "--bad", "v5.4.41", "--upstream-good", "v5.4", "--upstream-bad",
-                                      "v5.7", "--bug", str(bugdir), "--json"])
+                                      "v5.7", "--bug", "gretap-ecn", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["candidates"][0]["sha"] == hist.culprit

@@ -1,0 +1,298 @@
+"""`kbisect bisect` and `kbisect candidates`: the user's command, wired to the pure engine.
+
+This is the only layer that touches the world for a bisection: it lists kernels (sources), wraps
+the guest runtime (probe) with replayed and stored verdicts (store.ResumingProbe), shows progress
+on stderr, writes the report and, with --repo, narrows the boundary to commits (gitlog).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.cli.base import cli
+from orchestrator.errors import KbisectError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+# -- listings ---------------------------------------------------------------------------------
+
+def _entries(source: str, mirror: str | None, lo: str | None = None, hi: str | None = None) -> list[Any]:
+    """Ask the sources layer for a listing; one clear line when it cannot be had."""
+    try:
+        from orchestrator.sources import get_source
+    except ImportError:
+        raise KbisectError("kernel listings are unavailable (orchestrator.sources is not installed)") from None
+    src = get_source(source, mirror=mirror) if mirror and source == "mainline" else get_source(source)
+    return list(src.list(lo, hi))
+
+
+def build_index(good: str, bad: str, distro: str | None, mirror: str | None):
+    """All kernels the differential may need: the whole mainline listing (releases, rc's and the
+    stable lines, all from the mainline mirror) from the good end on, plus the distro source
+    when the bad end or --distro names one."""
+    from orchestrator.differential import KernelIndex, make_kernel
+    from orchestrator.versions import parse_spec
+
+    g, b = parse_spec(good), parse_spec(bad)
+    sources = {"mainline"} | {s.source for s in (g, b)}
+    if distro:
+        sources.add(distro.split(":", 1)[0].strip().lower())
+    kernels = []
+    for source in sorted(sources):
+        lo = g.version if g.source == source and source == "mainline" else None
+        for entry in _entries(source, mirror if source == "mainline" else None, lo, None):
+            version = getattr(entry, "version", entry)
+            try:
+                kernels.append(make_kernel(source, str(version), bool(getattr(entry, "available", True)),
+                                           str(getattr(entry, "reason", "") or "")))
+            except KbisectError:
+                continue  # odd names the listing kept (legacy side builds) are not candidates
+    for spec in (g, b):
+        # a patched variant is not in any listing; it stands alone in its base's lineage
+        if spec.variant:
+            from orchestrator.differential import Kernel
+
+            base = make_kernel(spec.source, spec.version)
+            kernels.append(Kernel(str(spec), spec.source, f"{base.label}+{spec.variant}",
+                                  (base.sort_key, 1, spec.variant), base.lineage, base.base))
+    return KernelIndex(kernels)
+
+
+def _real_probe(bug, mirror: str | None):
+    """The guest runtime, imported only when a verdict is not known already."""
+
+    def probe(spec: str):
+        try:
+            from orchestrator.probe import run_probe
+        except ImportError:
+            raise KbisectError(f"no verdict for {spec} in --verdicts or the results database, and the "
+                               "guest runtime (orchestrator.probe) is not available") from None
+        return run_probe(spec, bug, mirror=mirror)
+
+    return probe
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+class Progress:
+    """Bisection steps on stderr: which stage, which kernel, what it said and where from."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.console = _console()
+        self.quiet = quiet
+
+    def event(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[bold cyan]kbisect[/] {message}", markup=True)
+
+    def probe(self, p) -> None:
+        if self.quiet:
+            return
+        colour = {"good": "green", "bad": "red", "skip": "yellow"}.get(p.verdict.value, "white")
+        origin = ",".join(sorted(set(p.origins)))
+        runs = f"{p.runs} run{'s' if p.runs != 1 else ''}" if p.runs else "known"
+        self.console.print(f"  {p.phase:<7} {p.label:<24} [{colour}]{p.verdict.value:<4}[/] "
+                           f"({runs}, {p.seconds:.1f}s, {origin}) {p.reason}", markup=True,
+                           highlight=False)
+
+
+# -- git narrowing ----------------------------------------------------------------------------
+
+def _git_rev(label: str, lineage: str | None) -> str:
+    """Tag names of a Linux clone: v5.7-rc4, v5.4.41; Ubuntu's Ubuntu-5.4.0-31.35."""
+    if lineage and lineage.startswith("ubuntu:"):
+        return f"Ubuntu-{label}"
+    return f"v{label}"
+
+
+def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
+    """Candidates for the result's ranges; the intersection first in a differential."""
+    from orchestrator.gitlog import find_candidates, merge_differential
+
+    ranges = result.git_ranges()
+    lineage = result.lineage
+    if result.origin == "mainline" or lineage == "mainline":
+        lo, hi = ranges.get("range", (None, None))
+        if not lo:
+            return []
+        return [c.to_json() for c in find_candidates(repo, _git_rev(lo, lineage), _git_rev(hi, lineage),
+                                                     bug.keywords, bug.paths)]
+    stable: list = []
+    upstream: list = []
+    if "range" in ranges:
+        lo, hi = ranges["range"]
+        try:
+            stable = find_candidates(repo, _git_rev(lo, lineage), _git_rev(hi, lineage), bug.keywords, bug.paths)
+        except KbisectError as exc:
+            result.notes.append(f"git narrowing of {lo}..{hi} skipped: {exc}")
+    if "upstream" in ranges:
+        lo, hi = ranges["upstream"]
+        upstream = find_candidates(repo, _git_rev(lo, "mainline"), _git_rev(hi, "mainline"),
+                                   bug.keywords, bug.paths)
+    return [c.to_json() for c in merge_differential(stable, upstream)]
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+@cli.command("bisect")
+@click.option("--bug", "bug_id", required=True, help="Reproducer id (catalog) or directory.")
+@click.option("--good", required=True, help="A good kernel: 4.15, mainline:5.6, ubuntu:5.4.0-26.30 ...")
+@click.option("--bad", required=True, help="A bad kernel (the one you saw the bug on).")
+@click.option("--mirror", default=None, help="Mainline mirror base URL (default: the public one).")
+@click.option("--distro", default=None, help="Distro series to compare with mainline: ubuntu:focal, debian:bookworm.")
+@click.option("--verdicts", "verdicts_file", type=click.Path(path_type=Path), default=None,
+              help="YAML/JSON object of known verdicts ('mainline:5.7-rc5': bad); the rest are probed.")
+@click.option("--repo", type=click.Path(path_type=Path), default=None,
+              help="A Linux git clone: narrow the boundary to ranked candidate commits.")
+@click.option("--verify", "verify_runs", type=click.IntRange(0, 20), default=3, show_default=True,
+              help="Re-run last good and first bad this many times before reporting.")
+@click.option("--verify-revert", is_flag=True, help="Build the first-bad kernel with the top candidate "
+              "reverted and probe it (bad→good confirms the culprit).")
+@click.option("--fresh", is_flag=True, help="Ignore stored verdicts (new ones replace them).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str | None,
+               verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
+               fresh: bool, as_json: bool, quiet: bool) -> None:
+    """Find the first bad kernel between GOOD and BAD, and whether it came from mainline, a stable
+    backport or a distro patch."""
+    from orchestrator import catalog, report
+    from orchestrator.differential import Differential, canonical, distro_lineage
+    from orchestrator.store import ResumingProbe, Store, load_replay
+
+    bug = catalog.resolve(bug_id)
+    if distro:
+        distro_lineage(distro)
+    replay = load_replay(verdicts_file) if verdicts_file else {}
+    if repo is not None and not Path(repo).exists():
+        raise KbisectError(f"--repo {repo}: no such directory")
+    progress = Progress(quiet)
+    progress.event(f"bisecting {bug.id}: good {good}, bad {bad}"
+                   + (f", distro {distro}" if distro else "") + (" (fresh)" if fresh else ""))
+    index = build_index(good, bad, distro, mirror)
+    store = Store()
+    prober = ResumingProbe(bug, _real_probe(bug, mirror), store=store, replay=replay, fresh=fresh, canon=canonical)
+    diff = Differential(bug.id, index, prober, policy=bug.repeat, verify=verify_runs,
+                        on_probe=progress.probe, on_event=progress.event)
+    result = diff.run(good, bad, distro)
+    data = result.to_json()
+    data["counts"] = dict(prober.counts)
+    if repo is not None:
+        progress.event(f"narrowing with git log over {repo}")
+        data["candidates"] = narrow(str(repo), result, bug)
+        data["notes"] = result.notes
+        if verify_revert:
+            data["revert_check"] = _verify_revert(str(repo), result, data["candidates"], bug, prober, progress)
+    elif verify_revert:
+        raise KbisectError("--verify-revert needs --repo (the candidate to revert comes from git narrowing)")
+    run_id = report.new_run_id(bug.id)
+    out = report.write(data, run_id, report.probe_consoles(result.probes))
+    progress.event(f"report: {out / 'report.html'}")
+    store.close()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _summary(data)
+    if data["status"] not in ("found",):
+        sys.exit(3)
+
+
+def _summary(data: dict[str, Any]) -> None:
+    click.echo(f"{data['bug']}: {data['stopped']}")
+    if data.get("origin"):
+        click.echo(f"origin: {data['origin']}")
+    if data.get("upstream_first_bad"):
+        click.echo(f"upstream: {data['upstream_last_good']} good, {data['upstream_first_bad']} bad")
+    click.echo(f"confidence: {data['confidence']}{' (LOW)' if data.get('flagged') else ''}")
+    for c in data.get("candidates", [])[:5]:
+        up = f" (upstream {c['upstream'][:12]})" if c.get("upstream") else ""
+        click.echo(f"  {c['score']:6.1f} {c['sha'][:12]} {c['subject']}{up}")
+    click.echo(f"report: {data.get('report')}")
+
+
+def _verify_revert(repo: str, result, candidates: list[dict[str, Any]], bug, prober, progress) -> dict[str, Any]:
+    """KernelCI's revert check: the first-bad kernel with the top candidate reverted must be good.
+
+    Only possible when the candidate touches modular code only (the variant machinery rebuilds
+    modules, never vmlinuz) and the first-bad kernel's source is reachable (Debian kernels)."""
+    import tempfile
+
+    import git
+
+    from orchestrator.bisect import Candidate, Engine
+    from orchestrator.verdict import Verdict
+
+    if not candidates or not result.first_bad:
+        return {"status": "not-run", "reason": "no candidate or no first bad kernel"}
+    top = candidates[0]
+    sha = top.get("sha")
+    first_bad_spec = next((p.kernel for p in result.probes if p.label == result.first_bad), None)
+    if not first_bad_spec:
+        return {"status": "not-run", "reason": "first bad kernel spec unknown"}
+    files = git.Repo(repo).git.show("--format=", "--name-only", sha).split()
+    if not files or not all(f.endswith(".c") and f.startswith(("net/", "drivers/", "fs/")) for f in files):
+        return {"status": "not-run", "sha": sha,
+                "reason": "top candidate touches headers or built-in code: a module-only variant cannot revert it"}
+    patch = Path(tempfile.mkdtemp(prefix="kbisect-revert-")) / f"revert-{sha[:12]}.patch"
+    patch.write_text(git.Repo(repo).git.diff(sha, f"{sha}^", "--", *files) + "\n")
+    name = f"revert-{sha[:12]}"
+    try:
+        from orchestrator.variants import build_variant
+
+        progress.event(f"building {first_bad_spec}+{name}")
+        variant = build_variant(first_bad_spec, patch, name)
+    except (ImportError, KbisectError) as exc:
+        return {"status": "not-run", "sha": sha, "reason": f"variant build failed: {exc}"}
+    cand = Candidate(variant.spec, variant.spec.split(":", 1)[-1])
+    engine = Engine([cand], prober, policy=bug.repeat, verify=0, on_probe=progress.probe)
+    verdicts = [engine.judge(cand, "revert").verdict for _ in range(3)]
+    confirmed = all(v is Verdict.GOOD for v in verdicts)
+    return {"status": "confirmed" if confirmed else "not-confirmed", "sha": sha, "kernel": variant.spec,
+            "verdicts": [v.value for v in verdicts]}
+
+
+@cli.command("candidates")
+@click.option("--repo", type=click.Path(path_type=Path), required=True, help="A Linux git clone.")
+@click.option("--good", required=True, help="Last good revision (tag or sha), e.g. v5.4.40.")
+@click.option("--bad", required=True, help="First bad revision, e.g. v5.4.41.")
+@click.option("--bug", "bug_id", required=True, help="Reproducer id or directory (keywords and paths).")
+@click.option("--upstream-good", default=None, help="For a stable/distro range: the upstream last good rev.")
+@click.option("--upstream-bad", default=None, help="For a stable/distro range: the upstream first bad rev.")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print {\"candidates\": [...]} on stdout.")
+def candidates_cmd(repo: Path, good: str, bad: str, bug_id: str, upstream_good: str | None,
+                   upstream_bad: str | None, limit: int, as_json: bool) -> None:
+    """Rank the commits of GOOD..BAD that most likely caused the bug (git log --grep per keyword,
+    restricted to the reproducer's paths); stable/distro backports are mapped to upstream."""
+    from orchestrator import catalog
+    from orchestrator.gitlog import find_candidates, merge_differential
+
+    bug = catalog.resolve(bug_id)
+    if not bug.keywords and not bug.paths:
+        raise KbisectError(f"bug {bug.id} has neither keywords nor paths to search for")
+    if bool(upstream_good) != bool(upstream_bad):
+        raise KbisectError("--upstream-good and --upstream-bad go together")
+    cands = find_candidates(repo, good, bad, bug.keywords, bug.paths, limit=limit)
+    if upstream_good:
+        cands = merge_differential(cands, find_candidates(repo, upstream_good, upstream_bad, bug.keywords,
+                                                          bug.paths, limit=limit))
+    cands = cands[:limit]
+    if as_json:
+        click.echo(json.dumps({"candidates": [c.to_json() for c in cands]}, indent=2))
+        return
+    if not cands:
+        click.echo(f"no candidates in {good}..{bad}")
+    for c in cands:
+        up = f"  (upstream {c.upstream[:12]})" if c.upstream else ""
+        click.echo(f"{c.score:6.1f}  {c.sha[:12]}  {c.subject}{up}")
+        click.echo(f"        {'; '.join(c.reasons)}")
