@@ -1,0 +1,116 @@
+"""`kbisect kernels list|fetch|show`: what a source offers, fetching one kernel, what is cached.
+
+Machine-readable output (`--json`, the unpacked directory printed by `fetch`) goes to
+stdout; progress and notes go to stderr, so other tools can pipe these commands.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import cache
+from orchestrator.cli.base import cli
+from orchestrator.errors import KbisectError
+from orchestrator.kernel import MANIFEST, UnpackedKernel
+from orchestrator.versions import SOURCES, parse_spec
+
+
+@cli.group()
+def kernels() -> None:
+    """List, fetch and inspect kernels from the mainline, ubuntu, debian and local sources."""
+
+
+@kernels.command("list")
+@click.option("--source", "source", type=click.Choice(SOURCES), default="mainline", show_default=True,
+              help="Where the kernels come from.")
+@click.option("--mirror", default=None, help="Override the source's base URL (or directory for local).")
+@click.option("--from", "lo", default=None, help="Lowest version to list (inclusive).")
+@click.option("--to", "hi", default=None, help="Highest version to list (inclusive).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as_json: bool) -> None:
+    """List a source's kernels in ascending order, with availability."""
+    from orchestrator.sources import get_source
+
+    entries = get_source(source, mirror).list(lo, hi)
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in entries], indent=2))
+        return
+    table = Table(title=f"{source} kernels ({len(entries)})")
+    table.add_column("version")
+    table.add_column("available")
+    table.add_column("detail")
+    for entry in entries:
+        if entry.available:
+            detail = entry.extra.get("package_version") or entry.extra.get("build") or ""
+            if entry.extra.get("upstream") and entry.extra.get("upstream") != entry.version:
+                detail = f"{detail} (upstream {entry.extra['upstream']})".strip()
+        else:
+            detail = entry.reason or ""
+        table.add_row(entry.version, "yes" if entry.available else "[red]no[/red]", detail)
+    Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
+
+
+@kernels.command("fetch")
+@click.argument("spec")
+@click.option("--mirror", default=None, help="Override the source's base URL (or directory for local).")
+def fetch_cmd(spec: str, mirror: str | None) -> None:
+    """Download, verify and unpack SOURCE:VERSION; print the unpacked directory."""
+    from orchestrator.sources import fetch
+
+    kernel = fetch(spec, mirror)
+    click.echo(str(kernel.root))
+
+
+@kernels.command("show")
+@click.argument("spec", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_cmd(spec: str | None, as_json: bool) -> None:
+    """What the cache holds for SOURCE:VERSION (or every cached kernel without SPEC)."""
+    from orchestrator.sources import cached
+
+    if spec:
+        kernel = cached(spec)
+        if kernel is None:
+            raise KbisectError(f"{parse_spec(spec)} is not in the cache (kbisect kernels fetch {spec})")
+        found = [kernel]
+    else:
+        found = []
+        root = cache.config.subdir("kernels")
+        for manifest in sorted(root.glob(f"*/*/{MANIFEST}")):
+            try:
+                found.append(UnpackedKernel.load(manifest.parent))
+            except (KbisectError, ValueError, KeyError):
+                continue
+    if as_json:
+        click.echo(json.dumps([_describe(k) for k in found], indent=2))
+        return
+    if not found:
+        click.echo("no kernels cached", err=True)
+        return
+    for kernel in found:
+        info = _describe(kernel)
+        click.echo(f"{info['spec']}\n  root: {info['root']}\n  kver: {info['kver']}\n"
+                   f"  vmlinuz: {info['vmlinuz_bytes']} bytes, config: {info['config']}, "
+                   f"System.map: {info['system_map']}, modules: {info['module_files']} files")
+        for key, value in sorted(kernel.extra.items()):
+            if key != "files":
+                click.echo(f"  {key}: {value}")
+
+
+def _describe(kernel: UnpackedKernel) -> dict:
+    modules = [p for p in kernel.modules.rglob("*.ko*")] if kernel.modules.is_dir() else []
+    return {
+        "spec": kernel.spec,
+        "root": str(kernel.root),
+        "kver": kernel.kver,
+        "vmlinuz_bytes": kernel.vmlinuz.stat().st_size if kernel.vmlinuz.exists() else 0,
+        "config": kernel.config is not None,
+        "system_map": kernel.system_map is not None,
+        "module_files": len(modules),
+        "extra": kernel.extra,
+    }

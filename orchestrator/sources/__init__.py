@@ -1,0 +1,158 @@
+"""Kernel sources: list the kernels a source offers (with availability) and fetch one.
+
+Every source ends in the same place: an UnpackedKernel under
+`$KBISECT_HOME/kernels/<source>/<version>/`, so bisection and the VM layer never care
+whether a kernel came from the mainline mirror, an Ubuntu upload, Debian's archive or a
+local build. Listing never raises for a single broken version: a failed or missing build
+is an entry with `available=False` and a reason, because bisection must skip it, not stop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import cache
+from orchestrator.errors import KbisectError
+from orchestrator.kernel import MANIFEST, UnpackedKernel
+from orchestrator.versions import SOURCES, KernelSpec, parse_spec
+
+
+@dataclass
+class KernelFile:
+    """One file to download for a kernel, with the checksum it must match."""
+
+    name: str  # the file name in the download cache
+    url: str | None  # where it comes from (None: fetched through apt-get download)
+    sha256: str | None
+    size: int | None = None
+    package: str | None = None
+    package_version: str | None = None
+    mirrors: list[str] = field(default_factory=list)  # fallback URLs (Launchpad +files)
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"name": self.name, "url": self.url, "sha256": self.sha256}
+        if self.size is not None:
+            record["size"] = self.size
+        if self.package:
+            record["package"] = self.package
+        if self.package_version:
+            record["package_version"] = self.package_version
+        if self.mirrors:
+            record["mirrors"] = self.mirrors
+        return record
+
+
+@dataclass
+class KernelEntry:
+    """One listed kernel: its display version, whether it can be fetched, and its files."""
+
+    source: str
+    version: str  # display form: "5.7-rc4", "5.4.41", "6.1.0-54-cloud-amd64", "5.4.0-26.30"
+    available: bool
+    reason: str | None = None  # why not available (failed build, gone, no checksum...)
+    files: list[KernelFile] = field(default_factory=list)
+    sort_key: tuple = field(default=(), compare=False, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.source}:{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        record = {
+            "version": self.version,
+            "source": self.source,
+            "spec": self.spec,
+            "available": self.available,
+            "reason": self.reason,
+            "files": [f.to_dict() for f in self.files],
+        }
+        record.update({k: v for k, v in self.extra.items() if k not in record})
+        return record
+
+
+class Source:
+    """What every source offers; subclasses fill in `list` and `fetch`."""
+
+    name = "?"
+
+    def __init__(self, mirror: str | None = None) -> None:
+        self.mirror = mirror
+
+    def list(self, lo: str | None = None, hi: str | None = None) -> list[KernelEntry]:
+        raise NotImplementedError
+
+    def fetch(self, version: str) -> UnpackedKernel:
+        raise NotImplementedError
+
+    def target(self, version: str) -> Path:
+        return cache.kernels_dir(self.name) / version
+
+
+def get_source(name: str, mirror: str | None = None) -> Source:
+    """The source called `name` (mainline, ubuntu, debian, local); `mirror` overrides its base URL/dir."""
+    key = (name or "").strip().lower()
+    if key == "mainline":
+        from orchestrator.sources.mainline import MainlineSource
+
+        return MainlineSource(mirror)
+    if key == "debian":
+        from orchestrator.sources.debian import DebianSource
+
+        return DebianSource(mirror)
+    if key == "ubuntu":
+        from orchestrator.sources.ubuntu import UbuntuSource
+
+        return UbuntuSource(mirror)
+    if key == "local":
+        from orchestrator.sources.local import LocalSource
+
+        return LocalSource(mirror)
+    raise KbisectError(f"unknown kernel source {name!r} (known: {', '.join(SOURCES)})")
+
+
+def cached(spec: str | KernelSpec) -> UnpackedKernel | None:
+    """The finished unpack of `spec` if the cache holds one (kernel.json present), else None."""
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    root = cache.kernels_dir(parsed.source) / parsed.cache_name
+    if (root / MANIFEST).exists():
+        return UnpackedKernel.load(root)
+    if parsed.source == "debian" and parsed.variant is None:
+        # "debian:6.1.0-54" means the default flavour
+        from orchestrator.sources.debian import full_name
+
+        root = cache.kernels_dir("debian") / full_name(parsed.version)
+        if (root / MANIFEST).exists():
+            return UnpackedKernel.load(root)
+    return None
+
+
+def fetch(spec: str | KernelSpec, mirror: str | None = None) -> UnpackedKernel:
+    """Return the unpacked kernel for `spec`, downloading, verifying and unpacking it if needed.
+
+    A `+variant` spec is a patched rebuild: it is served from the cache if built already,
+    otherwise built by `orchestrator.variants.build_on_demand(spec)` when that module exists.
+    """
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    done = cached(parsed)
+    if done is not None:
+        return done
+    if parsed.variant:
+        try:
+            variants = importlib.import_module("orchestrator.variants")
+        except ModuleNotFoundError as exc:
+            if exc.name != "orchestrator.variants":
+                raise
+            raise KbisectError(f"{parsed}: variant {parsed.variant!r} is not built and this kbisect "
+                               "cannot build variants (no orchestrator.variants)") from None
+        hook = getattr(variants, "build_on_demand", None)
+        if hook is None:
+            raise KbisectError(f"{parsed}: orchestrator.variants has no build_on_demand()")
+        return hook(str(parsed))
+    return get_source(parsed.source, mirror).fetch(parsed.version)
+
+
+__all__ = ["KernelEntry", "KernelFile", "Source", "cached", "fetch", "get_source"]
