@@ -822,7 +822,8 @@ def build_variant(base_spec: str, patch: Path, name: str | None = None) -> Unpac
             return cached
         if dest.exists():  # an interrupted build that got as far as the rename cannot exist; stale anyway
             shutil.rmtree(dest)
-        for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+        # Leftovers of a build that was killed outright (the finally clauses never ran).
+        for stale in [*dest.parent.glob(f".{dest.name}.tmp-*"), *config.subdir("variants").glob(f".{dest.name}.work-*")]:
             shutil.rmtree(stale, ignore_errors=True)
         return _build(base_spec, base, spec, dest, patch, patch_text, patch_sha, touched)
 
@@ -859,18 +860,18 @@ def _build(base_spec: str, base: _Spec, spec: str, dest: Path, patch: Path, patc
     try:
         # 1. headers (exact flavour package), their -common and kbuild dependencies, and the source.
         headers_pkg = f"linux-headers-{kernel.kver}"
-        headers_ver = _pick(headers_pkg, pkg_version, same_line=False)
+        headers_ver = _pick(headers_pkg, pkg_version)
         downloads = [apt_download(headers_pkg, headers_ver, progress)]
         for dep in _depends_names(_deb_field(downloads[0].path, "Depends")):
             if dep.startswith("linux-headers-") and "common" in dep:
-                downloads.append(apt_download(dep, _pick(dep, headers_ver, same_line=False), progress))
+                downloads.append(apt_download(dep, _pick(dep, headers_ver), progress))
             elif dep.startswith("linux-kbuild-"):
-                downloads.append(apt_download(dep, _pick(dep, headers_ver, same_line=True), progress))
+                downloads.append(apt_download(dep, _pick(dep, headers_ver), progress))
         if not any(d.package.startswith("linux-kbuild-") for d in downloads):
             kb = f"linux-kbuild-{line}"
-            downloads.append(apt_download(kb, _pick(kb, headers_ver, same_line=True), progress))
+            downloads.append(apt_download(kb, _pick(kb, headers_ver), progress))
         src_pkg = f"linux-source-{line}"
-        src = apt_download(src_pkg, _pick(src_pkg, pkg_version, same_line=True), progress)
+        src = apt_download(src_pkg, _pick(src_pkg, pkg_version), progress)
         downloads.append(src)
 
         # 2. unpack headers + kbuild; repoint the flavour Makefile's absolute include.
@@ -928,7 +929,8 @@ def _build(base_spec: str, base: _Spec, spec: str, dest: Path, patch: Path, patc
                     if f.suffix in (".c", ".h", ".S") and f.is_file():
                         shutil.copy2(f, bdir / f.name)
                 (bdir / "Kbuild").write_text(kbuild_for(dplans))
-                cmd = ["make", "-C", str(hdir), f"M={bdir}", f"-j{os.cpu_count() or 1}", "modules"]
+                # CC on the command line: the compiler just checked is the one that builds.
+                cmd = ["make", "-C", str(hdir), f"M={bdir}", f"CC={cc}", f"-j{os.cpu_count() or 1}", "modules"]
                 log.write("$ " + " ".join(cmd) + "\n")
                 log.flush()
                 proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -1002,7 +1004,7 @@ def _build(base_spec: str, base: _Spec, spec: str, dest: Path, patch: Path, patc
             shutil.rmtree(tmp_dest, ignore_errors=True)
 
 
-def _pick(package: str, wanted: str, same_line: bool) -> str:
+def _pick(package: str, wanted: str) -> str:
     """Exact version when the archive has it; else (same X.Y line) the nearest, recorded by the caller."""
     versions = available_versions(package)
     if not versions:
