@@ -220,7 +220,7 @@ def plan_module(directory: str, makefile_text: str, source_name: str, kconfig: d
         for a in obj_lines:
             if target_obj in a.words:
                 value = _cond_value(a.cond, kconfig)
-                cond_text = a.cond if a.cond in ("y", "m") else f"{a.cond[2:-1]}={kconfig.get(a.cond[2:-1], 'n')}"
+                cond_text = f"obj-{a.cond}" if a.cond in ("y", "m") else f"{a.cond[2:-1]}={kconfig.get(a.cond[2:-1], 'n')}"
                 # Built-in wins over module: kbuild drops obj-m entries that are also obj-y.
                 if value == "y" or best is None or (value == "m" and best[0] == ""):
                     best = (value, cond_text)

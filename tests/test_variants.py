@@ -130,7 +130,7 @@ def test_ip_tunnel_not_configured_is_refused():
 
 def test_obj_y_code_is_refused_as_vmlinux():
     # route.o sits in the multi-line obj-y list at the top of net/ipv4/Makefile.
-    with pytest.raises(KbisectError, match=r"route.c is built-in code \(y"):
+    with pytest.raises(KbisectError, match=r"route.c is built-in code \(obj-y"):
         variants.plan_module("net/ipv4", NET_IPV4_MAKEFILE, "route.c", {"CONFIG_NET_IP_TUNNEL": "m"})
     # ip_tunnel_core.o is on a continuation line of the same obj-y list.
     with pytest.raises(KbisectError, match="built-in"):
