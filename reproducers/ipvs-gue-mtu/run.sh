@@ -1,0 +1,98 @@
+#!/bin/bash
+# ipvs-gue-mtu: IPVS GUE tunnelling must not drop large (GSO) packets.
+#
+# client ns C -- director ns D (IPVS, VIP 10.0.9.9:80, real server via GUE port 6080)
+# -- real-server ns R (fou/gue port 6080, tunl0, VIP on lo). C's TCP sends TSO super-packets
+# that cross the veth intact, so D receives GSO skbs; IPVS encapsulates them and, with UDP
+# tunnel segmentation off on D's egress, software GSO must segment them. Without d7fce52fdf96
+# IPVS leaves inner_mac_header at the old Ethernet header, __skb_udp_tunnel_segment computes a
+# tunnel header length of -2 and drops every super-packet (D's egress tx_dropped rises and the
+# transfer crawls on single-segment retransmits).
+# good: 1 MiB arrives promptly and D drops nothing; bad: D's egress drops while the transfer
+# stalls or crawls; skip: setup impossible, or no super-packet reached D (path not exercised).
+set -u
+cd "$(dirname "$0")"
+. ./common.sh
+
+need_tools ip ipvsadm ethtool tcpdump python3 timeout
+load_modules veth ip_vs ip_vs_rr ipip fou
+SIZE=${IPVS_GUE_BYTES:-1048576}
+DEADLINE=${IPVS_GUE_DEADLINE:-20}
+
+C=kbiv-c-$SFX
+D=kbiv-d-$SFX
+R=kbiv-r-$SFX
+new_netns "$C"; new_netns "$D"; new_netns "$R"
+ip -n "$C" link add cd type veth peer name dc netns "$D" || skip "cannot create a veth pair"
+ip -n "$D" link add dr type veth peer name rd netns "$R" || skip "cannot create a veth pair"
+ip -n "$C" addr add 10.0.1.1/24 dev cd
+ip -n "$D" addr add 10.0.1.2/24 dev dc
+ip -n "$D" addr add 10.0.2.1/24 dev dr
+ip -n "$R" addr add 10.0.2.2/24 dev rd
+ip -n "$D" link set dr mtu 1600
+ip -n "$R" link set rd mtu 1600
+for l in "$C cd" "$D dc" "$D dr" "$R rd"; do set -- $l; ip -n "$1" link set "$2" up; done
+ip -n "$C" route add 10.0.9.9/32 via 10.0.1.2
+ip -n "$R" route add default via 10.0.2.1
+ip -n "$D" addr add 10.0.9.9/32 dev lo
+ip netns exec "$D" sysctl -qw net.ipv4.ip_forward=1
+
+# Real server: GUE on 6080 decapsulates to IPIP (tunl0), VIP on lo, no reverse-path filtering.
+ip netns exec "$R" ip fou add port 6080 gue 2>"$OUT/fou.err" || skip "ip fou add port 6080 gue failed: $(tail -n1 "$OUT/fou.err")"
+ip -n "$R" link set tunl0 up 2>>"$OUT/fou.err" || skip "no tunl0 (ipip) in the real-server namespace"
+ip -n "$R" link set tunl0 mtu 1600 2>/dev/null
+ip -n "$R" addr add 10.0.9.9/32 dev lo
+for key in all default rd tunl0 lo; do ip netns exec "$R" sysctl -qw "net.ipv4.conf.$key.rp_filter=0" 2>/dev/null; done
+
+# Director: IPVS tunnel to the real server with GUE, software UDP-tunnel GSO on egress.
+ip netns exec "$D" ipvsadm -A -t 10.0.9.9:80 -s rr 2>"$OUT/ipvsadm.err" || skip "ipvsadm -A failed: $(tail -n1 "$OUT/ipvsadm.err")"
+ip netns exec "$D" ipvsadm -a -t 10.0.9.9:80 -r 10.0.2.2:80 -i --tun-type gue --tun-port 6080 2>>"$OUT/ipvsadm.err" \
+    || skip "ipvsadm GUE real server failed: $(tail -n1 "$OUT/ipvsadm.err")"
+ip netns exec "$D" ipvsadm -L -n --tun-info >"$OUT/ipvsadm.txt" 2>&1 || ip netns exec "$D" ipvsadm -L -n >"$OUT/ipvsadm.txt" 2>&1
+ip netns exec "$D" ethtool -K dr tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off >"$OUT/ethtool.txt" 2>&1 \
+    || log "ethtool could not turn UDP tunnel segmentation off (maybe absent on this veth): $(tail -n1 "$OUT/ethtool.txt")"
+ip netns exec "$D" ethtool -k dr >"$OUT/ethtool-k-dr.txt" 2>&1
+# If the egress could still hand the encapsulated super-packet on whole, nothing would segment
+# it on D and the bug could not show: that is a skip, never a good.
+grep -q "^tx-udp_tnl-segmentation: on" "$OUT/ethtool-k-dr.txt" \
+    && skip "cannot turn tx-udp_tnl-segmentation off on the director's egress veth"
+
+bg ip netns exec "$R" python3 tcpxfer.py serve 80
+# Evidence captures: a super-packet (longer than the 1500-byte MTU) arriving at D, and what
+# D sends to R (GUE on udp/6080, or plain IPIP on kernels without GUE support).
+bg ip netns exec "$D" timeout $((DEADLINE + 10)) tcpdump -n -l -i dc -c 1 'tcp and greater 3000' >"$OUT/super.txt" 2>"$OUT/tcpdump-d.err"
+bg ip netns exec "$R" timeout $((DEADLINE + 10)) tcpdump -n -l -i rd -c 1 'udp port 6080 or ip proto 4' >"$OUT/encap.txt" 2>"$OUT/tcpdump-r.err"
+wait_for_text "$OUT/tcpdump-d.err" "listening on" 5 || skip "tcpdump did not start in D"
+wait_for_text "$OUT/tcpdump-r.err" "listening on" 5 || skip "tcpdump did not start in R"
+sleep 0.5
+
+drops() { ip -n "$D" -s link show dr | awk '/TX:/ {getline; print $4; exit}'; }
+before=$(drops)
+result=$(ip netns exec "$C" python3 tcpxfer.py send 10.0.9.9 80 "$SIZE" "$DEADLINE")
+xfer_rc=$?
+sleep 0.5
+after=$(drops)
+dropped=$(( ${after:-0} - ${before:-0} ))
+ip -n "$D" -s link show dr >"$OUT/dr-stats.txt" 2>&1
+ip netns exec "$D" ipvsadm -L -n --stats >>"$OUT/ipvsadm.txt" 2>&1
+save_dmesg
+echo "$result" >"$OUT/transfer.txt"
+
+[ -s "$OUT/encap.txt" ] || skip "no tunnelled packet reached the real server ($result, D tx_dropped +$dropped)"
+if ! grep -q '\.6080: ' "$OUT/encap.txt"; then
+    # Kernels before 84c0d5e96f3a (v5.2) ignore --tun-type and send plain IPIP: the GUE path
+    # (and so this bug) does not exist there.
+    [ "$xfer_rc" -eq 0 ] && [ "$dropped" -eq 0 ] \
+        && finish 0 "director sent plain IPIP, not GUE: kernel predates IPVS GUE (v5.2), no such bug; $result (good)"
+    skip "director did not send GUE and the IPIP transfer failed too ($result)"
+fi
+if ! [ -s "$OUT/super.txt" ]; then
+    skip "no GSO super-packet reached the director: the bug's path was not exercised ($result)"
+fi
+if [ "$xfer_rc" -eq 0 ] && [ "$dropped" -eq 0 ]; then
+    finish 0 "1 MiB through IPVS GUE: $result, director egress tx_dropped +0 (good)"
+fi
+if [ "$dropped" -gt 0 ]; then
+    finish 1 "director egress dropped $dropped GSO packets, transfer: $result (bad)"
+fi
+skip "transfer failed without director drops ($result): not this bug's signature"
