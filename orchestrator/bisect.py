@@ -125,6 +125,7 @@ class BisectResult:
     bad_end: Candidate | None = None
     disagreeing_end: str | None = None  # "good" or "bad" when status is ends-disagree
     notes: list[str] = field(default_factory=list)
+    size: int = 0  # number of candidates the engine was given
 
     @property
     def flagged(self) -> bool:
@@ -447,6 +448,7 @@ class Engine:
             confidence=self.confidence(),
             stopped=stopped,
             notes=self.notes,
+            size=len(self.candidates),
         )
 
 

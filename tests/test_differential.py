@@ -1,0 +1,238 @@
+"""The gretap-ecn differential on a generated mainline mirror served on 127.0.0.1, with verdicts
+replayed from the real history; resume after a real SIGKILL; --fresh."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.bisect import clean_bound
+from orchestrator.differential import Differential, KernelIndex, make_kernel
+from orchestrator.errors import KbisectError
+from orchestrator.verdict import Verdict
+from tests.bisect_mirror import build_mirror, serve
+from tests.gretap_history import K, UNAVAILABLE, mainline_versions, verdict, verdicts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def index() -> KernelIndex:
+    return KernelIndex(make_kernel("mainline", v, v not in UNAVAILABLE, "failed build" if v in UNAVAILABLE else "")
+                       for v in mainline_versions())
+
+
+class Replay:
+    def __init__(self, table=verdict) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    def __call__(self, cand):
+        self.calls.append(cand.label)
+        return Verdict(self.table(cand.label))
+
+
+def test_pure_differential_follows_the_write_up() -> None:
+    probe = Replay()
+    res = Differential("gretap-ecn", index(), probe, verify=3).run("4.15", "5.4")
+    assert res.status == "found"
+    assert (res.lineage, res.last_good, res.first_bad) == ("stable-5.4", "5.4.40", "5.4.41")
+    assert res.origin == "stable-backport" and res.carrier == "stable"
+    assert (res.upstream_last_good, res.upstream_first_bad) == (f"5.7-rc{K - 1}", f"5.7-rc{K}")
+    assert any("mainline 5.4 is good" in n for n in res.notes)
+    # the mainline walk went 5.5, 5.6, 5.7 and stopped at the first bad release
+    walk = [s for s in res.stages if s.name == "mainline walk"][0]
+    assert walk.walk == [("5.5", "good"), ("5.6", "good"), ("5.7", "bad")]
+    # each engine stage stayed within its clean bound (verification re-runs are not new kernels)
+    for stage in res.stages:
+        if stage.result is not None and stage.result.status == "found":
+            distinct = {p.kernel for p in stage.result.probes if p.phase != "verify"}
+            assert len(distinct) <= clean_bound(stage.result.size), (stage.name, distinct)
+    # no kernel was booted twice outside boundary verification
+    outside = [c for c, p in zip(probe.calls, res.probes) if p.phase != "verify"]
+    assert len(outside) == len(set(outside))
+    assert res.confidence == 1.0
+
+
+def test_stable_bad_end_given_explicitly() -> None:
+    res = Differential("gretap-ecn", index(), Replay(), verify=1).run("4.15", "5.4.60")
+    assert (res.first_bad, res.origin, res.upstream_first_bad) == ("5.4.41", "stable-backport", f"5.7-rc{K}")
+    assert any("mainline 5.4 (the base of 5.4.60) is good" in n for n in res.notes)
+
+
+def test_mainline_range_is_a_mainline_origin() -> None:
+    probe = Replay()
+    res = Differential("gretap-ecn", index(), probe, verify=1).run("5.5", "5.8")
+    assert (res.lineage, res.last_good, res.first_bad, res.origin) == ("mainline", f"5.7-rc{K - 1}", f"5.7-rc{K}", "mainline")
+    assert "upstream_first_bad" not in res.to_json()
+    n = len(index().between("mainline", index().get("5.5"), index().get("5.8")))
+    assert len(set(probe.calls)) <= clean_bound(n)
+
+
+def test_good_end_bad_is_said_plainly() -> None:
+    res = Differential("gretap-ecn", index(), Replay(), verify=1).run("5.8", "5.10")
+    assert res.status == "ends-disagree"
+    assert "good end 5.8 is already bad" in res.stopped
+
+
+def test_stable_only_breakage_is_not_blamed_on_mainline() -> None:
+    table = lambda label: "bad" if label.startswith("5.4.") and int(label.split(".")[2]) >= 30 else "good"
+    res = Differential("x", index(), Replay(table), verify=0, max_walk=5).run("4.15", "5.4")
+    assert res.first_bad == "5.4.30" and res.origin == "stable-only"
+
+
+def test_bad_input_is_one_line() -> None:
+    with pytest.raises(KbisectError, match="not older"):
+        Differential("x", index(), Replay()).run("5.4", "4.15")
+    with pytest.raises(KbisectError, match="not in the mainline listing"):
+        Differential("x", index(), Replay()).run("4.15", "9.9")
+
+
+# -- through the CLI, on a served mirror ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    root = build_mirror(tmp_path_factory.mktemp("mirror") / "mainline", mainline_versions(), UNAVAILABLE)
+    with serve(root) as url:
+        yield url
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["KBISECT_HOME"] = str(tmp_path / "home")
+    env["KBISECT_RESULTS"] = str(tmp_path / "results")
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _kbisect(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_done_when_command_on_a_mirror(mirror, tmp_path) -> None:
+    vfile = tmp_path / "verdicts.json"
+    vfile.write_text(json.dumps(verdicts(), indent=1))
+    proc = _kbisect(["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--mirror", mirror,
+                     "--verdicts", str(vfile), "--json"], _env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["bug"] == "gretap-ecn"
+    assert data["origin"] == "stable-backport"
+    assert (data["lineage"], data["last_good"], data["first_bad"]) == ("stable-5.4", "5.4.40", "5.4.41")
+    assert (data["upstream_last_good"], data["upstream_first_bad"]) == (f"5.7-rc{K - 1}", f"5.7-rc{K}")
+    assert data["confidence"] == 1.0
+    for p in data["probes"]:
+        assert {"kernel", "verdict", "runs", "seconds", "reason"} <= set(p)
+    assert all(p["origins"] in (["replay"], ["known"]) for p in data["probes"])
+    report = Path(data["report"])
+    assert report.is_file() and "5.4.41" in report.read_text()
+    assert json.loads((report.parent / "result.json").read_text())["first_bad"] == "5.4.41"
+    # progress went to stderr, not stdout
+    assert "boundary found: 5.4.40 good, 5.4.41 bad" in proc.stderr
+    (tmp_path / "done-when.json").write_text(proc.stdout)
+
+
+def test_cli_errors_are_one_line(mirror, tmp_path) -> None:
+    bad = tmp_path / "v.yaml"
+    bad.write_text("mainline:5.4: maybe\n")
+    proc = _kbisect(["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--mirror", mirror,
+                     "--verdicts", str(bad)], _env(tmp_path))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "verdict must be good, bad or skip" in proc.stderr
+    proc = _kbisect(["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--distro", "ubuntu:nope"],
+                    _env(tmp_path))
+    assert proc.returncode != 0 and "unknown series" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+# -- resume after a real kill ---------------------------------------------------------------
+
+FAKE = textwrap.dedent("""
+    import sys, time, json
+    from orchestrator.verdict import ProbeRecord, Verdict
+    from tests.gretap_history import verdict
+    import orchestrator.cli.bisect as cb
+
+    log = open(sys.argv[1], "a")
+
+    def fake_real_probe(bug, mirror):
+        def probe(spec):
+            log.write(spec + "\\n"); log.flush()
+            time.sleep(float(sys.argv[2]))
+            label = spec.split(":", 1)[1]
+            return ProbeRecord(spec, bug.id, Verdict(verdict(label)), "simulated boot", {"run": 0.01})
+        return probe
+
+    cb._real_probe = fake_real_probe
+    from orchestrator.cli import main
+    main(sys.argv[3:])
+""")
+
+
+def _rows(db: Path) -> dict[tuple[str, int], float]:
+    con = sqlite3.connect(db)
+    try:
+        return {(k, s): t for k, s, t in con.execute("SELECT kernel, seq, stored_at FROM probes")}
+    finally:
+        con.close()
+
+
+def test_resume_after_sigkill_repeats_no_finished_probe(mirror, tmp_path) -> None:
+    env = _env(tmp_path)
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE)
+    # the user knows the mainline releases; everything else (rc's, stable) is "booted"
+    vfile = tmp_path / "verdicts.yaml"
+    vfile.write_text("".join(f'"mainline:{v}": {verdict(v)}\n' for v in mainline_versions()
+                             if "-rc" not in v and v.count(".") == 1))
+    args = ["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--mirror", mirror,
+            "--verdicts", str(vfile), "--json"]
+    db = Path(env["KBISECT_HOME"]) / "results.db"
+    log1 = tmp_path / "calls1.log"
+    proc = subprocess.Popen([sys.executable, str(script), str(log1), "0.3", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if db.exists() and len(_rows(db)) >= 4:
+            break
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _rows(db)
+    assert len(before) >= 4
+
+    log2 = tmp_path / "calls2.log"
+    done = subprocess.run([sys.executable, str(script), str(log2), "0", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(done.stdout)
+    assert (data["first_bad"], data["origin"], data["upstream_first_bad"]) == ("5.4.41", "stable-backport", f"5.7-rc{K}")
+    after = _rows(db)
+    # every probe finished before the kill is still the same stored row: none was repeated
+    for key, stamp in before.items():
+        assert after[key] == stamp, f"{key} was probed again"
+    calls2 = log2.read_text().split()
+    assert len(calls2) == len(after) - len(before)
+    assert data["counts"]["store"] >= len(before)
+    # and a third run needs no probe at all
+    log3 = tmp_path / "calls3.log"
+    again = subprocess.run([sys.executable, str(script), str(log3), "0", *args], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and log3.read_text() == ""
+    assert json.loads(again.stdout)["first_bad"] == "5.4.41"
+    # --fresh ignores the stored verdicts: every non-replayed probe runs again
+    log4 = tmp_path / "calls4.log"
+    fresh = subprocess.run([sys.executable, str(script), str(log4), "0", *args, "--fresh"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert len(log4.read_text().split()) == len(after)
+    assert all(_rows(db)[k] > after[k] for k in after)
