@@ -85,6 +85,7 @@ def build(root: Path) -> History:
                       {"include/net/inet_ecn.h": "ect1", "net/ipv4/ip_tunnel_core.c": "ect1"}, next(t))
     master.checkout()
     _commit(repo, "net: core: unrelated cleanup\n", {"drivers/net/dummy.c": "cleanup"}, next(t))
+    repo.create_tag("v5.7-rc3")  # the upstream last good of the replayed history (K = 4)
     base = repo.head.commit
     repo.git.merge("--no-ff", "--no-edit", "-m",
                    "Merge branch 'tunnel-ecn'\n\nToke says:\nThis series makes tunnels propagate ECT(1) on "
@@ -94,6 +95,7 @@ def build(root: Path) -> History:
                         "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.invalid"})
     merge = repo.head.commit.hexsha
     assert repo.head.commit.parents[0] == base
+    repo.create_tag("v5.7-rc4")
     repo.create_tag("v5.7")
 
     stable.checkout()

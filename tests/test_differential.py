@@ -236,3 +236,21 @@ def test_resume_after_sigkill_repeats_no_finished_probe(mirror, tmp_path) -> Non
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert len(log4.read_text().split()) == len(after)
     assert all(_rows(db)[k] > after[k] for k in after)
+
+
+def test_bisect_with_repo_ranks_the_intersection_first(mirror, tmp_path) -> None:
+    from tests.gitlog_history import CULPRIT_SUBJECT, build
+
+    assert K == 4  # the synthetic history tags v5.7-rc3 and v5.7-rc4 around the culprit's merge
+    hist = build(tmp_path / "linux")
+    vfile = tmp_path / "verdicts.json"
+    vfile.write_text(json.dumps(verdicts()))
+    proc = _kbisect(["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--mirror", mirror,
+                     "--verdicts", str(vfile), "--repo", str(hist.path), "--json", "--verify", "1"], _env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    top, second = data["candidates"][:2]
+    assert top["sha"] == hist.culprit and top["subject"] == CULPRIT_SUBJECT and top["backports"] == [hist.backport]
+    assert second["sha"] == hist.backport and second["upstream"] == hist.culprit
+    assert "in both ranges" in top["reasons"][0]
+    assert hist.culprit[:12] in Path(data["report"]).read_text()
