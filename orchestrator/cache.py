@@ -181,10 +181,10 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
                                 digest.update(chunk)
                                 got += len(chunk)
                                 bar.advance(task, len(chunk))
-                        except (requests.RequestException, OSError) as exc:
-                            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
-                                raise KbisectError(f"{label}: cannot write {tmp}: {exc.strerror or exc}") from None
+                        except requests.RequestException:  # connection dropped mid-body
                             truncated = True
+                        except OSError as exc:
+                            raise KbisectError(f"{label}: cannot write {tmp}: {exc.strerror or exc}") from None
                     if truncated or (total is not None and got < total):
                         expected = f"sha256 {sha256.lower()}" if sha256 else "its checksum"
                         raise ChecksumError(f"{label}: download truncated after {got} of {total or '?'} bytes; "
@@ -246,11 +246,12 @@ def _inside(root: Path, path: Path) -> bool:
 
 
 def _extract_deb(deb: Path, into: Path, kvers: set[str], progress: Progress) -> None:
+    from debian.arfile import ArError
     from debian.debfile import DebError, DebFile
 
     try:
         data = DebFile(str(deb)).data.tgz()
-    except (DebError, OSError, tarfile.TarError, EOFError, ValueError) as exc:
+    except (ArError, DebError, OSError, tarfile.TarError, EOFError, ValueError, KeyError) as exc:
         raise KbisectError(f"{deb.name}: not a readable .deb ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     task = progress.add_task(f"unpack {deb.name}", total=None)
     links: list[tuple[Path, str]] = []

@@ -103,7 +103,7 @@ def show_cmd(spec: str | None, as_json: bool) -> None:
 
 
 def _describe(kernel: UnpackedKernel) -> dict:
-    modules = [p for p in kernel.modules.rglob("*.ko*")] if kernel.modules.is_dir() else []
+    modules = [p for p in kernel.modules.rglob("*.ko*") if not p.is_symlink()] if kernel.modules.is_dir() else []
     return {
         "spec": kernel.spec,
         "root": str(kernel.root),
