@@ -254,3 +254,43 @@ def test_bisect_with_repo_ranks_the_intersection_first(mirror, tmp_path) -> None
     assert second["sha"] == hist.backport and second["upstream"] == hist.culprit
     assert "in both ranges" in top["reasons"][0]
     assert hist.culprit[:12] in Path(data["report"]).read_text()
+
+
+# -- distro lineages (pure index; Ubuntu focal-like uploads) ---------------------------------
+
+FOCAL = [f"5.4.0-{abi}.{abi + 4}" for abi in range(26, 60)]  # 5.4.0-26.30 .. 5.4.0-59.63
+
+
+def focal_index() -> KernelIndex:
+    ks = [make_kernel("mainline", v, v not in UNAVAILABLE) for v in mainline_versions()]
+    ks += [make_kernel("ubuntu", v) for v in FOCAL]
+    return KernelIndex(ks)
+
+
+def test_distro_lineage_took_the_backport() -> None:
+    # uploads from ABI 33 on carry 5.4.41 (the write-up's Ubuntu 20.04 kernel)
+    def table(label: str) -> str:
+        if label.startswith("5.4.0-"):
+            return "bad" if int(label.split("-")[1].split(".")[0]) >= 33 else "good"
+        return verdict(label)
+
+    probe = Replay(table)
+    res = Differential("gretap-ecn", focal_index(), probe, verify=1).run("4.15", "5.4", distro="ubuntu:focal")
+    assert (res.lineage, res.last_good, res.first_bad) == ("ubuntu:5.4", "5.4.0-32.36", "5.4.0-33.37")
+    assert res.origin == "stable-backport" and res.carrier == "distro"
+    assert res.upstream_first_bad == f"5.7-rc{K}"
+    assert not any(c.startswith("5.4.") and c.count(".") == 2 and "-" not in c for c in probe.calls), \
+        "the stable line is not bisected when a distro series was named"
+
+
+def test_distro_only_patch() -> None:
+    def table(label: str) -> str:
+        if label.startswith("5.4.0-"):
+            return "bad" if int(label.split("-")[1].split(".")[0]) >= 40 else "good"
+        return "good"  # mainline never shows it
+
+    res = Differential("x", focal_index(), Replay(table), verify=0, max_walk=8).run(
+        "4.15", "ubuntu:5.4.0-50.54")
+    assert (res.lineage, res.first_bad, res.origin) == ("ubuntu:5.4", "5.4.0-40.44", "distro")
+    assert res.upstream_first_bad is None
+    assert any("distro-only patch" in n for n in res.notes)
