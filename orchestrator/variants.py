@@ -17,6 +17,7 @@ Only Debian kernels are supported so far (their headers, kbuild and source are a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -415,9 +416,20 @@ class _Step:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def _apt_options_for(home: str) -> tuple[str, ...]:
+    return tuple(_apt_options_uncached())
+
+
 def _apt_options() -> list[str]:
-    """apt -o options that reach suites beyond the machine's own, from the sources engineer's
-    Debian helper when it exists; plain apt otherwise (bookworm packages need nothing extra)."""
+    """apt -o options that reach suites beyond the machine's own (computed once per $KBISECT_HOME:
+    the Debian source refreshes its private package lists at most daily)."""
+    return list(_apt_options_for(str(config.home())))
+
+
+def _apt_options_uncached() -> list[str]:
+    """From the Debian source's helper (its private sources list covers bullseye..sid and the
+    security suites); plain apt when that helper is absent (bookworm packages need nothing extra)."""
     try:
         from orchestrator.sources import debian as deb_source  # type: ignore
     except Exception:
