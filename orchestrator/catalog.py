@@ -166,7 +166,8 @@ class _Checker:
 
     def string(self, value: Any, where: str, pattern: re.Pattern | None = None, empty_ok: bool = True) -> str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # YAML reads `version: 5.10` as a float; keep what was written
+            # YAML reads `version: 5.10` as the number 5.1: refuse rather than guess.
+            raise self.fail(where, f"{value!r} is a number; quote it (\"{value}\") so YAML keeps it as written")
         if not isinstance(value, str):
             raise self.fail(where, f"expected a string, got {type(value).__name__}")
         if not empty_ok and not value.strip():
@@ -229,7 +230,9 @@ def _history(chk: _Checker, value: Any) -> History:
     raw = chk.mapping(value.get("stable_backports", {}) or {}, "history.stable_backports", {"fixed", "introduced"})
     for kind, series in raw.items():
         series = chk.mapping(series or {}, f"history.stable_backports.{kind}", None)
-        backports[kind] = {str(k): chk.string(v, f"history.stable_backports.{kind}.{k}", empty_ok=False)
+        for k in series:
+            chk.string(k, f"history.stable_backports.{kind}.{k}", empty_ok=False)
+        backports[kind] = {k: chk.string(v, f"history.stable_backports.{kind}.{k}", empty_ok=False)
                            for k, v in series.items()}
     known = []
     raw_known = value.get("known", []) or []
@@ -285,7 +288,7 @@ def _verify(chk: _Checker, value: Any) -> VerifyPlan:
     value = chk.mapping(value, "verify", {"lines", "expect", "bad_kernels", "no_control"})
     lines = chk.strings(value.get("lines", list(DEFAULT_LINES)), "verify.lines")
     expect_raw = chk.mapping(value.get("expect", {}) or {}, "verify.expect", None)
-    expect = {str(k): chk.verdict(v, f"verify.expect.{k}") for k, v in expect_raw.items()}
+    expect = {chk.string(k, f"verify.expect.{k}"): chk.verdict(v, f"verify.expect.{k}") for k, v in expect_raw.items()}
     for line in expect:
         if line not in lines:
             raise chk.fail(f"verify.expect.{line}", f"line {line!r} is not in verify.lines")

@@ -56,7 +56,9 @@ set_rpf() {
         for key in all default lo veth1 veth2; do
             ip netns exec "$ns" sysctl -qw "net.ipv4.conf.$key.rp_filter=$1" 2>/dev/null
         done
-        ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.accept_local=1
+        # RPF_ACCEPT_LOCAL=0 is a test aid only: it breaks the loop even with rp_filter=0, which
+        # must end in skip (in-script control failed), never in bad.
+        ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.accept_local=${RPF_ACCEPT_LOCAL:-1}
         ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.route_localnet=1
         ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.log_martians=1
     done

@@ -43,7 +43,20 @@ elif [ "$METHOD" = netem ]; then
         || skip "netem corrupt unavailable: $(tail -n1 "$OUT/netem.err")"
     METHOD=netem-applied
 fi
-if [ "$METHOD" = nft ]; then
+if [ "$METHOD" = nft-before-csum ]; then
+    # Test aid only: corrupt on the sender's output hook, BEFORE the checksum is computed, so the
+    # segment carries a valid checksum over corrupted data. Every kernel must deliver it: this
+    # exercises the bad branch (data differs) on a fixed kernel. Never used for a verdict.
+    need_tools nft
+    ip netns exec "$S" nft -f - >"$OUT/nft.err" 2>&1 <<'NFT' || skip "nftables payload mangling unavailable: $(tail -n1 "$OUT/nft.err")"
+table ip kbcsum {
+    chain out {
+        type filter hook output priority 300; policy accept;
+        ip daddr 192.0.2.2 ip protocol tcp ip length > 400 numgen random mod 20 == 0 @th,800,8 set 0x55 counter
+    }
+}
+NFT
+elif [ "$METHOD" = nft ]; then
     need_tools nft
     # Byte 100 of the TCP header area is always payload (TCP headers end by byte 60).
     ip netns exec "$R" nft -f - >"$OUT/nft.err" 2>&1 <<'NFT' || skip "nftables payload mangling unavailable: $(tail -n1 "$OUT/nft.err")"
@@ -76,6 +89,7 @@ after=$(csum_errors)
 errs=$(( ${after:-0} - ${before:-0} ))
 result=$(python3 xfer.py compare "$OUT/sent.bin" "$OUT/received.bin")
 ip netns exec "$R" nft list ruleset >"$OUT/nft-ruleset.txt" 2>/dev/null
+ip netns exec "$S" nft list ruleset >>"$OUT/nft-ruleset.txt" 2>/dev/null
 ip netns exec "$S" tc -s qdisc show dev c0 >"$OUT/qdisc.txt" 2>/dev/null
 rm -f "$OUT/sent.bin" "$OUT/received.bin"  # 2 x SIZE_MB of artefacts would only slow the fetch
 
