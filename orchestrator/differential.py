@@ -69,14 +69,17 @@ class Kernel:
     source: str
     label: str  # version as `kernels list` prints it
     version: Any  # KernelVersion | UbuntuVersion | DebianKernel | str (local)
-    lineage: str  # mainline | stable-X.Y | ubuntu:X.Y | debian:X.Y | local
+    lineage: str  # mainline | stable-X.Y | ubuntu:X.Y | debian:X.Y[~debNN][/flavour] | local
     base: KernelVersion | None  # the mainline release X.Y it belongs to
     available: bool = True
     reason: str = ""
+    variant: str | None = None  # a patched rebuild of `version` (kbisect kernels patch)
 
     @property
     def sort_key(self) -> Any:
-        return getattr(self.version, "sort_key", self.version)
+        """Version order; a variant sorts right after the kernel it was built from."""
+        key = getattr(self.version, "sort_key", self.version)
+        return (key, 1 if self.variant else 0, self.variant or "")
 
     def candidate(self) -> Candidate:
         return Candidate(self.spec, self.label, self.available, self.reason)
@@ -94,14 +97,41 @@ def _parse(source: str, version: str) -> tuple[Any, str, KernelVersion | None]:
     if source == "debian":
         d = parse_debian_kernel(version)
         base = d.upstream.base
-        return d, f"debian:{base}", base
+        return d, debian_lineage(d), base
     return version, source, None
 
 
-def make_kernel(source: str, version: str, available: bool = True, reason: str = "") -> Kernel:
+def debian_lineage(d: Any) -> str:
+    """One Debian lineage per base, build line and flavour: `debian:6.1` (bookworm's cloud-amd64
+    kernels), `debian:6.1/amd64`, `debian:6.1~deb11/cloud-amd64` (the bullseye backport of the same
+    6.1), `debian:6.12+deb12/...`. Builds of different suites or flavours are different kernels,
+    not points between each other."""
+    import re
+
+    line = ""
+    if d.abi is not None and d.abi.startswith("0."):
+        line = "~" + d.abi.split(".")[1]  # 0.deb11.48 -> ~deb11
+    elif d.abi is None and d.tag:
+        m = re.match(r"\+(deb\d+|bpo)", d.tag)
+        line = "+" + (m.group(1) if m else d.tag.lstrip("+"))
+    flavour = d.flavour or "cloud-amd64"
+    name = f"debian:{d.upstream.base}{line}"
+    if flavour != "cloud-amd64" or line:
+        name += f"/{flavour}"
+    return name
+
+
+def make_kernel(source: str, version: str, available: bool = True, reason: str = "",
+                variant: str | None = None) -> Kernel:
     v, lineage, base = _parse(source, str(version))
-    label = str(v)
-    return Kernel(f"{source}:{label}", source, label, v, lineage, base, available, reason)
+    label = str(v) + (f"+{variant}" if variant else "")
+    return Kernel(f"{source}:{label}", source, label, v, lineage, base, available, reason, variant)
+
+
+def _source_of(lineage: str) -> str:
+    if lineage == "mainline" or lineage.startswith("stable-"):
+        return "mainline"
+    return lineage.split(":", 1)[0]
 
 
 def canonical(spec: str) -> str:
@@ -114,22 +144,39 @@ def canonical(spec: str) -> str:
 
 
 class KernelIndex:
-    """All listed kernels, grouped by lineage and ordered; the differential asks it questions."""
+    """All listed kernels, grouped by lineage and ordered; the differential asks it questions.
 
-    def __init__(self, kernels: Iterable[Kernel]) -> None:
+    `loaders` maps a source name to a function returning its kernels, called the first time a
+    lineage of that source is needed: a Debian-only bisection never lists the mainline mirror."""
+
+    def __init__(self, kernels: Iterable[Kernel] = (),
+                 loaders: dict[str, Callable[[], Iterable[Kernel]]] | None = None) -> None:
         self.by_spec: dict[str, Kernel] = {}
-        for k in kernels:
-            self.by_spec.setdefault(k.spec, k)
         self.lineages: dict[str, list[Kernel]] = {}
-        for k in self.by_spec.values():
-            self.lineages.setdefault(k.lineage, []).append(k)
+        self.loaders = dict(loaders or {})
+        self.add(kernels)
+
+    def add(self, kernels: Iterable[Kernel]) -> None:
+        for k in kernels:
+            if k.spec not in self.by_spec:
+                self.by_spec[k.spec] = k
+                self.lineages.setdefault(k.lineage, []).append(k)
         for lst in self.lineages.values():
             lst.sort(key=lambda k: k.sort_key)
 
+    def _load(self, source: str) -> None:
+        loader = self.loaders.pop(source, None)
+        if loader is not None:
+            self.add(loader())
+
     def get(self, spec: str) -> Kernel | None:
-        return self.by_spec.get(canonical(spec))
+        key = canonical(spec)
+        if key not in self.by_spec:
+            self._load(key.split(":", 1)[0])
+        return self.by_spec.get(key)
 
     def lineage(self, name: str) -> list[Kernel]:
+        self._load(_source_of(name))
         return list(self.lineages.get(name, []))
 
     def between(self, name: str, lo: Kernel, hi: Kernel) -> list[Kernel]:
@@ -137,7 +184,7 @@ class KernelIndex:
         return [k for k in self.lineage(name) if lo.sort_key <= k.sort_key <= hi.sort_key]
 
     def mainline_release(self, base: KernelVersion) -> Kernel | None:
-        return self.by_spec.get(f"mainline:{base}")
+        return self.get(f"mainline:{base}")
 
     def releases_after(self, base: KernelVersion) -> list[Kernel]:
         """Mainline X.Y releases (no rc's) newer than base, oldest first."""
@@ -329,6 +376,15 @@ class Differential:
                 self._take(r, g.lineage)
                 if g.lineage == "mainline":
                     res.origin = "mainline"
+                    return self._finish([r])
+                fb = self.index.get(r.first_bad.spec) if r.first_bad else None
+                lg = self.index.get(r.last_good.spec) if r.last_good else None
+                if fb is not None and lg is not None and fb.variant and str(fb.version) == str(lg.version) \
+                        and not lg.variant:
+                    res.origin = "variant"
+                    res.notes.append(f"first bad {fb.label} is {lg.label} rebuilt with the patch "
+                                     f"{fb.variant!r}: that patch is the whole difference, so no upstream "
+                                     "search is needed")
                     return self._finish([r])
                 # a stable/distro range: find where mainline got it (step b)
                 return self._upstream(b.base, [r], carrier=self._carrier(g.lineage))

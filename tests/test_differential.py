@@ -294,3 +294,24 @@ def test_distro_only_patch() -> None:
     assert (res.lineage, res.first_bad, res.origin) == ("ubuntu:5.4", "5.4.0-40.44", "distro")
     assert res.upstream_first_bad is None
     assert any("distro-only patch" in n for n in res.notes)
+
+
+def test_debian_lineages_and_a_patched_variant_end() -> None:
+    """The shape of the real-VM test: Debian 6.1 stock kernels (fixed, good) and the positive
+    control (the newest one with the fix reverted) as the bad end."""
+    names = [f"6.1.0-{abi}-cloud-amd64" for abi in (47, 48, 49, 50, 52, 54)]
+    ks = [make_kernel("debian", n) for n in names]
+    ks += [make_kernel("debian", "6.1.0-48-amd64"), make_kernel("debian", "6.1.0-0.deb11.48-cloud-amd64")]
+    ks.append(make_kernel("debian", "6.1.0-54-cloud-amd64", variant="revert-227adfb2b1df"))
+    idx = KernelIndex(ks)
+    assert [k.label for k in idx.lineage("debian:6.1")][-2:] == [
+        "6.1.0-54-cloud-amd64", "6.1.0-54-cloud-amd64+revert-227adfb2b1df"]
+    assert idx.get("debian:6.1.0-48-amd64").lineage == "debian:6.1/amd64"
+    assert idx.get("debian:6.1.0-0.deb11.48-cloud-amd64").lineage == "debian:6.1~deb11/cloud-amd64"
+    probe = Replay(lambda label: "bad" if label.endswith("+revert-227adfb2b1df") else "good")
+    res = Differential("gretap-ecn", idx, probe, verify=1).run(
+        "debian:6.1.0-47-cloud-amd64", "debian:6.1.0-54-cloud-amd64+revert-227adfb2b1df")
+    assert (res.lineage, res.last_good, res.first_bad, res.origin) == (
+        "debian:6.1", "6.1.0-54-cloud-amd64", "6.1.0-54-cloud-amd64+revert-227adfb2b1df", "variant")
+    assert "6.1.0-48-amd64" not in probe.calls  # other flavours are other lineages
+    assert len(set(probe.calls)) <= clean_bound(7)

@@ -32,40 +32,50 @@ def _entries(source: str, mirror: str | None, lo: str | None = None, hi: str | N
         from orchestrator.sources import get_source
     except ImportError:
         raise KbisectError("kernel listings are unavailable (orchestrator.sources is not installed)") from None
-    src = get_source(source, mirror=mirror) if mirror and source == "mainline" else get_source(source)
+    try:
+        src = get_source(source, mirror=mirror) if mirror and source == "mainline" else get_source(source)
+    except ImportError:
+        raise KbisectError(f"the {source} kernel source is not available in this build") from None
     return list(src.list(lo, hi))
 
 
 def build_index(good: str, bad: str, distro: str | None, mirror: str | None):
-    """All kernels the differential may need: the whole mainline listing (releases, rc's and the
-    stable lines, all from the mainline mirror) from the good end on, plus the distro source
-    when the bad end or --distro names one."""
+    """All kernels the differential may need, listed lazily per source: the mainline listing
+    (releases, rc's and the stable lines, all from the mainline mirror) from the oldest base
+    named on, and the distro sources; a source is only asked when a lineage of it is needed.
+    Patched variants (`debian:6.1.0-54-cloud-amd64+revert-x`) are in no listing: they join the
+    lineage of the kernel they were built from, right after it."""
     from orchestrator.differential import KernelIndex, make_kernel
     from orchestrator.versions import parse_spec
 
     g, b = parse_spec(good), parse_spec(bad)
-    sources = {"mainline"} | {s.source for s in (g, b)}
-    if distro:
-        sources.add(distro.split(":", 1)[0].strip().lower())
-    kernels = []
-    for source in sorted(sources):
-        lo = g.version if g.source == source and source == "mainline" else None
-        for entry in _entries(source, mirror if source == "mainline" else None, lo, None):
-            version = getattr(entry, "version", entry)
-            try:
-                kernels.append(make_kernel(source, str(version), bool(getattr(entry, "available", True)),
-                                           str(getattr(entry, "reason", "") or "")))
-            except KbisectError:
-                continue  # odd names the listing kept (legacy side builds) are not candidates
+    bases = []
     for spec in (g, b):
-        # a patched variant is not in any listing; it stands alone in its base's lineage
-        if spec.variant:
-            from orchestrator.differential import Kernel
+        k = make_kernel(spec.source, spec.version)
+        if k.base is not None:
+            bases.append(k.base)
+    lo = str(min(bases)) if bases else None
 
-            base = make_kernel(spec.source, spec.version)
-            kernels.append(Kernel(str(spec), spec.source, f"{base.label}+{spec.variant}",
-                                  (base.sort_key, 1, spec.variant), base.lineage, base.base))
-    return KernelIndex(kernels)
+    def loader(source: str):
+        def load():
+            kernels = []
+            for entry in _entries(source, mirror if source == "mainline" else None,
+                                  lo if source == "mainline" else None, None):
+                version = getattr(entry, "version", entry)
+                try:
+                    kernels.append(make_kernel(source, str(version), bool(getattr(entry, "available", True)),
+                                               str(getattr(entry, "reason", "") or "")))
+                except KbisectError:
+                    continue  # odd names the listing kept (legacy side builds) are not candidates
+            return kernels
+        return load
+
+    sources = {"mainline", "ubuntu", "debian", "local"}
+    index = KernelIndex(loaders={s: loader(s) for s in sources})
+    for spec in (g, b):
+        if spec.variant:
+            index.add([make_kernel(spec.source, spec.version, variant=spec.variant)])
+    return index
 
 
 def _real_probe(bug, mirror: str | None):
