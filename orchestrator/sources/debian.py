@@ -130,6 +130,9 @@ class Apt:
             "-o", "Dir::Etc::SourceParts=/dev/null",
             "-o", f"Dir::State::Lists={self.lists}",
             "-o", f"Dir::Cache={self.cachedir}",
+            # our own binary caches (some images disable them globally), so apt-cache is quick
+            "-o", "Dir::Cache::pkgcache=pkgcache.bin",
+            "-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin",
         ]
         if os.geteuid() == 0:
             # The private dirs live in root's home, which apt's _apt sandbox user cannot enter.
