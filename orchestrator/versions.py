@@ -295,8 +295,17 @@ class DebianKernel:
     @property
     def sort_key(self) -> tuple:
         generation = 0 if self.abi is not None else 1
-        return (self.upstream.base.sort_key, generation, _natural_key(self.abi or ""),
+        return (self.upstream.base.sort_key, generation, self._abi_key,
                 self.upstream.sort_key, _natural_key(self.tag), self.flavour or "")
+
+    @property
+    def _abi_key(self) -> tuple[int, int]:
+        # A backport ABI "0.deb11.48" is the same upload as "48" rebuilt for an older release:
+        # it sorts just before it rather than before every ABI of the series.
+        if self.abi is None:
+            return (0, 0)
+        number = int(self.abi.rsplit(".", 1)[-1])
+        return (number, 0 if "." in self.abi else 1)
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, DebianKernel):

@@ -59,8 +59,8 @@ def _abi(v: KernelVersion) -> str:
 
 
 def build_deb(workdir: Path, package: str, version: str, files: dict[str, bytes],
-              symlinks: dict[str, str] | None = None) -> Path:
-    """A real .deb built with dpkg-deb (gzip, fast) holding `files` (paths relative to /)."""
+              symlinks: dict[str, str] | None = None, compression: str = "gzip") -> Path:
+    """A real .deb built with dpkg-deb (gzip by default: fast) holding `files` (paths relative to /)."""
     root = workdir / f"{package}_{version}"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
@@ -75,7 +75,7 @@ def build_deb(workdir: Path, package: str, version: str, files: dict[str, bytes]
         path.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, path)
     out = workdir / f"{package}_{version}_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(root), str(out)],
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "-z1", "--build", str(root), str(out)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return out
 
@@ -125,14 +125,15 @@ def _set_of_debs(work: Path, v: KernelVersion, stamp: str, *, single=False, usr=
                    for k, d in modules.items()}
         links = {k.replace("lib/modules/", "usr/lib/modules/", 1): t for k, t in links.items()}
     out: dict[str, bytes] = {}
+    compression = "zstd" if usr else "gzip"  # recent builds: data.tar.zst and /usr/lib/modules
     if single:
         deb = build_deb(work, f"linux-image-{kver}", pkgver, {**image, **modules}, links)
         out[deb.name] = deb.read_bytes()
     else:
-        deb = build_deb(work, f"linux-image-unsigned-{kver}", pkgver, image)
+        deb = build_deb(work, f"linux-image-unsigned-{kver}", pkgver, image, compression=compression)
         out[deb.name] = deb.read_bytes()
         if with_modules:
-            deb = build_deb(work, f"linux-modules-{kver}", pkgver, modules, links)
+            deb = build_deb(work, f"linux-modules-{kver}", pkgver, modules, links, compression=compression)
             out[deb.name] = deb.read_bytes()
     # other flavours and arches sit beside: never chosen, never downloaded
     out[f"linux-image-unsigned-{abi}-lowlatency_{pkgver}_amd64.deb"] = b"not a deb"
@@ -205,6 +206,7 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
 
     truncate: set[str] = set()
     gone: set[str] = set()
+    tree: Path = Path("/nonexistent")
     hits: dict[str, int] = {}
 
     def log_message(self, *args) -> None:
@@ -245,6 +247,7 @@ def serve(root: Path) -> Iterator[str]:
 def mirror(tmp_path_factory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("mirror")
     tree = build_mirror(base / "www" / "mainline")
+    MirrorHandler.tree = tree
     v61 = tree / "v6.1" / "amd64"
     MirrorHandler.truncate = {p.name for p in v61.glob("linux-image-unsigned-*-generic_*.deb")}
     v62 = tree / "v6.2" / "amd64"
@@ -367,6 +370,8 @@ def test_fetch_old_layout_and_single_image(mirror, home):
 
 
 def test_fetch_usr_lib_modules(mirror, home):
+    deb = next(p for p in (MirrorHandler.tree / "v6.18.18" / "amd64").glob("linux-modules-*.deb"))
+    assert b"data.tar.zst" in deb.read_bytes()[:2000]
     kernel = fetch("mainline:6.18.18", mirror)
     assert (kernel.modules / "kernel/drivers/net/veth.ko").exists()
     assert (kernel.modules / "modules.order").exists() and kernel.config is not None

@@ -127,7 +127,7 @@ def test_debian_abi_names():
     assert bare.flavour is None and str(bare) == "6.12.94+deb13"
     assert str(parse_debian_kernel("6.1.0-0.deb11.48-amd64")) == "6.1.0-0.deb11.48-amd64"
     order = ["4.19.0-27-amd64", "5.10.0-30-cloud-amd64", "5.10.0-46-cloud-amd64", "6.1.0-9-cloud-amd64",
-             "6.1.0-54-cloud-amd64", "6.1.0-56-cloud-amd64", "6.12.43+deb12-cloud-amd64",
+             "6.1.0-47-cloud-amd64", "6.1.0-0.deb11.48-cloud-amd64", "6.1.0-48-cloud-amd64", "6.1.0-54-cloud-amd64", "6.1.0-56-cloud-amd64", "6.12.43+deb12-cloud-amd64",
              "6.12.94+deb13-cloud-amd64", "6.12.100+deb13-cloud-amd64", "7.2.13+deb14-cloud-amd64"]
     parsed = [parse_debian_kernel(x) for x in order]
     assert sorted(reversed(parsed)) == parsed
