@@ -517,3 +517,23 @@ def test_variant_spec_uses_prebuilt_dir_or_hook(home, monkeypatch):
     monkeypatch.setitem(sys.modules, "orchestrator.variants", fake)
     assert fetch("debian:6.1.0-54-cloud-amd64+revert-abc") == "built"
     assert calls == ["debian:6.1.0-54-cloud-amd64+revert-abc"]
+
+
+def test_second_listing_reuses_settled_directories(mirror, home):
+    source = get_source("mainline", mirror)
+    first = source.list("5.6", "5.9.9")
+    before = sum(v for k, v in MirrorHandler.hits.items() if k in ("CHECKSUMS", "status", "BUILT"))
+    second = source.list("5.6", "5.9.9")
+    after = sum(v for k, v in MirrorHandler.hits.items() if k in ("CHECKSUMS", "status", "BUILT"))
+    assert [e.to_json() for e in first] == [e.to_json() for e in second]
+    assert after == before  # settled entries (built or failed) come from the listing memo
+    assert [e.version for e in second if not e.available] == ["5.6.5", "5.9.9"]
+
+
+def test_absolute_links_in_index_pages(tmp_path, home):
+    """Index pages that link with absolute paths (`/mainline/v5.4/`) are read the same way."""
+    from orchestrator.sources.mainline import links
+
+    page = ('<a href="?C=N;O=D">Name</a><a href="/">Parent Directory</a><a href="/mainline/v5.4/">v5.4/</a>'
+            '<a href="v5.5/">v5.5/</a><a href="https://elsewhere.invalid/x/">x</a><a href="v4.4-rc2%2Bcod1/">odd</a>')
+    assert links(page, "http://127.0.0.1:1/mainline/") == ["v5.4/", "v5.5/", "v4.4-rc2+cod1/"]

@@ -11,11 +11,16 @@ builds (two timestamps) yields files of one build only. Only amd64 `generic` is 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import unquote, urljoin
 
-from orchestrator import cache
+from orchestrator import cache, config
 from orchestrator.errors import KbisectError, UnavailableError
 from orchestrator.kernel import UnpackedKernel
 from orchestrator.sources import KernelEntry, KernelFile, Source
@@ -37,12 +42,19 @@ _DEB_RE = re.compile(
 _SHA256_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 
 
-def links(page: str) -> list[str]:
-    """The relative link targets of an Apache index page, decoded (`v5.7-rc1/`, `CHECKSUMS`...)."""
+def links(page: str, base: str | None = None) -> list[str]:
+    """The link targets of an Apache index page relative to `base`, decoded (`v5.7-rc1/`, `CHECKSUMS`...).
+
+    Sort links (`?C=N;O=D`), the parent directory and links elsewhere are dropped."""
     out = []
     for href in _HREF_RE.findall(page or ""):
+        if base is not None and href.startswith(("/", "http:", "https:")):
+            absolute = urljoin(base, href)
+            if not absolute.startswith(base) or absolute == base:
+                continue
+            href = absolute[len(base):]
         href = unquote(href)
-        if href.startswith(("/", "http:", "https:", "mailto:")) or href.startswith("../"):
+        if not href or href.startswith(("/", "http:", "https:", "mailto:", "../", "./")) or href.startswith("?"):
             continue
         out.append(href)
     return out
@@ -130,8 +142,8 @@ class MainlineSource(Source):
             raise KbisectError(f"mainline mirror {self.base} has no index page")
         versions: dict[KernelVersion, None] = {}
         odd: list[str] = []
-        for href in links(page):
-            if not href.endswith("/") or not href.startswith("v"):
+        for href in links(page, self.base):
+            if not href.endswith("/") or not href.startswith("v") or "/" in href[:-1]:
                 continue
             version = parse_mainline_dir(href)
             if version is None:
@@ -145,9 +157,38 @@ class MainlineSource(Source):
         high = parse_version(hi) if hi else None
         versions, _odd = self.directories()
         wanted = [v for v in versions if (low is None or v >= low) and (high is None or v <= high)]
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            entries = list(pool.map(self.entry, wanted))
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            entries = list(pool.map(self._listed_entry, wanted))
         return sorted(entries, key=lambda e: e.sort_key)
+
+    def _memo_path(self, version: KernelVersion) -> Path:
+        key = hashlib.sha256(self.base.encode()).hexdigest()[:16]
+        return config.subdir("listings") / "mainline" / key / f"{version}.json"
+
+    def _listed_entry(self, version: KernelVersion) -> KernelEntry:
+        """entry() for listings, remembered on disk once settled (a finished or failed build does not
+        change), so listing hundreds of directories costs the requests only once; fetch() always re-reads."""
+        memo = self._memo_path(version)
+        if memo.exists():
+            try:
+                record = json.loads(memo.read_text())
+                files = [KernelFile(**f) for f in record.pop("files")]
+                return KernelEntry(files=files, sort_key=version.sort_key, **record)
+            except (ValueError, TypeError, KeyError):
+                memo.unlink(missing_ok=True)
+        try:
+            entry = self.entry(version)
+        except KbisectError as exc:  # one unreadable directory must not sink the whole listing
+            return KernelEntry(self.name, str(version), False, str(exc), [], version.sort_key, {})
+        settled = entry.available or "build failed" in (entry.reason or "")
+        if settled:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            record = {"source": entry.source, "version": entry.version, "available": entry.available,
+                      "reason": entry.reason, "extra": entry.extra, "files": [vars(f) for f in entry.files]}
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(memo)
+        return entry
 
     def entry(self, version: KernelVersion) -> KernelEntry:
         """Everything about one version directory: layout, build status, the chosen build's files."""
@@ -159,13 +200,13 @@ class MainlineSource(Source):
         page = cache.http_get_text(top)
         if page is None:
             return unavailable(f"no directory {version.mainline_dir}/ on the mirror")
-        hrefs = links(page)
+        hrefs = links(page, top)
         if f"{ARCH}/" in hrefs:
             layout, where = "new", urljoin(top, f"{ARCH}/")
             sub = cache.http_get_text(where)
             if sub is None:
                 return unavailable(f"{ARCH}/ listed but missing", layout=layout)
-            hrefs = links(sub)
+            hrefs = links(sub, where)
             status = cache.http_get_text(urljoin(where, "status"))
         else:
             layout, where = "old", top
