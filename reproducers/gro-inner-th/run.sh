@@ -1,0 +1,79 @@
+#!/bin/bash
+# gro-inner-th: GRO of GRE-encapsulated TCP must set the inner transport header offset.
+#
+# ns A sends GRE/IPv4/TCP segments of one flow over veth AB/BA to ns B, which forwards the
+# outer packets to ns C over a second veth. BA has an XDP_PASS program (veth's NAPI path, the
+# only one with GRO before 5.13; `gro on` too for newer kernels) and A's egress batches
+# packets (netem slot) so GRO merges them into encapsulated super-packets. Without
+# d51c5907e980 tcp4_gro_complete leaves skb->inner_transport_header stale; forwarding then
+# computes a wrong segment length in skb_gso_transport_seglen() and can oops.
+# Oracle (deterministic, the write-up's own): bpftrace reads the header offsets of every
+# encapsulated GSO skb at skb_gso_validate_network_len(); bad when ith != inh + 20. A kernel
+# oops during the run is bad too (the probe also scans the console).
+# good: >= 1 super-packet, all offsets right; bad: a wrong offset or an oops; skip: GRO never
+# merged, or the oracle cannot run (no bpftrace / kprobes / BTF).
+set -u
+cd "$(dirname "$0")"
+. ./common.sh
+
+need_tools ip tc ethtool tcpdump python3 timeout bpftrace
+load_modules veth sch_netem
+SEGMENTS=${GRO_SEGMENTS:-400}
+
+[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null \
+    || mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
+[ -e /sys/kernel/btf/vmlinux ] || skip "no /sys/kernel/btf/vmlinux: bpftrace cannot read struct sk_buff here"
+dmesg_before=$(dmesg 2>/dev/null | wc -l)
+
+A=kbgro-a-$SFX
+B=kbgro-b-$SFX
+C=kbgro-c-$SFX
+new_netns "$A"; new_netns "$B"; new_netns "$C"
+ip -n "$A" link add AB type veth peer name BA netns "$B" || skip "cannot create a veth pair"
+ip -n "$B" link add BC type veth peer name CB netns "$C" || skip "cannot create a veth pair"
+ip -n "$A" addr add 192.0.2.1/24 dev AB
+ip -n "$B" addr add 192.0.2.2/24 dev BA
+ip -n "$B" addr add 198.51.100.1/24 dev BC
+ip -n "$C" addr add 198.51.100.2/24 dev CB
+for l in "$A AB" "$B BA" "$B BC" "$C CB"; do set -- $l; ip -n "$1" link set "$2" up; done
+ip -n "$A" route add 198.51.100.0/24 via 192.0.2.2
+ip netns exec "$B" sysctl -qw net.ipv4.ip_forward=1
+# C must not answer with ICMP (no GRE endpoint there); drop silently is fine for the oracle.
+
+ip netns exec "$B" python3 xdp_pass.py BA >"$OUT/xdp.txt" 2>&1 || skip "$(tail -n1 "$OUT/xdp.txt")"
+ip netns exec "$B" ethtool -K BA gro on >"$OUT/ethtool.txt" 2>&1 || true
+ip -n "$B" link show BA >>"$OUT/xdp.txt" 2>&1
+
+# Batch A's egress so NAPI sees several segments per poll (the write-up's netem slot).
+if ip netns exec "$A" tc qdisc add dev AB root netem delay 200us slot 5ms 10ms packets 2 bytes 64k 2>"$OUT/netem.err"; then
+    batching="netem slot"
+elif ip netns exec "$A" tc qdisc add dev AB root netem delay 1ms 2>>"$OUT/netem.err"; then
+    batching="netem delay"
+else
+    skip "no netem to batch packets for GRO: $(tail -n1 "$OUT/netem.err")"
+fi
+BAMAC=$(mac_of "$B" BA)
+
+bg bpftrace -B none offsets.bt >"$OUT/offsets.txt" 2>"$OUT/bpftrace.err"
+for _ in $(seq 1 300); do
+    grep -q "Attaching" "$OUT/offsets.txt" "$OUT/bpftrace.err" 2>/dev/null && break
+    kill -0 "${PIDS[-1]}" 2>/dev/null || break
+    sleep 0.1
+done
+sleep 1
+kill -0 "${PIDS[-1]}" 2>/dev/null || skip "bpftrace oracle did not start: $(grep -m1 -i error "$OUT/bpftrace.err" || tail -n1 "$OUT/bpftrace.err")"
+bg ip netns exec "$B" timeout 30 tcpdump -n -l -i BA -c 1 'ip proto 47 and greater 2000' >"$OUT/super.txt" 2>"$OUT/tcpdump.err"
+sleep 0.5
+
+log "sending $SEGMENTS GRE/TCP segments ($batching)"
+ip netns exec "$A" python3 gresend.py AB "$BAMAC" 192.0.2.1 198.51.100.2 "$SEGMENTS" 1436 4 0.01 2>"$OUT/send.err" \
+    || skip "sender failed: $(tail -n1 "$OUT/send.err")"
+sleep 2
+kill "${PIDS[0]}" 2>/dev/null; sleep 0.5
+ip -s -n "$B" link show BC >"$OUT/bc-stats.txt" 2>&1
+dmesg 2>/dev/null | tail -n +"$((dmesg_before + 1))" >"$OUT/dmesg-run.txt"
+save_dmesg
+
+line=$(python3 oracle.py "$OUT/offsets.txt" "$OUT/dmesg-run.txt")
+code=$?
+finish "$code" "$line"
