@@ -96,3 +96,21 @@ def test_unknown_abi_is_one_line(shared_home):
     assert result.returncode != 0 and result.stdout == ""
     assert "no package linux-image-6.1.0-999-cloud-amd64" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_damaged_cached_package_is_fetched_again(listing, kbisect_home):
+    """In a private, empty home: fetch, damage the cached .deb, fetch again: apt's copy is re-verified."""
+    import shutil
+
+    version = next(e.version for e in reversed(listing) if e.version.endswith("-cloud-amd64")
+                   and e.version.startswith("6.1.0-") and "deb11" not in e.version)
+    first = fetch(f"debian:{version}")
+    debs = list((kbisect_home / "downloads" / "debian").glob("*.deb"))
+    assert len(debs) == 1 and not list((kbisect_home / "downloads" / "debian").glob(".apt-*"))
+    good = hashlib.sha256(debs[0].read_bytes()).hexdigest()
+    assert good == next(e for e in listing if e.version == version).files[0].sha256
+    debs[0].write_bytes(b"damaged")
+    shutil.rmtree(first.root)
+    again = fetch(f"debian:{version}")
+    assert hashlib.sha256(debs[0].read_bytes()).hexdigest() == good
+    assert list(again.modules.rglob("veth.ko*"))

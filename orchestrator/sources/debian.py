@@ -143,12 +143,23 @@ class Apt:
              timeout: float = 1800) -> subprocess.CompletedProcess:
         if shutil.which(args[0]) is None:
             raise KbisectError(f"{args[0]} not found: the debian source needs apt")
+        stdout = subprocess.PIPE
+        if not capture:
+            # apt's own progress lines go to our stderr (stdout stays clean for --json), when
+            # stderr is a real file; under capturing harnesses they are collected and relayed.
+            try:
+                sys.stderr.fileno()
+                stdout = sys.stderr
+            except (AttributeError, OSError, ValueError):
+                stdout = subprocess.PIPE
         try:
-            return subprocess.run(args[:1] + self.options + args[1:], cwd=cwd, text=True, timeout=timeout,
-                                  stdout=subprocess.PIPE if capture else sys.stderr,
-                                  stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
+            result = subprocess.run(args[:1] + self.options + args[1:], cwd=cwd, text=True, timeout=timeout,
+                                    stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
         except subprocess.TimeoutExpired:
             raise KbisectError(f"{what} timed out after {timeout:.0f}s") from None
+        if not capture and stdout is subprocess.PIPE and result.stdout:
+            sys.stderr.write(result.stdout)
+        return result
 
     @staticmethod
     def _first_error(stderr: str) -> str:
