@@ -212,6 +212,12 @@ def adopt(src: Path, dest: Path, sha256: str | None) -> Path:
 # --------------------------------------------------------------------------- unpacking
 
 
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error
+
+
 def _safe_relpath(name: str, deb: Path) -> str:
     """The member's path relative to the package root; refuses anything that could escape."""
     raw = str(name)
@@ -245,14 +251,62 @@ def _inside(root: Path, path: Path) -> bool:
     return path_s == root_s or path_s.startswith(root_s + os.sep)
 
 
-def _extract_deb(deb: Path, into: Path, kvers: set[str], progress: Progress) -> None:
-    from debian.arfile import ArError
+def _open_data(deb: Path, scratch: Path) -> tuple[tarfile.TarFile, Path | None]:
+    """The data tarball of a .deb, read by python-debian.
+
+    python-debian decompresses a data.tar.zst into memory (hundreds of MB for a generic
+    kernel's modules); those are streamed through `unzstd` into a scratch file instead.
+    Returns the tarfile and the scratch file to delete afterwards (or None).
+    """
+    from debian.arfile import ArError, ArFile
     from debian.debfile import DebError, DebFile
 
     try:
-        data = DebFile(str(deb)).data.tgz()
+        archive = ArFile(str(deb))
+        zst = [n for n in archive.getnames() if n.startswith("data.tar") and n.endswith(".zst")]
+        if not zst:
+            return DebFile(str(deb)).data.tgz(), None
+        if shutil.which("unzstd") is None:
+            raise KbisectError(f"{deb.name}: zstd-compressed package and no unzstd (install zstd)")
+        member = archive.getmember(zst[0])
+        scratch.mkdir(parents=True, exist_ok=True)
+        tmp = scratch / f".{deb.name}.{os.getpid()}.data.tar"
+        import subprocess
+
+        with open(tmp, "wb") as out:
+            proc = subprocess.Popen(["unzstd", "-q", "-c"], stdin=subprocess.PIPE, stdout=out,
+                                    stderr=subprocess.DEVNULL)
+            assert proc.stdin is not None
+            try:
+                while chunk := member.read(CHUNK):
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            if proc.wait() != 0:
+                tmp.unlink(missing_ok=True)
+                raise KbisectError(f"{deb.name}: {zst[0]} does not decompress (damaged package)")
+        try:
+            return tarfile.open(tmp, "r:"), tmp
+        except tarfile.TarError:
+            tmp.unlink(missing_ok=True)
+            raise
     except (ArError, DebError, OSError, tarfile.TarError, EOFError, ValueError, KeyError) as exc:
-        raise KbisectError(f"{deb.name}: not a readable .deb ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise KbisectError(f"{deb.name}: not a readable .deb "
+                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
+def _extract_deb(deb: Path, into: Path, kvers: set[str], progress: Progress) -> None:
+    data, scratch = _open_data(deb, into.parent)
+    try:
+        _extract_members(deb, data, into, kvers, progress)
+    finally:
+        data.close()
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
+
+
+def _extract_members(deb: Path, data: tarfile.TarFile, into: Path, kvers: set[str], progress: Progress) -> None:
     task = progress.add_task(f"unpack {deb.name}", total=None)
     links: list[tuple[Path, str]] = []
     hardlinks: list[tuple[Path, str]] = []
@@ -290,10 +344,8 @@ def _extract_deb(deb: Path, into: Path, kvers: set[str], progress: Progress) -> 
                 if link_mapped is not None:
                     hardlinks.append((target, link_mapped[0]))
             # devices, fifos: never part of a kernel package; ignored
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, zlib_error()) as exc:
         raise KbisectError(f"{deb.name}: damaged archive ({exc})") from None
-    finally:
-        data.close()
     for target, linked in hardlinks:
         source_path = into / linked
         if source_path.is_file() and _inside(into, source_path):

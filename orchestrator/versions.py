@@ -438,7 +438,13 @@ def parse_spec(text: str) -> KernelSpec:
         source, rest = "mainline", raw
     rest = rest.strip()
     version, variant = rest, None
-    if not _valid_version(source, rest) and "+" in rest:
+    if source == "local":
+        # Local names are free-form: the last `+NAME` is the variant (a trailing `+`, as in a
+        # dirty-tree `6.9.0-rc1+`, is part of the name).
+        head, sep, tail = rest.rpartition("+")
+        if sep and head and tail:
+            version, variant = head, tail
+    elif not _valid_version(source, rest) and "+" in rest:
         head, _, tail = rest.rpartition("+")
         if _valid_version(source, head):
             version, variant = head, tail

@@ -161,6 +161,8 @@ def test_debian_package_versions():
      "debian:6.12.94+deb13-cloud-amd64+revert-abc"),
     ("ubuntu:5.4.0-26.30", "ubuntu", "5.4.0-26.30", None, "ubuntu:5.4.0-26.30"),
     ("local:my-build", "local", "my-build", None, "local:my-build"),
+    ("local:6.9.0-rc1+", "local", "6.9.0-rc1+", None, "local:6.9.0-rc1+"),
+    ("local:my-build+revert-abc", "local", "my-build", "revert-abc", "local:my-build+revert-abc"),
 ])
 def test_specs_round_trip(text, source, version, variant, canonical):
     spec = parse_spec(text)
