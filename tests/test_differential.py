@@ -246,7 +246,8 @@ def test_bisect_with_repo_ranks_the_intersection_first(mirror, tmp_path) -> None
     vfile = tmp_path / "verdicts.json"
     vfile.write_text(json.dumps(verdicts()))
     proc = _kbisect(["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--mirror", mirror,
-                     "--verdicts", str(vfile), "--repo", str(hist.path), "--json", "--verify", "1"], _env(tmp_path))
+                     "--verdicts", str(vfile), "--repo", str(hist.path), "--json", "--verify", "1",
+                     "--verify-revert"], _env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
     top, second = data["candidates"][:2]
@@ -254,6 +255,10 @@ def test_bisect_with_repo_ranks_the_intersection_first(mirror, tmp_path) -> None
     assert second["sha"] == hist.backport and second["upstream"] == hist.culprit
     assert "in both ranges" in top["reasons"][0]
     assert hist.culprit[:12] in Path(data["report"]).read_text()
+    # the culprit touches a header (include/net/inet_ecn.h): a module-only revert variant cannot
+    # remove it, so the revert check says why it did not run instead of building anything
+    assert data["revert_check"]["status"] == "not-run"
+    assert "headers or built-in code" in data["revert_check"]["reason"]
 
 
 # -- distro lineages (pure index; Ubuntu focal-like uploads) ---------------------------------
