@@ -487,7 +487,7 @@ class Differential:
         self.res.stages.append(stage)
         if self._judge(newest, stage) is not Verdict.GOOD:
             self.res.notes.append(f"bad end of {lineage}: newest available release, {newest.label}")
-            return line
+            return [x for x in line if x.sort_key <= newest.sort_key]
         inner = available[1:-1]
         if not inner:
             return line

@@ -21,7 +21,7 @@ from orchestrator.errors import KbisectError
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # -- listings ---------------------------------------------------------------------------------
@@ -102,8 +102,10 @@ class Progress:
         self.quiet = quiet
 
     def event(self, message: str) -> None:
+        from rich.markup import escape
+
         if not self.quiet:
-            self.console.print(f"[bold cyan]kbisect[/] {message}", markup=True)
+            self.console.print(f"[bold cyan]kbisect[/] {escape(message)}", markup=True)
 
     def probe(self, p) -> None:
         if self.quiet:
@@ -111,8 +113,10 @@ class Progress:
         colour = {"good": "green", "bad": "red", "skip": "yellow"}.get(p.verdict.value, "white")
         origin = ",".join(sorted(set(p.origins)))
         runs = f"{p.runs} run{'s' if p.runs != 1 else ''}" if p.runs else "known"
-        self.console.print(f"  {p.phase:<7} {p.label:<24} [{colour}]{p.verdict.value:<4}[/] "
-                           f"({runs}, {p.seconds:.1f}s, {origin}) {p.reason}", markup=True,
+        from rich.markup import escape
+
+        self.console.print(f"  {p.phase:<7} {escape(p.label):<24} [{colour}]{p.verdict.value:<4}[/] "
+                           f"({runs}, {p.seconds:.1f}s, {origin}) {escape(p.reason)}", markup=True,
                            highlight=False)
 
 
