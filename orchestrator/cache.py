@@ -230,6 +230,10 @@ def _safe_relpath(name: str, deb: Path) -> str:
     return posixpath.normpath(stripped)
 
 
+_IN_MODULES_DIR = {"vmlinuz": "vmlinuz", "vmlinuz.unsigned": "vmlinuz", "config": "config",
+                   "System.map": "System.map"}
+
+
 def _map_member(rel: str) -> tuple[str, str | None] | None:
     """Where a package path lands in the UnpackedKernel layout, and the kver it names (or None: ignore)."""
     for prefix, target in (("boot/vmlinuz-", "vmlinuz"), ("boot/config-", "config"), ("boot/System.map-", "System.map")):
@@ -241,6 +245,10 @@ def _map_member(rel: str) -> tuple[str, str | None] | None:
             kver, _, inner = rest.partition("/")
             if not kver:
                 return None
+            # Newer Debian packages (linux-binary-*, linux-base-*) keep the image, config and
+            # System.map inside the modules directory: they belong at the top of the layout.
+            if inner in _IN_MODULES_DIR:
+                return _IN_MODULES_DIR[inner], kver
             return ("modules/" + inner if inner else "modules"), kver
     return None
 

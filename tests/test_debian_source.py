@@ -114,3 +114,11 @@ def test_damaged_cached_package_is_fetched_again(listing, kbisect_home):
     again = fetch(f"debian:{version}")
     assert hashlib.sha256(debs[0].read_bytes()).hexdigest() == good
     assert list(again.modules.rglob("veth.ko*"))
+
+
+def test_fetch_newest_cloud_kernel(listing, shared_home):
+    """The newest kernel (sid's split linux-binary/linux-modules/linux-base packages today) unpacks too."""
+    newest = [e for e in listing if e.version.endswith("-cloud-amd64")][-1]
+    kernel = fetch(newest.spec)
+    assert kernel.kver == newest.version and kernel.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"
+    assert kernel.config is not None and list(kernel.modules.rglob("veth.ko*"))

@@ -537,3 +537,21 @@ def test_absolute_links_in_index_pages(tmp_path, home):
     page = ('<a href="?C=N;O=D">Name</a><a href="/">Parent Directory</a><a href="/mainline/v5.4/">v5.4/</a>'
             '<a href="v5.5/">v5.5/</a><a href="https://elsewhere.invalid/x/">x</a><a href="v4.4-rc2%2Bcod1/">odd</a>')
     assert links(page, "http://127.0.0.1:1/mainline/") == ["v5.4/", "v5.5/", "v4.4-rc2+cod1/"]
+
+
+def test_unpack_split_debian_layout(tmp_path, home):
+    """Newer Debian kernels ship vmlinuz/config/System.map inside /usr/lib/modules/<kver>/ across
+    linux-binary-*, linux-modules-* and linux-base-* packages; the layout puts them at the top."""
+    kver = "7.2.13+deb14-cloud-amd64"
+    mod = f"usr/lib/modules/{kver}"
+    debs = [build_deb(tmp_path, f"linux-binary-unsigned-{kver}", "7.2.13-1", {f"{mod}/vmlinuz.unsigned": b"MZ split"}),
+            build_deb(tmp_path, f"linux-modules-{kver}", "7.2.13-1",
+                      {f"{mod}/kernel/drivers/net/veth.ko.xz": b"\xfd7zXZ"}),
+            build_deb(tmp_path, f"linux-base-{kver}", "7.2.13-1",
+                      {f"{mod}/config": b"CONFIG_VETH=m\n", f"{mod}/System.map": b"placeholder\n",
+                       f"{mod}/modules.order": b"kernel/drivers/net/veth.ko\n"})]
+    kernel = cache.unpack_debs(debs, home / "kernels" / "debian" / kver, f"debian:{kver}")
+    assert kernel.kver == kver and kernel.vmlinuz.read_bytes() == b"MZ split"
+    assert kernel.config.read_text() == "CONFIG_VETH=m\n" and kernel.system_map is not None
+    assert (kernel.modules / "kernel/drivers/net/veth.ko.xz").exists() and (kernel.modules / "modules.order").exists()
+    assert not (kernel.modules / "vmlinuz.unsigned").exists() and not (kernel.modules / "config").exists()

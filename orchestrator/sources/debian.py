@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import cache, config
-from orchestrator.errors import KbisectError, UnavailableError
+from orchestrator.errors import ChecksumError, KbisectError, UnavailableError
 from orchestrator.kernel import MANIFEST, UnpackedKernel
 from orchestrator.sources import KernelEntry, KernelFile, Source
 from orchestrator.versions import DebianKernel, KernelVersion, parse_debian_kernel, parse_version
@@ -221,23 +221,47 @@ class Apt:
     def download(self, package: str, version: str, into: Path) -> Path:
         """`apt-get download package=version` into `into`; returns the .deb apt wrote."""
         into.mkdir(parents=True, exist_ok=True)
-        result = self._run(["apt-get", "download", "-q", f"{package}={version}"], "apt-get download",
-                           capture=False, cwd=into)
+        result = self._run(["apt-get", "download", "-q", f"{package}={version}"], "apt-get download", cwd=into)
         debs = sorted(into.glob("*.deb"))
         if result.returncode != 0 or not debs:
-            raise KbisectError(f"apt-get download {package}={version} failed: {self._first_error(result.stderr)}")
+            error = self._first_error(result.stderr)
+            if re.search(r"\b(404|410)\b", error):
+                raise UnavailableError(f"{package}={version}: the archive no longer serves it ({error})")
+            raise KbisectError(f"apt-get download {package}={version} failed: {error}")
         return debs[0]
 
 
-def _better(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
-    """Of two records for one kernel, prefer the unsigned package (plain contents), then the newer version."""
-    from debian.debian_support import version_compare
+def _preference(record: dict[str, str]) -> tuple:
+    """Sort key, best first: the unsigned package (plain contents) before the signed one, newer first."""
+    from debian.debian_support import Version
 
-    a_unsigned = a["Package"].endswith("-unsigned")
-    b_unsigned = b["Package"].endswith("-unsigned")
-    if a_unsigned != b_unsigned:
-        return a if a_unsigned else b
-    return a if version_compare(a["Version"], b["Version"]) >= 0 else b
+    return (0 if "-unsigned" in record["Package"] else 1, _Neg(Version(record["Version"])))
+
+
+class _Neg:
+    """Reverse a comparable inside a sort key."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __lt__(self, other: "_Neg") -> bool:
+        return other.value < self.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Neg) and other.value == self.value
+
+
+def _is_split(record: dict[str, str]) -> bool:
+    """Newer Debian kernels split the image package: it only depends on linux-binary-*
+    (vmlinuz), linux-modules-* and linux-base-* (config, System.map)."""
+    return "linux-binary-" in record.get("Depends", "") + record.get("Pre-Depends", "")
+
+
+def _file(record: dict[str, str]) -> KernelFile:
+    size = record.get("Size", "")
+    return KernelFile(name=record["Filename"].rsplit("/", 1)[-1], url=None, sha256=record.get("SHA256"),
+                      size=int(size) if size.isdigit() else None, package=record["Package"],
+                      package_version=record["Version"])
 
 
 class DebianSource(Source):
@@ -247,8 +271,9 @@ class DebianSource(Source):
         super().__init__(mirror)
         self.apt = Apt(mirror)
 
-    def _records(self, names: list[str]) -> dict[DebianKernel, dict[str, str]]:
-        best: dict[DebianKernel, dict[str, str]] = {}
+    def _images(self, names: list[str]) -> dict[DebianKernel, list[dict[str, str]]]:
+        """Image package records per kernel, best first."""
+        found: dict[DebianKernel, list[dict[str, str]]] = {}
         for record in self.apt.show(names):
             m = _IMAGE_RE.match(record["Package"])
             if not m or record.get("Architecture", "amd64") not in ("amd64", "all"):
@@ -259,19 +284,50 @@ class DebianSource(Source):
                 continue
             if kernel.flavour not in FLAVOURS:
                 continue
-            best[kernel] = _better(best[kernel], record) if kernel in best else record
-        return best
+            found.setdefault(kernel, []).append(record)
+        for records in found.values():
+            records.sort(key=_preference)
+        return found
 
-    def _entry(self, kernel: DebianKernel, record: dict[str, str]) -> KernelEntry:
-        filename = record["Filename"]
-        size = int(record["Size"]) if record.get("Size", "").isdigit() else None
-        upstream = re.match(r"^(\d+\.\d+(?:\.\d+)?)", record["Version"])
-        item = KernelFile(name=filename.rsplit("/", 1)[-1], url=None, sha256=record.get("SHA256"), size=size,
-                          package=record["Package"], package_version=record["Version"])
-        extra = {"package": record["Package"], "package_version": record["Version"],
+    def _entries(self, images: dict[DebianKernel, list[dict[str, str]]]) -> list[KernelEntry]:
+        split = [k for k, records in images.items() if _is_split(records[0])]
+        parts: dict[str, list[dict[str, str]]] = {}
+        if split:
+            wanted = [f"{prefix}-{k}" for k in split
+                      for prefix in ("linux-binary-unsigned", "linux-binary", "linux-modules", "linux-base")]
+            for record in self.apt.show(wanted):
+                parts.setdefault(record["Package"], []).append(record)
+        return [self._entry(k, records, parts) for k, records in images.items()]
+
+    def _entry(self, kernel: DebianKernel, records: list[dict[str, str]],
+               parts: dict[str, list[dict[str, str]]]) -> KernelEntry:
+        image = records[0]
+        version = image["Version"]
+        upstream = re.match(r"^(\d+\.\d+(?:\.\d+)?)", version)
+        extra = {"package": image["Package"], "package_version": version,
                  "upstream": upstream.group(1) if upstream else None, "flavour": kernel.flavour,
-                 "pool_path": filename}
-        return KernelEntry(self.name, str(kernel), True, None, [item], kernel.sort_key, extra)
+                 "pool_path": image["Filename"]}
+        if not _is_split(image):
+            files = [_file(image)]
+            extra["alternatives"] = [_file(r).to_dict() for r in records[1:]]
+            return KernelEntry(self.name, str(kernel), True, None, files, kernel.sort_key, extra)
+
+        def pick(*packages: str) -> dict[str, str] | None:
+            for package in packages:
+                same = [r for r in parts.get(package, []) if r["Version"] == version]
+                if same:
+                    return same[0]
+            return None
+
+        chosen = [pick(f"linux-binary-unsigned-{kernel}", f"linux-binary-{kernel}"),
+                  pick(f"linux-modules-{kernel}"), pick(f"linux-base-{kernel}")]
+        if any(c is None for c in chosen[:2]):
+            return KernelEntry(self.name, str(kernel), False,
+                               f"split packages of {version} incomplete (linux-binary/linux-modules missing)",
+                               [], kernel.sort_key, extra)
+        files = [_file(c) for c in chosen if c is not None]
+        extra["layout"] = "split"
+        return KernelEntry(self.name, str(kernel), True, None, files, kernel.sort_key, extra)
 
     def list(self, lo: str | None = None, hi: str | None = None) -> list[KernelEntry]:
         self.apt.ensure_updated()
@@ -286,18 +342,40 @@ class DebianSource(Source):
                 continue  # meta packages (linux-image-amd64), -dbg, templates
             if kernel.flavour in FLAVOURS:
                 names.append(name)
-        entries = [self._entry(k, r) for k, r in self._records(names).items()]
-        entries = [e for e in entries if _in_range(e, lo, hi)]
+        entries = [e for e in self._entries(self._images(names)) if _in_range(e, lo, hi)]
         return sorted(entries, key=lambda e: e.sort_key)
 
     def entry(self, version: str) -> KernelEntry:
         kernel = parse_debian_kernel(full_name(version))
         self.apt.ensure_updated()
-        records = self._records([f"linux-image-{kernel}-unsigned", f"linux-image-{kernel}"])
-        if kernel not in records:
+        images = self._images([f"linux-image-{kernel}-unsigned", f"linux-image-{kernel}"])
+        if kernel not in images:
             raise UnavailableError(f"debian:{kernel}: no package linux-image-{kernel}[-unsigned] in "
                                    f"{', '.join(SUITES)} (see `kbisect kernels list --source debian`)")
-        return self._entry(kernel, records[kernel])
+        return self._entries({kernel: images[kernel]})[0]
+
+    def _download(self, item: KernelFile) -> Path:
+        """One package through `apt-get download`, verified against the lists' SHA-256, into the cache."""
+        dest = cache.downloads_dir(self.name) / item.name
+        with cache.locked(dest):
+            if dest.exists() and item.sha256 and cache.sha256_file(dest) != item.sha256:
+                dest.unlink()  # tampered or damaged cache entry: fetch again
+            if dest.exists():
+                return dest
+            work = cache.downloads_dir(self.name) / f".apt-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            try:
+                got = self.apt.download(item.package or "", item.package_version or "", work)
+                if item.sha256:
+                    digest = cache.sha256_file(got)
+                    if digest != item.sha256:
+                        raise ChecksumError(f"{item.name}: sha256 mismatch (expected {item.sha256}, got {digest}); "
+                                            "file discarded")
+                os.replace(got, dest)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"kbisect: downloaded {item.name}", file=sys.stderr)
+        return dest
 
     def fetch(self, version: str) -> UnpackedKernel:
         name = full_name(version)
@@ -305,27 +383,23 @@ class DebianSource(Source):
         if (target / MANIFEST).exists():
             return UnpackedKernel.load(target)
         entry = self.entry(name)
-        item = entry.files[0]
-        dest = cache.downloads_dir(self.name) / item.name
-        with cache.locked(dest):
-            if dest.exists() and item.sha256 and cache.sha256_file(dest) != item.sha256:
-                dest.unlink()  # tampered or damaged cache entry: fetch again
-            if not dest.exists():
-                work = cache.downloads_dir(self.name) / f".apt-{os.getpid()}"
-                shutil.rmtree(work, ignore_errors=True)
-                try:
-                    got = self.apt.download(item.package or "", item.package_version or "", work)
-                    if item.sha256:
-                        digest = cache.sha256_file(got)
-                        if digest != item.sha256:
-                            raise KbisectError(f"{item.name}: sha256 mismatch (expected {item.sha256}, got {digest}); "
-                                               "file discarded")
-                    os.replace(got, dest)
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
+        if not entry.available:
+            raise UnavailableError(f"debian:{name}: {entry.reason}")
+        files = list(entry.files)
+        debs = []
+        for index, item in enumerate(files):
+            try:
+                debs.append(self._download(item))
+            except UnavailableError:
+                # e.g. the unsigned build is gone from the archive: the signed package has the same files
+                alternatives = [KernelFile(**a) for a in entry.extra.get("alternatives", [])]
+                if index != 0 or not alternatives:
+                    raise
+                files[0] = alternatives[0]
+                debs.append(self._download(alternatives[0]))
         extra = {k: entry.extra.get(k) for k in ("package", "package_version", "upstream", "flavour")}
-        extra["files"] = [item.to_dict()]
-        return cache.unpack_debs([dest], target, f"debian:{name}", extra)
+        extra["files"] = [f.to_dict() for f in files]
+        return cache.unpack_debs(debs, target, f"debian:{name}", extra)
 
 
 def _in_range(entry: KernelEntry, lo: str | None, hi: str | None) -> bool:
