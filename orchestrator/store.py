@@ -192,7 +192,15 @@ class ResumingProbe:
                 self.counts["store"] += 1
                 return RunOutcome(record.verdict, record.seconds,
                                   (record.reason + " (stored)").strip(), "store", record)
-        record = self.real_probe(spec)
+        from orchestrator.errors import ChecksumError, UnavailableError
+
+        try:
+            record = self.real_probe(spec)
+        except (UnavailableError, ChecksumError) as exc:
+            # listed but cannot be had (gone, failed build, corrupt download): a skip, like a
+            # failed build in syzkaller; not stored, since it may be had next time
+            self.seq[spec] = n
+            return RunOutcome(Verdict.SKIP, 0.0, f"unavailable: {exc}", "probe")
         if self.store is not None:
             self.store.put(self.bug.id, spec, self.repro_hash, n, record)
         self.counts["probe"] += 1

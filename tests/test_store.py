@@ -78,3 +78,17 @@ def test_reproducer_hash_changes_with_the_reproducer(tmp_path) -> None:
     h1 = reproducer_hash(Bug(id="r", dir=d))
     (d / "run.sh").write_text("exit 1\n")
     assert reproducer_hash(Bug(id="r", dir=d)) != h1
+
+
+def test_a_kernel_that_cannot_be_fetched_is_a_skip_not_an_abort(kbisect_home) -> None:
+    from orchestrator.errors import UnavailableError
+
+    bug = resolve("gretap-ecn")
+
+    def real(spec: str) -> ProbeRecord:
+        raise UnavailableError(f"{spec}: Gone")
+
+    store = Store()
+    out = ResumingProbe(bug, real, store=store)(Candidate("mainline:6.5.8"))
+    assert out.verdict is Verdict.SKIP and "Gone" in out.reason
+    assert store.all(bug.id) == []  # not remembered: it may be had next time
