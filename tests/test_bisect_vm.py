@@ -12,9 +12,9 @@ the fix's one line reverted in ip_tunnel.ko (the catalog's positive control,
 `debian:<6.1 abi>+revert-227adfb2b1df`). The lineage here is three real kernels in the order the
 Debian source lists them, with the variant right after its base:
 
-    debian:6.1.0-(N-1)-cloud-amd64   stock, expected good
-    debian:6.1.0-N-cloud-amd64       stock, expected good
-    debian:6.1.0-N-cloud-amd64+revert-227adfb2b1df   expected bad (positive control)
+    debian:6.1.0-53-cloud-amd64   stock, expected good (whatever the source lists just before 54)
+    debian:6.1.0-54-cloud-amd64   stock, expected good (the catalog's control base)
+    debian:6.1.0-54-cloud-amd64+revert-227adfb2b1df   expected bad (positive control)
 
 Every verdict comes from a real boot (`--fresh`). The engine must confirm both ends by booting
 them, probe the middle, re-boot both sides of the boundary, store every probe, and conclude that
@@ -43,24 +43,29 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=3000)
 
 
-def _debian_61_pair() -> tuple[str, str]:
-    """The two newest stock bookworm 6.1 cloud kernels the Debian source lists."""
+def _lineage_ends() -> tuple[str, str]:
+    """The catalog's control base (the issue's CI kernel, debian:6.1.0-54-cloud-amd64) and the
+    stock kernel the Debian source lists just before it in the same lineage."""
+    from orchestrator.catalog import resolve
     from orchestrator.differential import make_kernel
     from orchestrator.sources import get_source
 
+    control = resolve("gretap-ecn").control(VARIANT)
+    assert control is not None, "the catalog lost the gretap-ecn positive control"
+    base = make_kernel("debian", control.base.split(":", 1)[1])
     line = []
     for entry in get_source("debian").list(None, None):
         k = make_kernel("debian", entry.version, entry.available)
-        if k.lineage == "debian:6.1" and k.available:
+        if k.lineage == base.lineage and k.available and k.sort_key < base.sort_key:
             line.append(k)
+    if not line:
+        pytest.fail(f"the Debian source lists no {base.lineage} kernel older than {base.label}")
     line.sort(key=lambda k: k.sort_key)
-    if len(line) < 2:
-        pytest.fail(f"the Debian source lists fewer than two 6.1 cloud kernels: {[k.label for k in line]}")
-    return line[-2].spec, line[-1].spec
+    return line[-1].spec, base.spec
 
 
 def test_real_bisection_over_debian_kernels_finds_the_positive_control(shared_home, tmp_path) -> None:
-    prev, newest = _debian_61_pair()
+    prev, newest = _lineage_ends()
     bad = f"{newest}+{VARIANT}"
     env = dict(os.environ)
     env["KBISECT_HOME"] = str(shared_home)
