@@ -96,7 +96,14 @@ def _session():
 
 
 def _short(url: str) -> str:
-    return url if len(url) < 120 else "…" + url[-110:]
+    """A URL short enough for a one-line error: long query strings are elided."""
+    if len(url) < 120:
+        return url
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    head = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return head + ("?…" if parts.query else "") if len(head) < 150 else head[:70] + "…" + head[-70:]
 
 
 def http_get_text(url: str, timeout: float = 60) -> str | None:
@@ -125,13 +132,6 @@ def http_get_json(url: str, timeout: float = 60) -> object | None:
         return json.loads(text)
     except ValueError:
         raise KbisectError(f"{_short(url)}: not JSON") from None
-
-
-def _verify_or_discard(path: Path, sha256: str, label: str) -> None:
-    got = sha256_file(path)
-    if got != sha256.lower():
-        path.unlink(missing_ok=True)
-        raise ChecksumError(f"{label}: sha256 mismatch (expected {sha256.lower()}, got {got}); file discarded")
 
 
 def download(url: str | list[str], dest: Path, sha256: str | None, size: int | None = None) -> Path:
@@ -198,15 +198,6 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
             raise last_error
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def adopt(src: Path, dest: Path, sha256: str | None) -> Path:
-    """Move a file fetched by another client (apt-get download) into the cache, verified first."""
-    with locked(dest):
-        if sha256 is not None:
-            _verify_or_discard(Path(src), sha256, Path(dest).name)
-        os.replace(src, dest)
-    return dest
 
 
 # --------------------------------------------------------------------------- unpacking

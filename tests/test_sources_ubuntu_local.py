@@ -10,13 +10,12 @@ import os
 import subprocess
 import sys
 import threading
-from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from orchestrator.errors import ChecksumError, UnavailableError
+from orchestrator.errors import UnavailableError
 from orchestrator.sources import fetch, get_source
 from tests.test_mirror import build_deb
 
