@@ -130,29 +130,29 @@ def _git_rev(label: str, lineage: str | None) -> str:
 
 
 def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
-    """Candidates for the result's ranges; the intersection first in a differential."""
+    """Candidates for the result's ranges; the intersection first in a differential. A range the
+    clone cannot resolve (no Ubuntu tags in a mainline clone, say) becomes a note, never a
+    failure: the bisection's answer stands without it."""
     from orchestrator.gitlog import find_candidates, merge_differential
 
     ranges = result.git_ranges()
     lineage = result.lineage
-    if result.origin == "mainline" or lineage == "mainline":
-        lo, hi = ranges.get("range", (None, None))
-        if not lo:
+
+    def search(key: str, rev_lineage: str | None) -> list:
+        if key not in ranges:
             return []
-        return [c.to_json() for c in find_candidates(repo, _git_rev(lo, lineage), _git_rev(hi, lineage),
-                                                     bug.keywords, bug.paths)]
-    stable: list = []
-    upstream: list = []
-    if "range" in ranges:
-        lo, hi = ranges["range"]
+        lo, hi = ranges[key]
+        good, bad = _git_rev(lo, rev_lineage), _git_rev(hi, rev_lineage)
         try:
-            stable = find_candidates(repo, _git_rev(lo, lineage), _git_rev(hi, lineage), bug.keywords, bug.paths)
+            return find_candidates(repo, good, bad, bug.keywords, bug.paths)
         except KbisectError as exc:
-            result.notes.append(f"git narrowing of {lo}..{hi} skipped: {exc}")
-    if "upstream" in ranges:
-        lo, hi = ranges["upstream"]
-        upstream = find_candidates(repo, _git_rev(lo, "mainline"), _git_rev(hi, "mainline"),
-                                   bug.keywords, bug.paths)
+            result.notes.append(f"git narrowing of {good}..{bad} skipped: {exc}")
+            return []
+
+    if result.origin == "mainline" or lineage == "mainline":
+        return [c.to_json() for c in search("range", "mainline")]
+    stable = search("range", lineage)
+    upstream = search("upstream", "mainline")
     return [c.to_json() for c in merge_differential(stable, upstream)]
 
 
