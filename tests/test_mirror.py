@@ -325,6 +325,18 @@ def test_bad_range_is_one_line(mirror, home):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (("kernels", "list", "--source", "nope"), "unknown kernel source 'nope'"),
+    (("kernels", "fetch", "mainline:banana"), "not a mainline kernel version"),
+    (("kernels", "fetch", ""), "empty kernel spec"),
+    (("kernels", "show", "mainline:5.4"), "not in the cache"),
+])
+def test_bad_input_is_one_line(home, args, message):
+    result = run_cli(*args, home=home)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unreachable_mirror_is_one_line(home):
     result = run_cli("kernels", "list", "--source", "mainline", "--mirror", "http://127.0.0.1:9/none/",
                      "--json", home=home)

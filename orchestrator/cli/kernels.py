@@ -26,7 +26,7 @@ def kernels() -> None:
 
 
 @kernels.command("list")
-@click.option("--source", "source", type=click.Choice(SOURCES), default="mainline", show_default=True,
+@click.option("--source", "source", default="mainline", show_default=True, metavar="|".join(SOURCES),
               help="Where the kernels come from.")
 @click.option("--mirror", default=None, help="Override the source's base URL (or directory for local).")
 @click.option("--from", "lo", default=None, help="Lowest version to list (inclusive).")
