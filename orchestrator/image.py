@@ -1,0 +1,305 @@
+"""The guest root image: built once from Debian packages, shared read-only by every VM.
+
+The recipe lives in `images/` (package list, PID-1 init, sshd config). The image is cached
+under `$KBISECT_HOME/images/<recipe hash>/` and rebuilt only when the recipe (or the apt
+sources it is built from) changes. The build never needs loop mounts or a running guest:
+mmdebstrap into a directory, `mkfs.ext4 -d` into a raw file, `qemu-img convert` to qcow2.
+VMs only ever see the image as the backing file of their own overlay, so it is never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import config
+from orchestrator.errors import KbisectError
+
+RECIPE_DIR = config.REPO_ROOT / "images"
+RECIPE_FILES = ("packages.txt", "init", "sshd_config")
+# Bump when the build procedure itself changes in a way that changes the image.
+BUILD_VERSION = "1"
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+
+
+@dataclass
+class RootImage:
+    """A finished root image: the qcow2 every overlay points at, and the guest's SSH host key."""
+
+    path: Path
+    recipe_hash: str
+    host_key: str  # "ssh-ed25519 AAAA..." baked into the image; the host pins it
+    meta: dict
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+
+def packages(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    """The package list without comments and blanks."""
+    out: list[str] = []
+    for line in (recipe_dir / "packages.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def _apt_source_files() -> list[Path]:
+    """The machine's own apt sources: the image comes from the archive this host already uses."""
+    files: list[Path] = []
+    main, parts = APT_SOURCES
+    if main.is_file() and _has_entries(main.read_text()):
+        files.append(main)
+    if parts.is_dir():
+        for p in sorted(parts.iterdir()):
+            if p.suffix in (".list", ".sources") and p.is_file() and _has_entries(p.read_text()):
+                files.append(p)
+    return files
+
+
+def _has_entries(text: str) -> bool:
+    return any(
+        line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()
+    )
+
+
+def host_suite(files: list[Path] | None = None) -> str:
+    """The Debian suite the host's apt points at (first suite of the first deb entry)."""
+    for path in files if files is not None else _apt_source_files():
+        text = path.read_text()
+        if path.suffix == ".sources":
+            for block in re.split(r"\n\s*\n", text):
+                fields = dict(
+                    (m.group(1).lower(), m.group(2).strip())
+                    for m in re.finditer(r"^([A-Za-z-]+):\s*(.*)$", block, re.M)
+                )
+                if "deb" in fields.get("types", "").split() and fields.get("suites"):
+                    suite = fields["suites"].split()[0]
+                    if "-" not in suite:
+                        return suite
+        else:
+            for line in text.splitlines():
+                parts = line.split("#", 1)[0].split()
+                if len(parts) >= 3 and parts[0] == "deb":
+                    rest = [p for p in parts[1:] if not p.startswith("[")]
+                    if len(rest) >= 2 and "-" not in rest[1]:
+                        return rest[1]
+    raise KbisectError("cannot find a Debian suite in the machine's apt sources")
+
+
+def recipe_hash(recipe_dir: Path = RECIPE_DIR) -> str:
+    """Content hash of everything that decides the image's contents."""
+    h = hashlib.sha256()
+    h.update(f"build={BUILD_VERSION}\n".encode())
+    for name in RECIPE_FILES:
+        h.update(name.encode() + b"\0" + (recipe_dir / name).read_bytes() + b"\0")
+    for src in _apt_source_files():
+        h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def image_dir(rhash: str | None = None) -> Path:
+    return config.subdir("images") / (rhash or recipe_hash())
+
+
+def cached() -> RootImage | None:
+    """The finished image for the current recipe, or None."""
+    d = image_dir()
+    meta_path = d / "image.json"
+    if not meta_path.exists() or not (d / "root.qcow2").exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return RootImage(path=d / "root.qcow2", recipe_hash=d.name, host_key=meta["host_key"], meta=meta)
+
+
+def ensure(progress: bool = True) -> RootImage:
+    """The root image for the current recipe, building it (under a lock) on first use."""
+    from filelock import FileLock
+
+    img = cached()
+    if img:
+        return img
+    rhash = recipe_hash()
+    with FileLock(str(config.subdir("images") / f"{rhash}.lock")):
+        img = cached()  # another process may have built it while we waited
+        if img:
+            return img
+        return build(rhash, progress=progress)
+
+
+def _run(cmd: list[str], what: str, log: Path) -> None:
+    with open(log, "ab") as fh:
+        fh.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        fh.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        except FileNotFoundError as exc:
+            raise KbisectError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from exc
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise KbisectError(f"{what} failed (exit {proc.returncode}; log {log}): " + " | ".join(tail))
+
+
+def build(rhash: str | None = None, progress: bool = True) -> RootImage:
+    """Build the image for the recipe in `images/` (caller holds the lock)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if os.geteuid() != 0:
+        raise KbisectError("building the root image needs root (mmdebstrap, device nodes)")
+    rhash = rhash or recipe_hash()
+    final = image_dir(rhash)
+    work = config.subdir("images") / f"{rhash}.build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tree = work / "tree"
+    log = work / "build.log"
+    sources = _apt_source_files()
+    if not sources:
+        raise KbisectError("the machine's apt has no sources configured; cannot build the root image")
+    suite = host_suite(sources)
+    pkgs = packages()
+    steps = [
+        ("mmdebstrap: download and install Debian packages", None),
+        ("install init and sshd config", None),
+        ("mkfs.ext4 -d", None),
+        ("qemu-img convert to qcow2", None),
+    ]
+    console = Console(stderr=True)
+    t0 = time.monotonic()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]root image[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(steps[0][0], total=len(steps))
+        try:
+            cmd = [
+                "mmdebstrap",
+                "--mode=root",
+                "--variant=minbase",
+                "--include=" + ",".join(pkgs),
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                "--customize-hook=rm -f $1/etc/ssh/ssh_host_rsa_key* $1/etc/ssh/ssh_host_ecdsa_key*",
+                suite,
+                str(tree),
+                *[str(s) for s in sources],
+            ]
+            _run(cmd, "mmdebstrap", log)
+            bar.update(task, advance=1, description=steps[1][0])
+
+            host_key = _install_recipe(tree, log)
+            bar.update(task, advance=1, description=steps[2][0])
+
+            raw = work / "root.raw"
+            used = _du_bytes(tree)
+            size_mb = int(used * 1.25 / 2**20) + 1024  # headroom for pcaps and logs per overlay
+            mkfs = ["mkfs.ext4", "-q", "-F", "-L", "kbisect-root", "-b", "4096", "-N", "131072"]
+            try:
+                _run(mkfs + ["-O", "^orphan_file", "-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
+            except KbisectError:  # older e2fsprogs do not know orphan_file (and never set it)
+                _run(mkfs + ["-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
+            bar.update(task, advance=1, description=steps[3][0])
+
+            qcow = work / "root.qcow2"
+            _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], "qemu-img convert", log)
+            raw.unlink()
+            shutil.rmtree(tree)
+            bar.update(task, advance=1, description="done")
+        except BaseException:
+            shutil.rmtree(tree, ignore_errors=True)
+            (work / "root.raw").unlink(missing_ok=True)
+            raise
+    meta = {
+        "recipe_hash": rhash,
+        "suite": suite,
+        "packages": pkgs,
+        "host_key": host_key,
+        "size_bytes": (work / "root.qcow2").stat().st_size,
+        "build_seconds": round(time.monotonic() - t0, 1),
+        "built_at": time.time(),
+    }
+    (work / "image.json").write_text(json.dumps(meta, indent=2))
+    os.chmod(work / "root.qcow2", 0o444)  # the base is never written, by anyone
+    shutil.rmtree(final, ignore_errors=True)
+    work.rename(final)
+    return RootImage(path=final / "root.qcow2", recipe_hash=rhash, host_key=host_key, meta=meta)
+
+
+def _install_recipe(tree: Path, log: Path) -> str:
+    """Put the init and sshd config into the tree; return the guest's public host key."""
+    sbin = tree / "usr" / "sbin" if (tree / "sbin").is_symlink() else tree / "sbin"
+    shutil.copy(RECIPE_DIR / "init", sbin / "kbisect-init")
+    os.chmod(sbin / "kbisect-init", 0o755)
+    shutil.copy(RECIPE_DIR / "sshd_config", tree / "etc" / "ssh" / "sshd_config")
+    # /lib is usually a symlink to usr/lib: the modules disk is mounted on usr/lib/modules.
+    (tree / "usr" / "lib" / "modules").mkdir(parents=True, exist_ok=True)
+    (tree / "root" / "repro").mkdir(parents=True, exist_ok=True)
+    (tree / "root" / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    (tree / "etc" / "hostname").write_text("kbisect\n")
+    (tree / "etc" / "hosts").write_text("127.0.0.1 localhost kbisect\n::1 localhost\n")
+    (tree / "etc" / "resolv.conf").unlink(missing_ok=True)
+    (tree / "etc" / "resolv.conf").write_text("")
+    key = tree / "etc" / "ssh" / "ssh_host_ed25519_key"
+    if not key.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], "ssh-keygen", log)
+    parts = (key.with_suffix(".pub")).read_text().split()
+    return f"{parts[0]} {parts[1]}"
+
+
+def _du_bytes(path: Path) -> int:
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += st.st_blocks * 512 if st.st_blocks else st.st_size
+    return total
+
+
+def gc_builds() -> list[Path]:
+    """Remove half-finished builds of dead processes (a killed `image build`)."""
+    removed = []
+    for d in config.subdir("images").glob("*.build-*"):
+        try:
+            pid = int(d.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    print(ensure().path, file=sys.stderr)

@@ -1,0 +1,345 @@
+"""Throw-away libvirt VMs: one per probe, always destroyed.
+
+Each VM is a *transient* libvirt domain (createXML), so destroying it leaves nothing defined.
+It boots the kernel directly (no bootloader), writes to its own qcow2 overlay over the shared
+root image, reads the kernel's modules from a read-only shareable disk, logs its serial console
+to a file, reports panics through pvpanic (`on_crash=preserve`), and is reachable only through
+a QEMU user-network port forward on 127.0.0.1 (`restrict=on`; no libvirt network or bridge).
+
+Leaks are handled at three levels: a `finally` in `VM.__exit__` (normal exit, exceptions,
+Ctrl-C; the CLI turns SIGTERM/SIGHUP into KeyboardInterrupt), an atexit hook for anything still
+registered, and `gc()` for a killed orchestrator: every domain's description records its owner's
+pid and start time, and domains whose owner is gone are destroyed by `kbisect gc` and by the
+start of every new run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import config
+from orchestrator.errors import KbisectError
+
+DEFAULT_URI = "qemu:///system"
+PREFIX = "kbisect-"
+TEMPLATE = "domain.xml.j2"
+OWNER_RE = re.compile(r"owner pid (\d+) start (\d+)")
+
+_live: dict[str, "VM"] = {}
+_live_lock = threading.Lock()
+
+
+def _proc_start(pid: int) -> int | None:
+    """Process start time in clock ticks (guards against pid reuse)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(data.rsplit(")", 1)[1].split()[19])
+
+
+def owner_alive(pid: int, start: int | None) -> bool:
+    now = _proc_start(pid)
+    return now is not None and (start is None or now == start)
+
+
+def connect(uri: str | None = None):
+    """Open libvirt, with libvirt's own stderr chatter silenced (errors become KbisectError)."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    uri = uri or os.environ.get("KBISECT_CONNECT") or DEFAULT_URI
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise KbisectError(f"cannot connect to libvirt at {uri}: {exc} (is libvirtd running? ./setup.sh starts it)") from None
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (QEMU binds it; a race is retried by the caller)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class VMConfig:
+    """Sizing and placement of probe VMs."""
+
+    uri: str = DEFAULT_URI
+    accel: str = "tcg"  # resolved: "kvm" or "tcg"
+    memory_mb: int = 1024
+    cpus: int = 1
+    emulator: str = "/usr/bin/qemu-system-x86_64"
+
+
+class Run:
+    """One orchestrator process's set of VMs, with a state file naming its owner.
+
+    `runs/<run id>/state.json` holds the owner pid and start time; the VMs' overlays and
+    consoles live beside it while they run.
+    """
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.id = run_id or secrets.token_hex(3)
+        self.dir = config.subdir("runs") / self.id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pid = os.getpid()
+        self.start = _proc_start(self.pid)
+        self._n = 0
+        self._lock = threading.Lock()
+        state = {"run_id": self.id, "pid": self.pid, "start": self.start, "created": time.time()}
+        (self.dir / "state.json").write_text(json.dumps(state))
+
+    def next_name(self) -> tuple[str, Path]:
+        with self._lock:
+            self._n += 1
+            n = self._n
+        d = self.dir / f"vm-{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        return f"{PREFIX}{self.id}-{n}", d
+
+    def close(self) -> None:
+        """Remove the run's directory once its VMs are gone."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def render_domain_xml(**values) -> str:
+    """The domain XML for one probe VM (pure; unit-tested without libvirt)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    values.setdefault("seclabel_user", None)
+    values.setdefault("seclabel_group", None)
+    return env.get_template(TEMPLATE).render(**values)
+
+
+@dataclass
+class VM:
+    """One running probe VM. Use as a context manager: it is destroyed on any exit."""
+
+    run: Run
+    vmlinuz: Path
+    initrd: Path
+    modules_disk: Path
+    base_image: Path
+    cmdline: str
+    cfg: VMConfig = field(default_factory=VMConfig)
+    name: str = ""
+    dir: Path = Path()
+    port: int = 0
+    console_log: Path = Path()
+    overlay: Path = Path()
+    _conn: object = None
+    _dom: object = None
+
+    def __post_init__(self) -> None:
+        self.name, self.dir = self.run.next_name()
+        self.console_log = self.dir / "console.log"
+        self.overlay = self.dir / "overlay.qcow2"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "VM":
+        try:
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+    def create_overlay(self) -> None:
+        """Copy-on-write overlay: the VM's only writable disk; the base image stays untouched."""
+        proc = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(self.base_image), str(self.overlay)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise KbisectError(f"qemu-img create overlay failed: {proc.stderr.strip()}")
+
+    def xml(self) -> str:
+        system = self.cfg.uri.startswith("qemu:///system") or self.cfg.uri.startswith("qemu+unix:///system")
+        return render_domain_xml(
+            name=self.name,
+            domain_type="kvm" if self.cfg.accel == "kvm" else "qemu",
+            owner_pid=f"{self.run.pid} start {self.run.start}",
+            memory_mb=self.cfg.memory_mb,
+            cpus=self.cfg.cpus,
+            kernel=str(self.vmlinuz),
+            initrd=str(self.initrd),
+            cmdline=self.cmdline,
+            emulator=self.cfg.emulator,
+            overlay=str(self.overlay),
+            modules_disk=str(self.modules_disk),
+            console_log=str(self.console_log),
+            ssh_port=self.port,
+            # Run QEMU as ourselves and never relabel: the shared base image and cached kernels
+            # must not change owner under other running VMs, and need no world-readable path.
+            seclabel_user=os.getuid() if system else None,
+            seclabel_group=os.getgid() if system else None,
+        )
+
+    def start(self) -> None:
+        import libvirt
+
+        if not self.overlay.exists():
+            self.create_overlay()
+        self._conn = connect(self.cfg.uri)
+        with _live_lock:
+            _live[self.name] = self
+        last = None
+        for _attempt in range(4):
+            self.port = free_port()
+            self.console_log.unlink(missing_ok=True)
+            try:
+                self._dom = self._conn.createXML(self.xml(), 0)
+                return
+            except libvirt.libvirtError as exc:
+                last = str(exc)
+                if "hostfwd" in last or "forwarding" in last or "Address already in use" in last:
+                    continue  # another process took the port between our check and QEMU's bind
+                break
+        raise BootError(f"libvirt could not start the VM: {last}")
+
+    def destroy(self) -> None:
+        """Destroy the domain (idempotent), then drop the overlay. Never raises."""
+        dom, self._dom = self._dom, None
+        if dom is not None:
+            try:
+                dom.destroy()
+            except Exception:
+                pass
+        elif self._conn is not None:
+            _destroy_by_name(self._conn, self.name)
+        try:
+            self.overlay.unlink(missing_ok=True)
+        except OSError:
+            pass
+        with _live_lock:
+            _live.pop(self.name, None)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    # -- observation -----------------------------------------------------------------------
+    def state(self) -> str:
+        """'running', 'crashed', 'shutoff', 'paused' or 'gone'."""
+        import libvirt
+
+        if self._dom is None:
+            return "gone"
+        try:
+            st, reason = self._dom.state()
+        except libvirt.libvirtError:
+            return "gone"
+        if st == libvirt.VIR_DOMAIN_CRASHED:
+            return "crashed"
+        if st == libvirt.VIR_DOMAIN_PAUSED and reason == getattr(libvirt, "VIR_DOMAIN_PAUSED_CRASHED", 9):
+            return "crashed"
+        if st == libvirt.VIR_DOMAIN_SHUTOFF:
+            return "shutoff"
+        if st == libvirt.VIR_DOMAIN_PAUSED:
+            return "paused"
+        return "running"
+
+    def console(self, offset: int = 0) -> str:
+        try:
+            with open(self.console_log, "rb") as fh:
+                fh.seek(offset)
+                return fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def console_size(self) -> int:
+        try:
+            return self.console_log.stat().st_size
+        except OSError:
+            return 0
+
+
+class BootError(KbisectError):
+    """The VM could not be started or never became reachable: a SKIP, not a user error."""
+
+
+def _destroy_by_name(conn, name: str) -> None:
+    try:
+        conn.lookupByName(name).destroy()
+    except Exception:
+        pass
+
+
+def _atexit_destroy() -> None:
+    with _live_lock:
+        vms = list(_live.values())
+    for vm in vms:
+        vm.destroy()
+
+
+atexit.register(_atexit_destroy)
+
+
+def gc(uri: str | None = None, include_live: bool = False) -> list[str]:
+    """Destroy kbisect domains whose owner process is gone; remove dead runs' overlays.
+
+    Returns what was removed. Domains of a live owner are left alone unless include_live.
+    """
+    import libvirt
+
+    removed: list[str] = []
+    conn = connect(uri)
+    try:
+        for dom in conn.listAllDomains(0):
+            name = dom.name()
+            if not name.startswith(PREFIX):
+                continue
+            try:
+                desc = dom.XMLDesc(0)
+            except libvirt.libvirtError:
+                continue
+            m = OWNER_RE.search(desc)
+            alive = bool(m) and owner_alive(int(m.group(1)), int(m.group(2)) if m.group(2) else None)
+            if alive and not include_live:
+                continue
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+                removed.append(f"domain {name}")
+            except libvirt.libvirtError:
+                pass
+    finally:
+        conn.close()
+    for d in config.subdir("runs").iterdir():
+        state = d / "state.json"
+        try:
+            st = json.loads(state.read_text())
+            alive = owner_alive(int(st["pid"]), st.get("start"))
+        except (OSError, ValueError, KeyError):
+            alive = time.time() - d.stat().st_mtime < 60  # a run still writing its state file
+        if not alive or include_live:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"run dir {d}")
+    return removed
