@@ -17,6 +17,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from orchestrator import config
 from orchestrator.catalog import Bug
@@ -160,9 +161,9 @@ class ResumingProbe:
     form the engine's candidates use, so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
     """
 
-    def __init__(self, bug: Bug, real_probe, *, store: Store | None = None,
+    def __init__(self, bug: Bug, real_probe: Callable[[str], ProbeRecord], *, store: Store | None = None,
                  replay: dict[str, list[Verdict]] | None = None, fresh: bool = False,
-                 canon=None, repro_hash: str | None = None) -> None:
+                 canon: Callable[[str], str] | None = None, repro_hash: str | None = None) -> None:
         self.bug = bug
         self.real_probe = real_probe  # (spec: str) -> ProbeRecord
         self.store = store
@@ -175,7 +176,8 @@ class ResumingProbe:
         self.seq: dict[str, int] = {}
         self.counts = {"replay": 0, "store": 0, "probe": 0}
 
-    def __call__(self, cand):
+    def __call__(self, cand: Any) -> Any:
+        """One run for the engine: a RunOutcome (replay, store or a real probe)."""
         from orchestrator.bisect import RunOutcome
 
         spec = cand.spec if hasattr(cand, "spec") else str(cand)
