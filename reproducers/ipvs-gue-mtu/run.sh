@@ -2,7 +2,8 @@
 # ipvs-gue-mtu: IPVS GUE tunnelling must not drop large (GSO) packets.
 #
 # client ns C -- director ns D (IPVS, VIP 10.0.9.9:80, real server via GUE port 6080)
-# -- real-server ns R (fou/gue port 6080, tunl0, VIP on lo). C's TCP sends TSO super-packets
+# -- real-server ns R (fou/gue port 6080, tunl0, VIP on lo), which answers C directly over a
+# second veth (direct server return). C's TCP sends TSO super-packets
 # that cross the veth intact, so D receives GSO skbs; IPVS encapsulates them and, with UDP
 # tunnel segmentation off on D's egress, software GSO must segment them. Without d7fce52fdf96
 # IPVS leaves inner_mac_header at the old Ethernet header, __skb_udp_tunnel_segment computes a
@@ -25,15 +26,22 @@ R=kbiv-r-$SFX
 new_netns "$C"; new_netns "$D"; new_netns "$R"
 ip -n "$C" link add cd type veth peer name dc netns "$D" || skip "cannot create a veth pair"
 ip -n "$D" link add dr type veth peer name rd netns "$R" || skip "cannot create a veth pair"
+# Direct return path R -> C (direct server return, as in a real IPVS-TUN deployment): replies
+# come from the VIP, which is a local address of D, so D would drop them as martians.
+ip -n "$C" link add cr type veth peer name rc netns "$R" || skip "cannot create a veth pair"
 ip -n "$C" addr add 10.0.1.1/24 dev cd
 ip -n "$D" addr add 10.0.1.2/24 dev dc
 ip -n "$D" addr add 10.0.2.1/24 dev dr
 ip -n "$R" addr add 10.0.2.2/24 dev rd
+ip -n "$C" addr add 10.0.3.1/24 dev cr
+ip -n "$R" addr add 10.0.3.2/24 dev rc
 ip -n "$D" link set dr mtu 1600
 ip -n "$R" link set rd mtu 1600
-for l in "$C cd" "$D dc" "$D dr" "$R rd"; do set -- $l; ip -n "$1" link set "$2" up; done
+for l in "$C cd" "$D dc" "$D dr" "$R rd" "$C cr" "$R rc"; do set -- $l; ip -n "$1" link set "$2" up; done
 ip -n "$C" route add 10.0.9.9/32 via 10.0.1.2
-ip -n "$R" route add default via 10.0.2.1
+ip -n "$R" route add 10.0.1.0/24 via 10.0.3.1
+# C receives the VIP's replies on cr although it routes the VIP via cd.
+for key in all default cd cr; do ip netns exec "$C" sysctl -qw "net.ipv4.conf.$key.rp_filter=0" 2>/dev/null; done
 ip -n "$D" addr add 10.0.9.9/32 dev lo
 ip netns exec "$D" sysctl -qw net.ipv4.ip_forward=1
 
@@ -42,7 +50,7 @@ ip netns exec "$R" ip fou add port 6080 gue 2>"$OUT/fou.err" || skip "ip fou add
 ip -n "$R" link set tunl0 up 2>>"$OUT/fou.err" || skip "no tunl0 (ipip) in the real-server namespace"
 ip -n "$R" link set tunl0 mtu 1600 2>/dev/null
 ip -n "$R" addr add 10.0.9.9/32 dev lo
-for key in all default rd tunl0 lo; do ip netns exec "$R" sysctl -qw "net.ipv4.conf.$key.rp_filter=0" 2>/dev/null; done
+for key in all default rd rc tunl0 lo; do ip netns exec "$R" sysctl -qw "net.ipv4.conf.$key.rp_filter=0" 2>/dev/null; done
 
 # Director: IPVS tunnel to the real server with GUE, software UDP-tunnel GSO on egress.
 ip netns exec "$D" ipvsadm -A -t 10.0.9.9:80 -s rr 2>"$OUT/ipvsadm.err" || skip "ipvsadm -A failed: $(tail -n1 "$OUT/ipvsadm.err")"
