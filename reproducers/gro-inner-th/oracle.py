@@ -30,7 +30,8 @@ def classify(lines: list[str], dmesg: list[str] | None = None) -> tuple[int, str
             return 1, (f"inner transport header {ith}, expected {inh + INNER_IP_HLEN} (inh {inh}, th {th}, "
                        f"gso_size {gso_size}) in {len(seen)} super-packets (bad)")
     gso_size, segs, nh, th, inh, ith, length = seen[0]
-    return 0, f"{len(seen)} GRO super-packets, inner transport header = inner network + 20 ({inh}+20={ith}) (good)"
+    return 0, (f"{len(seen)} encapsulated GSO skbs checked, inner transport header = inner network + 20 "
+               f"({inh}+20={ith}) (good)")
 
 
 def main() -> int:
