@@ -388,7 +388,7 @@ class _Progress:
         return _Step(self, text)
 
     def note(self, text: str) -> None:
-        self.console.print(f"[dim]variants:[/] {text}")
+        self.console.print(f"[dim]variants:[/] {text}", soft_wrap=True)
 
 
 class _Step:
@@ -408,7 +408,7 @@ class _Step:
         self.status.__exit__(exc_type, exc, tb)
         self.seconds = time.monotonic() - self.start
         mark = "[green]done[/]" if exc_type is None else "[red]failed[/]"
-        self.progress.console.print(f"[dim]variants:[/] {self.text}: {mark} ({self.seconds:.1f} s)")
+        self.progress.console.print(f"[dim]variants:[/] {self.text}: {mark} ({self.seconds:.1f} s)", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------
