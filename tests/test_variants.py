@@ -365,6 +365,20 @@ def test_cached_variant_is_returned_without_building(kbisect_home, monkeypatch):
     assert variants.build_variant(BASE, TEST_PATCH).root == dest
 
 
+def test_leftovers_of_a_killed_build_are_cleared_before_building(kbisect_home, monkeypatch):
+    dest = variants.variant_dir("debian", KVER, "revert-227adfb2b1df")
+    dest.mkdir(parents=True)  # renamed in but no manifest: cannot be trusted
+    (dest / "vmlinuz").write_bytes(b"half")
+    tmp = dest.parent / f".{dest.name}.tmp-99999"
+    work = variants.config.subdir("variants") / f".{dest.name}.work-abc"
+    tmp.mkdir()
+    work.mkdir()
+    seen = []
+    monkeypatch.setattr(variants, "_build", lambda *a, **k: seen.append([p.exists() for p in (dest, tmp, work)]))
+    variants.build_variant(BASE, TEST_PATCH)
+    assert seen == [[False, False, False]]
+
+
 def test_build_on_demand_without_a_control_patch(kbisect_home, monkeypatch, tmp_path):
     monkeypatch.setenv("KBISECT_REPRODUCERS", str(tmp_path / "reproducers"))
     with pytest.raises(KbisectError, match=r"no control patch reproducers/\*/controls/revert-nothing.patch"):
