@@ -323,15 +323,22 @@ def gc(uri: str | None = None, include_live: bool = False) -> list[str]:
             if alive and not include_live:
                 continue
             try:
+                persistent = bool(dom.isPersistent())
                 if dom.isActive():
-                    dom.destroy()
-                if dom.isPersistent():
+                    dom.destroy()  # a transient domain is gone after this
+                if persistent:
                     dom.undefine()
                 removed.append(f"domain {name}")
             except libvirt.libvirtError:
                 pass
     finally:
         conn.close()
+    return removed + _gc_run_dirs(include_live)
+
+
+def _gc_run_dirs(include_live: bool = False) -> list[str]:
+    """Remove run directories (overlays, consoles) whose owner process is gone."""
+    removed: list[str] = []
     for d in config.subdir("runs").iterdir():
         state = d / "state.json"
         try:
