@@ -261,6 +261,29 @@ def test_package_version_read_from_the_bzimage_header(tmp_path):
     assert variants.debian_package_version(kernel) == "6.1.188-1"
 
 
+SMALL_SOURCE = "int a;\nint b;\nint c;\nint d;\nint e;\n"
+SMALL_PATCH = "--- a/net/x.c\n+++ b/net/x.c\n@@ -1,5 +1,5 @@\n int a;\n int b;\n-int c;\n+long c;\n int d;\n int e;\n"
+
+
+@pytest.mark.parametrize("tool", ["patch", "git"])
+def test_apply_patch_with_patch_or_git(tmp_path, monkeypatch, tool):
+    if tool == "git":  # a machine without the patch tool falls back to git apply
+        real_which = shutil.which
+        monkeypatch.setattr(variants.shutil, "which", lambda name, *a, **k: None if name == "patch" else real_which(name, *a, **k))
+    elif not shutil.which("patch"):
+        pytest.skip("patch not installed")
+    tree = tmp_path / "src"
+    (tree / "net").mkdir(parents=True)
+    (tree / "net/x.c").write_text(SMALL_SOURCE)
+    patch = tmp_path / "p.patch"
+    patch.write_text(SMALL_PATCH)
+    variants.apply_patch(patch, tree)
+    assert (tree / "net/x.c").read_text() == SMALL_SOURCE.replace("int c;", "long c;")
+    (tree / "net/x.c").write_text(SMALL_SOURCE.replace("int c;", "char c;"))  # another tree: must not apply
+    with pytest.raises(KbisectError, match="does not apply to this kernel's source"):
+        variants.apply_patch(patch, tree)
+
+
 # ------------------------------------------------------------------ module tree helpers
 
 
