@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
       mmdebstrap busybox-static cpio kmod e2fsprogs zstd xz-utils dpkg-dev gcc make bc flex bison
-      libelf-dev libssl-dev openssh-client git python3-venv python3-dev)
+      libelf-dev libssl-dev openssh-client git python3-venv python3-dev patch)
 
 missing=()
 for p in "${PKGS[@]}"; do
