@@ -200,8 +200,14 @@ def test_resume_after_sigkill_repeats_no_finished_probe(mirror, tmp_path) -> Non
     proc = subprocess.Popen([sys.executable, str(script), str(log1), "0.3", *args], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
+    def stored() -> int:
+        try:
+            return len(_rows(db)) if db.exists() else 0
+        except sqlite3.OperationalError:  # the file exists a moment before its table does
+            return 0
+
     while time.time() < deadline:
-        if db.exists() and len(_rows(db)) >= 4:
+        if stored() >= 4:
             break
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.05)
