@@ -9,6 +9,7 @@ files are tiny placeholders because replayed verdicts never boot them.
 from __future__ import annotations
 
 import hashlib
+import json
 import http.server
 import threading
 from contextlib import contextmanager
@@ -89,6 +90,49 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def serve(root: Path) -> Iterator[str]:
     """Serve `root` on 127.0.0.1 (an ephemeral port); yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _FakeLaunchpad(http.server.BaseHTTPRequestHandler):
+    """Just enough of Launchpad's getPublishedSources for listing one series' uploads."""
+
+    uploads: dict[str, list[str]] = {}  # series -> versions
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        base = f"http://127.0.0.1:{self.server.server_address[1]}/api/1.0/ubuntu/"
+        if parts.path == "/api/1.0/ubuntu/+archive/primary" and query.get("ws.op") == "getPublishedSources":
+            series = query.get("distro_series", "").removeprefix(base)
+            rows = [{"source_package_name": "linux", "source_package_version": v, "pocket": "Updates",
+                     "status": "Published"} for v in self.uploads.get(series, [])]
+            body = json.dumps({"start": 0, "total_size": len(rows), "entries": rows}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        else:
+            body = b"{}"
+            self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextmanager
+def serve_launchpad(uploads: dict[str, list[str]]) -> Iterator[str]:
+    """A fake Launchpad on 127.0.0.1 listing `uploads` per series; yields the base URL."""
+    handler = type("FakeLaunchpad", (_FakeLaunchpad,), {"uploads": uploads})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

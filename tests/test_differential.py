@@ -326,3 +326,21 @@ def test_debian_lineages_and_a_patched_variant_end() -> None:
         "debian:6.1", "6.1.0-54-cloud-amd64", "6.1.0-54-cloud-amd64+revert-227adfb2b1df", "variant")
     assert "6.1.0-48-amd64" not in probe.calls  # other flavours are other lineages
     assert len(set(probe.calls)) <= clean_bound(7)
+
+
+def test_distro_differential_through_the_cli_on_a_fake_launchpad(mirror, tmp_path) -> None:
+    from tests.bisect_mirror import serve_launchpad
+
+    table = {f"ubuntu:{v}": ("bad" if int(v.split("-")[1].split(".")[0]) >= 33 else "good") for v in FOCAL}
+    vfile = tmp_path / "verdicts.json"
+    vfile.write_text(json.dumps({**verdicts(), **table}))
+    with serve_launchpad({"focal": FOCAL, "jammy": ["5.15.0-25.25"]}) as lp:
+        proc = _kbisect(["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--mirror", mirror,
+                         "--distro", "ubuntu:focal", "--distro-mirror", lp, "--verdicts", str(vfile), "--json",
+                         "--verify", "1"], _env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert (data["lineage"], data["last_good"], data["first_bad"]) == ("ubuntu:5.4", "5.4.0-32.36", "5.4.0-33.37")
+    assert (data["origin"], data["carrier"]) == ("stable-backport", "distro")
+    assert (data["upstream_last_good"], data["upstream_first_bad"]) == (f"5.7-rc{K - 1}", f"5.7-rc{K}")
+    assert any("ubuntu:focal series" in n for n in data["notes"])

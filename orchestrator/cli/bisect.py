@@ -26,20 +26,41 @@ def _console():
 
 # -- listings ---------------------------------------------------------------------------------
 
-def _entries(source: str, mirror: str | None, lo: str | None = None, hi: str | None = None) -> list[Any]:
+def _entries(source: str, mirror: str | None, lo: str | None = None, hi: str | None = None,
+             series: str | None = None) -> list[Any]:
     """Ask the sources layer for a listing; one clear line when it cannot be had."""
     try:
         from orchestrator.sources import get_source
-    except ImportError:
-        raise KbisectError("kernel listings are unavailable (orchestrator.sources is not installed)") from None
-    try:
-        src = get_source(source, mirror=mirror) if mirror and source == "mainline" else get_source(source)
+
+        if source == "ubuntu" and series:
+            from orchestrator.sources.ubuntu import UbuntuSource
+
+            src = UbuntuSource(mirror, series=series)
+        else:
+            src = get_source(source, mirror=mirror)
     except ImportError:
         raise KbisectError(f"the {source} kernel source is not available in this build") from None
     return list(src.list(lo, hi))
 
 
-def build_index(good: str, bad: str, distro: str | None, mirror: str | None):
+def _ubuntu_series(distro: str | None, specs: list[Any]) -> str | None:
+    """The Ubuntu series to list: named by --distro (ubuntu:focal), or the one whose kernels
+    carry the base of an ubuntu spec (5.4 -> focal)."""
+    from orchestrator.differential import DISTRO_SERIES
+
+    by_base = {base: name for name, base in DISTRO_SERIES["ubuntu"].items()}
+    if distro and distro.split(":", 1)[0].strip().lower() == "ubuntu":
+        series = distro.split(":", 1)[1].strip().lower()
+        return by_base.get(series, series)
+    for spec in specs:
+        if spec.source == "ubuntu":
+            major, minor = spec.version.split(".")[:2]
+            return by_base.get(f"{major}.{minor}")
+    return None
+
+
+def build_index(good: str, bad: str, distro: str | None, mirror: str | None,
+                distro_mirror: str | None = None):
     """All kernels the differential may need, listed lazily per source: the mainline listing
     (releases, rc's and the stable lines, all from the mainline mirror) from the oldest base
     named on, and the distro sources; a source is only asked when a lineage of it is needed.
@@ -56,11 +77,14 @@ def build_index(good: str, bad: str, distro: str | None, mirror: str | None):
             bases.append(k.base)
     lo = str(min(bases)) if bases else None
 
+    series = _ubuntu_series(distro, [g, b])
+
     def loader(source: str):
         def load():
             kernels = []
-            for entry in _entries(source, mirror if source == "mainline" else None,
-                                  lo if source == "mainline" else None, None):
+            for entry in _entries(source, mirror if source == "mainline" else distro_mirror,
+                                  lo if source == "mainline" else None, None,
+                                  series if source == "ubuntu" else None):
                 version = getattr(entry, "version", entry)
                 try:
                     kernels.append(make_kernel(source, str(version), bool(getattr(entry, "available", True)),
@@ -164,6 +188,8 @@ def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
 @click.option("--bad", required=True, help="A bad kernel (the one you saw the bug on).")
 @click.option("--mirror", default=None, help="Mainline mirror base URL (default: the public one).")
 @click.option("--distro", default=None, help="Distro series to compare with mainline: ubuntu:focal, debian:bookworm.")
+@click.option("--distro-mirror", default=None, help="Base URL for the distro source (Ubuntu: Launchpad API "
+              "and archive as URL/api/1.0/ and URL/ubuntu/).")
 @click.option("--verdicts", "verdicts_file", type=click.Path(path_type=Path), default=None,
               help="YAML/JSON object of known verdicts ('mainline:5.7-rc5': bad); the rest are probed.")
 @click.option("--repo", type=click.Path(path_type=Path), default=None,
@@ -176,7 +202,7 @@ def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str | None,
-               verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
+               distro_mirror: str | None, verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
                fresh: bool, as_json: bool, quiet: bool) -> None:
     """Find the first bad kernel between GOOD and BAD, and whether it came from mainline, a stable
     backport or a distro patch."""
@@ -193,7 +219,7 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     progress = Progress(quiet)
     progress.event(f"bisecting {bug.id}: good {good}, bad {bad}"
                    + (f", distro {distro}" if distro else "") + (" (fresh)" if fresh else ""))
-    index = build_index(good, bad, distro, mirror)
+    index = build_index(good, bad, distro, mirror, distro_mirror)
     store = Store()
     prober = ResumingProbe(bug, _real_probe(bug, mirror), store=store, replay=replay, fresh=fresh, canon=canonical)
     diff = Differential(bug.id, index, prober, policy=bug.repeat, verify=verify_runs,
