@@ -253,6 +253,8 @@ class DiffResult:
     first_bad: str | None = None
     origin: str | None = None
     carrier: str | None = None  # for stable-backport: "stable" or "distro"
+    stable_last_good: str | None = None  # with --distro: the stable line behind the distro kernel
+    stable_first_bad: str | None = None
     upstream_last_good: str | None = None
     upstream_first_bad: str | None = None
     suspects: list[str] = field(default_factory=list)
@@ -292,6 +294,9 @@ class DiffResult:
             data["upstream_first_bad"] = self.upstream_first_bad
         if self.carrier:
             data["carrier"] = self.carrier
+        if self.stable_first_bad:
+            data["stable_last_good"] = self.stable_last_good
+            data["stable_first_bad"] = self.stable_first_bad
         if self.suspects:
             data["suspects"] = self.suspects
         if self.upstream_suspects:
@@ -470,7 +475,35 @@ class Differential:
                 msg = r.stopped
             return self._stop(r, msg)
         self._take(r, lineage)
-        return self._upstream(base, done + [r], carrier=self._carrier(lineage))
+        carrier = self._carrier(lineage)
+        if distro and r.status in (FOUND, INCONCLUSIVE, UNSTABLE):
+            stable = self._stable_behind_distro(base)
+            if stable is not None:
+                done = done + [stable]
+                carrier = "stable"
+        return self._upstream(base, done + [r], carrier=carrier)
+
+    def _stable_behind_distro(self, base: KernelVersion) -> BisectResult | None:
+        """Did the distro get it through a stable update? (The write-up's Ubuntu kernel had taken
+        stable 5.4.41.) If the stable line of the same base shows the bug, bisect it too and
+        report its first bad release beside the distro's; else the distro took it on its own."""
+        res = self.res
+        line = self.index.stable_line(base)
+        if len([k for k in line if k.available]) < 2:
+            res.notes.append(f"no stable-{base} kernels listed: cannot tell whether the distro got it via stable")
+            return None
+        saved = (res.lineage, res.last_good, res.first_bad, list(res.suspects))
+        line = self._pick_bad_end(line, f"stable-{base}")
+        r = self._engine("stable line behind the distro", line, f"stable-{base}")
+        res.lineage, res.last_good, res.first_bad, res.suspects = saved
+        if r.status in (FOUND, UNSTABLE) and r.first_bad is not None:
+            res.stable_last_good = r.last_good.label if r.last_good else None
+            res.stable_first_bad = r.first_bad.label
+            res.notes.append(f"stable-{base} shows it too, from {r.first_bad.label}: the distro took it "
+                             "with a stable update")
+            return r
+        res.notes.append(f"stable-{base} does not show it ({r.stopped}): the distro took the change itself")
+        return None
 
     def _pick_bad_end(self, line: list[Kernel], lineage: str, samples: int = 8) -> list[Kernel]:
         """The user named only a base ("bad 5.4"): which kernel of its line did they run?

@@ -288,10 +288,26 @@ def test_distro_lineage_took_the_backport() -> None:
     probe = Replay(table)
     res = Differential("gretap-ecn", focal_index(), probe, verify=1).run("4.15", "5.4", distro="ubuntu:focal")
     assert (res.lineage, res.last_good, res.first_bad) == ("ubuntu:5.4", "5.4.0-32.36", "5.4.0-33.37")
-    assert res.origin == "stable-backport" and res.carrier == "distro"
+    # the write-up's situation: the distro kernel took the 5.4.41 stable update
+    assert res.origin == "stable-backport" and res.carrier == "stable"
+    assert (res.stable_last_good, res.stable_first_bad) == ("5.4.40", "5.4.41")
     assert res.upstream_first_bad == f"5.7-rc{K}"
-    assert not any(c.startswith("5.4.") and c.count(".") == 2 and "-" not in c for c in probe.calls), \
-        "the stable line is not bisected when a distro series was named"
+    assert any("took it with a stable update" in n for n in res.notes)
+
+
+def test_distro_backported_the_change_itself() -> None:
+    # the distro is bad from ABI 33, mainline from 5.7-rc4, but no stable 5.4 release is bad
+    def table(label: str) -> str:
+        if label.startswith("5.4.0-"):
+            return "bad" if int(label.split("-")[1].split(".")[0]) >= 33 else "good"
+        if label.startswith("5.4."):
+            return "good"
+        return verdict(label)
+
+    res = Differential("gretap-ecn", focal_index(), Replay(table), verify=0).run("4.15", "5.4", distro="ubuntu:focal")
+    assert (res.first_bad, res.origin, res.carrier) == ("5.4.0-33.37", "stable-backport", "distro")
+    assert res.stable_first_bad is None
+    assert any("the distro took the change itself" in n for n in res.notes)
 
 
 def test_distro_only_patch() -> None:
@@ -341,6 +357,7 @@ def test_distro_differential_through_the_cli_on_a_fake_launchpad(mirror, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
     assert (data["lineage"], data["last_good"], data["first_bad"]) == ("ubuntu:5.4", "5.4.0-32.36", "5.4.0-33.37")
-    assert (data["origin"], data["carrier"]) == ("stable-backport", "distro")
+    assert (data["origin"], data["carrier"]) == ("stable-backport", "stable")
+    assert (data["stable_last_good"], data["stable_first_bad"]) == ("5.4.40", "5.4.41")
     assert (data["upstream_last_good"], data["upstream_first_bad"]) == (f"5.7-rc{K - 1}", f"5.7-rc{K}")
     assert any("ubuntu:focal series" in n for n in data["notes"])
