@@ -65,10 +65,20 @@ code { font-size: 95%; }
 """
 
 
-def new_run_id(bug: str) -> str:
-    """Sortable and readable: `20260522-081501-gretap-ecn`."""
+def new_run_id(bug: str, root: Path | None = None) -> str:
+    """Sortable and readable: `20260522-081501-gretap-ecn`; the run's directory is claimed here
+    (mkdir, not exist_ok) so two runs in the same second never share a report."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", bug)
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{safe}"
+    stem = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{safe}"
+    base = Path(root) if root else config.results_dir()
+    for n in range(1, 1000):
+        run_id = stem if n == 1 else f"{stem}-{n}"
+        try:
+            (base / run_id).mkdir(parents=True)
+            return run_id
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot claim a results directory for {stem} under {base}")
 
 
 def probe_consoles(probes: list[Any]) -> dict[int, str]:

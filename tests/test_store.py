@@ -92,3 +92,13 @@ def test_a_kernel_that_cannot_be_fetched_is_a_skip_not_an_abort(kbisect_home) ->
     out = ResumingProbe(bug, real, store=store)(Candidate("mainline:6.5.8"))
     assert out.verdict is Verdict.SKIP and "Gone" in out.reason
     assert store.all(bug.id) == []  # not remembered: it may be had next time
+
+
+def test_two_runs_in_the_same_second_get_their_own_report(tmp_path) -> None:
+    from orchestrator import report
+
+    a, b = report.new_run_id("gretap-ecn", tmp_path), report.new_run_id("gretap-ecn", tmp_path)
+    assert a != b and (tmp_path / a).is_dir() and (tmp_path / b).is_dir()
+    out = report.write({"bug": "x", "status": "found", "probes": [], "stages": [], "notes": [],
+                        "confidence": 1.0}, a, out_dir=tmp_path / a)
+    assert (out / "report.html").is_file() and (out / "result.json").is_file()
