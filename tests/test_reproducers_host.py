@@ -245,3 +245,25 @@ def test_reproducers_clean_up_after_themselves(bug_id, tmp_path):
     run_repro(bug_id, tmp_path)
     after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
     assert not (after - before), f"{bug_id} left namespaces behind: {sorted(after - before)}"
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").exists(), reason="this kernel exposes no BTF")
+def test_gro_btf_offsets_from_the_running_kernel():
+    # sk_buff's header offsets are consecutive __u16 fields in every kernel since 3.x:
+    # inner_transport, inner_network, inner_mac, protocol, transport, network, mac.
+    proc = subprocess.run([sys.executable, str(REPRO / "gro-inner-th" / "btf_offsets.py")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    off = {k: int(v) for k, v in (line.split("=") for line in proc.stdout.split())}
+    assert off["OFF_INH"] == off["OFF_ITH"] + 2 and off["OFF_NH"] == off["OFF_TH"] + 2
+    assert off["OFF_TH"] > off["OFF_INH"] and off["OFF_HEAD"] > off["OFF_END"]
+    assert off["OFF_ENC_MASK"] in (1, 2, 4, 8, 16, 32, 64, 128)
+    assert (off["OFF_GSO_SIZE"], off["OFF_GSO_SEGS"]) == (4, 6)
+
+
+def test_gro_btf_offsets_refuse_garbage(tmp_path):
+    bad = tmp_path / "vmlinux"
+    bad.write_bytes(b"\0" * 64)
+    proc = subprocess.run([sys.executable, str(REPRO / "gro-inner-th" / "btf_offsets.py"), str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout.startswith("cannot read sk_buff offsets") and proc.stdout.count("\n") == 1

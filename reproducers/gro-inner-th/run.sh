@@ -8,7 +8,8 @@
 # d51c5907e980 tcp4_gro_complete leaves skb->inner_transport_header stale; forwarding then
 # computes a wrong segment length in skb_gso_transport_seglen() and can oops.
 # Oracle (deterministic, the write-up's own): bpftrace reads the header offsets of every
-# encapsulated GSO skb at skb_gso_validate_network_len(); bad when ith != inh + 20. A kernel
+# encapsulated GSO skb at skb_gso_validate_network_len() (field offsets taken from the kernel's
+# BTF, so no kernel headers are needed); bad when ith != inh + 20. A kernel
 # oops during the run is bad too (the probe also scans the console).
 # good: >= 1 super-packet, all offsets right; bad: a wrong offset or an oops; skip: GRO never
 # merged, or the oracle cannot run (no bpftrace / kprobes / BTF).
@@ -22,7 +23,12 @@ SEGMENTS=${GRO_SEGMENTS:-400}
 
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null \
     || mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
-[ -e /sys/kernel/btf/vmlinux ] || skip "no /sys/kernel/btf/vmlinux: bpftrace cannot read struct sk_buff here"
+[ -e /sys/kernel/btf/vmlinux ] || skip "no /sys/kernel/btf/vmlinux: cannot locate sk_buff's header offsets here"
+python3 btf_offsets.py >"$OUT/offsets.env" || skip "$(tail -n1 "$OUT/offsets.env")"
+sed_args=()
+while IFS='=' read -r key value; do sed_args+=(-e "s/@$key@/$value/g"); done <"$OUT/offsets.env"
+sed "${sed_args[@]}" offsets.bt.in >"$OUT/offsets.bt"
+grep -q '@OFF_[A-Z_]*@' "$OUT/offsets.bt" && skip "unfilled offsets in the bpftrace program"
 dmesg_before=$(dmesg 2>/dev/null | wc -l)
 
 A=kbgro-a-$SFX
@@ -54,7 +60,7 @@ else
 fi
 BAMAC=$(mac_of "$B" BA)
 
-bg bpftrace -B none offsets.bt >"$OUT/offsets.txt" 2>"$OUT/bpftrace.err"
+bg bpftrace -B none "$OUT/offsets.bt" >"$OUT/offsets.txt" 2>"$OUT/bpftrace.err"
 for _ in $(seq 1 300); do
     grep -q "Attaching" "$OUT/offsets.txt" "$OUT/bpftrace.err" 2>/dev/null && break
     kill -0 "${PIDS[-1]}" 2>/dev/null || break
