@@ -143,7 +143,7 @@ class MainlinePackageVersion:
         return f"{self.kernel.major}.{self.kernel.minor}.{self.kernel.patch}-{self.abi}"
 
 
-_MAINLINE_PKG_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)-(\d{6})(?:rc(\d+))?\.(\d{12})$")
+_MAINLINE_PKG_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)-(\d{6,7})(?:rc(\d+))?\.(\d{12})$")
 
 
 def parse_mainline_package_version(text: str) -> MainlinePackageVersion:

@@ -130,6 +130,11 @@ def test_done_when_command_on_a_mirror(mirror, tmp_path) -> None:
     assert (data["lineage"], data["last_good"], data["first_bad"]) == ("stable-5.4", "5.4.40", "5.4.41")
     assert (data["upstream_last_good"], data["upstream_first_bad"]) == (f"5.7-rc{K - 1}", f"5.7-rc{K}")
     assert data["confidence"] == 1.0
+    # the newest 5.4.y (patch level >= 100, seven-digit ABI in its package names) is listed and
+    # fixed again, so the bad end comes from sampling the line
+    walk = next(s["walk"] for s in data["stages"] if s["name"] == "bad-end search")
+    assert int(walk[0]["kernel"].split(".")[2]) >= 100 and walk[0]["verdict"] == "good"
+    assert walk[-1]["verdict"] == "bad"
     for p in data["probes"]:
         assert {"kernel", "verdict", "runs", "seconds", "reason"} <= set(p)
     assert all(p["origins"] in (["replay"], ["known"]) for p in data["probes"])

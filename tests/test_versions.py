@@ -87,6 +87,9 @@ def test_mainline_package_versions():
     assert str(rc) == "4.6.0-040600rc1.201603261930"
     stable = parse_mainline_package_version("5.2.21-050221.201910111731")
     assert str(stable.kernel) == "5.2.21"
+    # from patch level 100 the ABI field grows to seven digits (5.4.100 -> 0504100)
+    hundred = parse_mainline_package_version("5.4.100-0504100.202102231731")
+    assert str(hundred.kernel) == "5.4.100" and hundred.kver_prefix == "5.4.100-0504100"
     # two builds of one version order by their timestamp
     early = parse_mainline_package_version("5.16.0-051600.202201091830")
     late = parse_mainline_package_version("5.16.0-051600.202201092355")

@@ -37,7 +37,7 @@ ARCH = "amd64"
 
 _HREF_RE = re.compile(r"""href\s*=\s*["']([^"'?#]+)["']""", re.IGNORECASE)
 _DEB_RE = re.compile(
-    r"^linux-(?P<kind>image-unsigned|image|modules)-(?P<kver>\d+\.\d+\.\d+-\d{6}(?:rc\d+)?)-(?P<flavour>[a-z0-9]+)"
+    r"^linux-(?P<kind>image-unsigned|image|modules)-(?P<kver>\d+\.\d+\.\d+-\d{6,7}(?:rc\d+)?)-(?P<flavour>[a-z0-9]+)"
     r"_(?P<pkgver>[^_]+)_(?P<arch>[a-z0-9]+)\.deb$")
 _SHA256_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
 
