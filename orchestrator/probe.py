@@ -20,6 +20,7 @@ Python API for the bisection engine: `run_probe(kernel_spec, bug)` and
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import shlex
@@ -39,6 +40,7 @@ from orchestrator.kernel import UnpackedKernel
 from orchestrator.verdict import ProbeRecord, Verdict
 
 REMOTE_DIR = "/root/repro"
+DMESG_FILE = "/root/.kbisect-dmesg"
 TRACE_RE = re.compile(
     r"Kernel panic - not syncing|\bOops\b|\bBUG: |kernel BUG at|\bWARNING: |general protection fault"
     r"|Unable to handle kernel|BUG: unable to handle"
@@ -231,7 +233,16 @@ def current_run():
     with _run_lock:
         if _current_run is None:
             _current_run = vmmod.Run()
+            atexit.register(_close_run, _current_run)
         return _current_run
+
+
+def _close_run(run) -> None:
+    from orchestrator import vm as vmmod
+
+    vmmod.wait_pending()
+    vmmod._atexit_destroy()
+    run.close()
 
 
 _reaped: set[str] = set()
@@ -353,8 +364,8 @@ def run_probe_kernel(
             try:
                 vm.start()
                 prog.phase(f"waiting for ssh on 127.0.0.1:{vm.port}")
-                ssh.wait_banner(vm.port, deadline, lambda: _boot_blocker(vm))
-                guest = ssh.Guest(vm.port, img.host_key)
+                sock = ssh.wait_banner(vm.port, deadline, lambda: _boot_blocker(vm))
+                guest = ssh.Guest(vm.port, img.host_key, sock=sock)
                 booted = True
             except (vmmod.BootError, ssh.SSHUnavailable) as exc:
                 boot_reason = str(exc)
@@ -363,14 +374,20 @@ def run_probe_kernel(
             if booted:
                 t = time.monotonic()
                 prog.phase("uploading reproducer")
-                guest.run(f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR}/out", 30)
+                # The overlay is fresh, so /root/repro is empty: no remote rm needed.
                 guest.upload_dir(bug.dir, REMOTE_DIR)
+                guest.mkdirs(f"{REMOTE_DIR}/out")
                 phases["upload"] = round(time.monotonic() - t, 3)
 
                 t = time.monotonic()
                 prog.phase(f"running {bug.entry} (timeout {bug.timeout}s)")
                 console_offset = vm.console_size()
-                cmd = f"cd {REMOTE_DIR} && timeout -k 5 {int(bug.timeout)} bash {shlex.quote(bug.entry)}"
+                # dmesg is saved in the same session (one round trip fewer than a second exec).
+                cmd = (
+                    "i=0; while [ ! -e /run/kbisect/ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+                    f"cd {REMOTE_DIR} && timeout -k 5 {int(bug.timeout)} bash {shlex.quote(bug.entry)}; "
+                    f"rc=$?; dmesg > {DMESG_FILE} 2>&1; exit $rc"
+                )
 
                 def output(which: str, line: str) -> None:
                     if echo_output:
@@ -414,12 +431,13 @@ def run_probe_kernel(
                 guest.close()
             console_all = vm.console() if vm is not None else ""
             if vm is not None:
-                vm.destroy()
+                # Interrupted or failed: destroy now. Normal end: let libvirt's slow stop run in
+                # the background (joined before exit, see vm.VM.destroy).
+                vm.destroy(background=sys.exc_info()[0] is None)
                 try:
                     probe_dir.mkdir(parents=True, exist_ok=True)
                     (probe_dir / "console.log").write_text(console_all)
                     artefacts.insert(0, str(probe_dir / "console.log"))
-                    vm.dir.exists() and __import__("shutil").rmtree(vm.dir, ignore_errors=True)
                 except OSError:
                     pass
         phases["teardown"] = round(time.monotonic() - t, 3)
@@ -516,12 +534,15 @@ def _collect(guest, probe_dir: Path) -> list[str]:
         got += [str(p) for p in files]
     except Exception:
         pass
+    dest = probe_dir / "dmesg.txt"
     try:
-        r = guest.run("dmesg", 30)
-        (probe_dir / "dmesg.txt").write_text(r.stdout)
-        got.append(str(probe_dir / "dmesg.txt"))
-    except Exception:
-        pass
+        guest.sftp.get(DMESG_FILE, str(dest))
+    except Exception:  # the run did not get to save it (host-side timeout): ask now
+        try:
+            dest.write_text(guest.run("dmesg", 30).stdout)
+        except Exception:
+            return got
+    got.append(str(dest))
     return got
 
 

@@ -59,13 +59,32 @@ class SSHUnavailable(KbisectError):
     """The guest never offered SSH (boot failure, crash, or timeout)."""
 
 
-def wait_banner(port: int, deadline: float, still_booting: Callable[[], str | None] | None = None) -> float:
-    """Poll 127.0.0.1:port until an `SSH-` banner arrives; returns seconds waited.
+class _ReplaySocket:
+    """A connected socket whose already-read banner bytes are handed to paramiko first.
+
+    Reusing the socket that saw the banner saves the guest a second TCP accept and sshd fork
+    (costly under TCG)."""
+
+    def __init__(self, sock: socket.socket, head: bytes) -> None:
+        self._sock = sock
+        self._head = head
+
+    def recv(self, n: int) -> bytes:
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._sock.recv(n)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def wait_banner(port: int, deadline: float, still_booting: Callable[[], str | None] | None = None):
+    """Poll 127.0.0.1:port until an `SSH-` banner arrives; returns the connected socket.
 
     `still_booting()` returns a reason string when waiting is pointless (domain gone, crashed,
     initramfs failure), so a dead guest is reported at once rather than at the deadline.
     """
-    t0 = time.monotonic()
     while True:
         if still_booting is not None:
             why = still_booting()
@@ -73,15 +92,19 @@ def wait_banner(port: int, deadline: float, still_booting: Callable[[], str | No
                 raise SSHUnavailable(why)
         if time.monotonic() > deadline:
             raise SSHUnavailable("no SSH banner before the boot timeout")
+        s = None
         try:
-            with socket.create_connection((HOST, port), timeout=1.0) as s:
-                s.settimeout(1.5)
-                data = s.recv(64)
-                if data.startswith(b"SSH-"):
-                    return time.monotonic() - t0
+            s = socket.create_connection((HOST, port), timeout=1.0)
+            s.settimeout(1.5)
+            data = s.recv(64)
+            if data.startswith(b"SSH-"):
+                s.settimeout(None)
+                return _ReplaySocket(s, data)
         except OSError:
             pass
-        time.sleep(0.2)
+        if s is not None:
+            s.close()
+        time.sleep(0.1)
 
 
 @dataclass
@@ -97,7 +120,7 @@ class RunResult:
 class Guest:
     """An authenticated SSH session to one probe VM."""
 
-    def __init__(self, port: int, host_key: str, timeout: float = 20.0) -> None:
+    def __init__(self, port: int, host_key: str, timeout: float = 20.0, sock=None) -> None:
         import paramiko
 
         self.port = port
@@ -117,6 +140,7 @@ class Guest:
                 timeout=timeout,
                 banner_timeout=timeout,
                 auth_timeout=timeout,
+                sock=sock,
             )
         except (paramiko.SSHException, OSError) as exc:
             raise SSHUnavailable(f"ssh connect failed: {exc.__class__.__name__}: {exc}") from None
@@ -147,13 +171,13 @@ class Guest:
         """SFTP a directory tree (modes kept, symlinks followed); returns files sent."""
         sftp = self.sftp
         count = 0
-        self._mkdirs(remote)
+        self.mkdirs(remote)
         for root, dirs, files in os.walk(local, followlinks=True):
             dirs[:] = [d for d in dirs if d not in (".git", "__pycache__", "out")]
             rel = os.path.relpath(root, local)
             rdir = remote if rel == "." else posixpath.join(remote, *Path(rel).parts)
             for d in dirs:
-                self._mkdirs(posixpath.join(rdir, d))
+                self.mkdirs(posixpath.join(rdir, d))
             for f in files:
                 lp = os.path.join(root, f)
                 rp = posixpath.join(rdir, f)
@@ -162,7 +186,7 @@ class Guest:
                 count += 1
         return count
 
-    def _mkdirs(self, path: str) -> None:
+    def mkdirs(self, path: str) -> None:
         parts = path.strip("/").split("/")
         cur = ""
         for p in parts:

@@ -37,6 +37,7 @@ TEMPLATE = "domain.xml.j2"
 OWNER_RE = re.compile(r"owner pid (\d+) start (\d+)")
 
 _live: dict[str, "VM"] = {}
+_pending: list[threading.Thread] = []
 _live_lock = threading.Lock()
 
 
@@ -220,8 +221,20 @@ class VM:
                 break
         raise BootError(f"libvirt could not start the VM: {last}")
 
-    def destroy(self) -> None:
-        """Destroy the domain (idempotent), then drop the overlay. Never raises."""
+    def destroy(self, background: bool = False) -> None:
+        """Destroy the domain (idempotent), then drop the overlay. Never raises.
+
+        libvirt needs ~1.5 s to stop a domain on some hosts (it polls until the QEMU process is
+        reaped). With background=True that wait overlaps whatever the caller does next; the
+        thread is non-daemon and tracked, so the interpreter cannot exit before it finishes and
+        `wait_pending()` joins it explicitly.
+        """
+        if background:
+            t = threading.Thread(target=self.destroy, name=f"destroy-{self.name}")
+            with _live_lock:
+                _pending.append(t)
+            t.start()
+            return
         dom, self._dom = self._dom, None
         if dom is not None:
             try:
@@ -230,10 +243,8 @@ class VM:
                 pass
         elif self._conn is not None:
             _destroy_by_name(self._conn, self.name)
-        try:
-            self.overlay.unlink(missing_ok=True)
-        except OSError:
-            pass
+        # The VM's directory (overlay, console) goes too: callers copy the console first.
+        shutil.rmtree(self.dir, ignore_errors=True)
         with _live_lock:
             _live.pop(self.name, None)
         conn, self._conn = self._conn, None
@@ -290,7 +301,18 @@ def _destroy_by_name(conn, name: str) -> None:
         pass
 
 
+def wait_pending(timeout: float | None = 120.0) -> None:
+    """Join background destroys started by `VM.destroy(background=True)`."""
+    with _live_lock:
+        threads = list(_pending)
+    for t in threads:
+        t.join(timeout)
+    with _live_lock:
+        _pending[:] = [t for t in _pending if t.is_alive()]
+
+
 def _atexit_destroy() -> None:
+    wait_pending()
     with _live_lock:
         vms = list(_live.values())
     for vm in vms:
