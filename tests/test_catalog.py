@@ -324,4 +324,8 @@ def test_verify_plan_cli_boots_nothing(capsys, monkeypatch):
     monkeypatch.setattr(bugs_cli, "_debian_entries", lambda: DEBIAN)
     code, out, _ = run_cli(["bugs", "verify", "gretap-ecn", "--plan", "--json"], capsys)
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 5 and all(r["verdict"] == "" for r in rows)
+    assert code == 0 and len(rows) == 5 and all(r["verdict"] == "" and r["reason"] == "" for r in rows)
+    # gretap's control names a full kernel, not a line: it is probed as written.
+    assert rows[0]["kernel"] == "debian:6.1.0-54-cloud-amd64+revert-227adfb2b1df"
+    code, out, _ = run_cli(["bugs", "verify", "veth-csum", "--plan", "--json"], capsys)
+    assert json.loads(out)[0]["kernel"] == "debian:6.1.0-0.deb11.52-cloud-amd64+revert-ce8c839b74e3"

@@ -190,12 +190,15 @@ def pick_line_kernels(entries: list[dict], lines: list[str], flavour: str = "clo
     return picked
 
 
+def _is_line(text: str) -> bool:
+    """"6.1" or "5.10" (a Debian line), as opposed to a full version like "6.1.0-54-cloud-amd64"."""
+    return bool(text) and all(part.isdigit() for part in text.split(".")) and text.count(".") <= 1
+
+
 def _resolve_base(base: str, line_kernels: dict[str, str | None]) -> str | None:
     """A control's base: a full spec (`debian:6.1.0-54-cloud-amd64`) or a line (`debian:6.1`)."""
     source, _, rest = base.partition(":")
-    if source == "debian" and rest in line_kernels:
-        return line_kernels[rest]
-    if source == "debian" and rest and rest.replace(".", "").isdigit():
+    if source == "debian" and _is_line(rest):
         return line_kernels.get(rest)
     return base
 
@@ -307,7 +310,7 @@ def verify_cmd(bug_ids: tuple[str, ...], as_json: bool, markdown: str | None, pl
         entries = _debian_entries()
         lines = sorted({line for bug in selected for line in bug.verify.lines}
                        | {c.base.partition(":")[2] for bug in selected for c in bug.controls
-                          if c.base.startswith("debian:")}, key=_ver_key)
+                          if c.base.startswith("debian:") and _is_line(c.base.partition(":")[2])}, key=_ver_key)
         line_kernels = pick_line_kernels(entries, lines)
         available = {e.get("spec") or f"debian:{e['version']}" for e in entries if e.get("available")}
     rows = [row for bug in selected for row in plan_rows(bug, line_kernels, available)]
