@@ -60,7 +60,7 @@ else
 fi
 BAMAC=$(mac_of "$B" BA)
 
-bg bpftrace -B none "$OUT/offsets.bt" >"$OUT/offsets.txt" 2>"$OUT/bpftrace.err"
+bg bpftrace -B none -I "$PWD/include" "$OUT/offsets.bt" >"$OUT/offsets.txt" 2>"$OUT/bpftrace.err"
 for _ in $(seq 1 300); do
     grep -q "Attaching" "$OUT/offsets.txt" "$OUT/bpftrace.err" 2>/dev/null && break
     kill -0 "${PIDS[-1]}" 2>/dev/null || break
