@@ -51,6 +51,9 @@ EXCERPT_LINES_AFTER = 45
 EXCERPT_MAX_CHARS = 8000
 TAIL_LINES = 40
 DEFAULT_BOOT_TIMEOUT = {"kvm": 90.0, "tcg": 180.0}
+# A kernel that prints nothing at all this long after start never will (corrupt image; a good
+# one prints its banner within ~1 s, even under TCG on a loaded host).
+SILENT_BOOT = {"kvm": 15.0, "tcg": 30.0}
 RUN_GRACE = 30.0  # host-side slack over the guest-side `timeout`
 
 
@@ -364,7 +367,16 @@ def run_probe_kernel(
             try:
                 vm.start()
                 prog.phase(f"waiting for ssh on 127.0.0.1:{vm.port}")
-                sock = ssh.wait_banner(vm.port, deadline, lambda: _boot_blocker(vm))
+                booting_since = time.monotonic()
+                silent_limit = min(SILENT_BOOT[acc], boot_timeout or DEFAULT_BOOT_TIMEOUT[acc])
+
+                def blocker() -> str | None:
+                    why = _boot_blocker(vm)
+                    if why is None and time.monotonic() - booting_since > silent_limit and vm.console_size() == 0:
+                        why = f"no console output within {silent_limit:.0f}s (the kernel never started)"
+                    return why
+
+                sock = ssh.wait_banner(vm.port, deadline, blocker)
                 guest = ssh.Guest(vm.port, img.host_key, sock=sock)
                 booted = True
             except (vmmod.BootError, ssh.SSHUnavailable) as exc:

@@ -91,7 +91,7 @@ def wait_banner(port: int, deadline: float, still_booting: Callable[[], str | No
             if why:
                 raise SSHUnavailable(why)
         if time.monotonic() > deadline:
-            raise SSHUnavailable("no SSH banner before the boot timeout")
+            raise SSHUnavailable("no SSH banner before the boot timeout")  # caller adds the console tail
         s = None
         try:
             s = socket.create_connection((HOST, port), timeout=1.0)

@@ -89,11 +89,12 @@ def _ours_or_orphaned() -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def _no_leaks(shared_home):
     yield
+    from orchestrator import vm as vmmod
+
+    vmmod.wait_pending()  # probes hand libvirt's slow domain stop to a tracked thread
     assert _ours_or_orphaned() == [], "kbisect domains left behind"
     leftover = [p for p in (shared_home / "runs").glob("*/vm-*/overlay.qcow2")]
-    from orchestrator import vm
-
-    assert all(vm.owner_alive(*_run_owner(p.parent.parent)) for p in leftover), leftover
+    assert all(vmmod.owner_alive(*_run_owner(p.parent.parent)) for p in leftover), leftover
 
 
 def _run_owner(run_dir: Path) -> tuple[int, int | None]:
