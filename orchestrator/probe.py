@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,21 +54,6 @@ DEFAULT_BOOT_TIMEOUT = {"kvm": 90.0, "tcg": 180.0}
 # one prints its banner within ~1 s, even under TCG on a loaded host).
 SILENT_BOOT = {"kvm": 15.0, "tcg": 30.0}
 RUN_GRACE = 30.0  # host-side slack over the guest-side `timeout`
-
-
-@dataclass
-class ProbeOptions:
-    """Knobs of one probe; defaults suit a 2-core TCG host."""
-
-    accel: str | None = None  # "kvm" | "tcg" | "auto"/None
-    uri: str | None = None
-    memory_mb: int = 1024
-    cpus: int = 1
-    boot_timeout: float | None = None
-    results_dir: Path | None = None
-    progress: bool = True
-    echo_output: bool = True  # stream reproducer output to stderr
-    mirror: str | None = None
 
 
 # -- pure verdict logic (unit-tested) -------------------------------------------------------

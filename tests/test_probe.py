@@ -271,3 +271,40 @@ def test_kill9_leftover_is_reaped_by_gc(shared_home, tmp_path):
     assert name not in [n for n, _ in _domains()]
     run_id = re.match(r"kbisect-(\w+)-\d+", name).group(1)
     assert not (shared_home / "runs" / run_id).exists()
+
+
+def test_cli_repeat_aggregates_and_exits_bad(shared_home, tmp_path):
+    """`--repeat 2`: two fresh VMs, both verdict records printed, exit 1 as git bisect wants."""
+    repro = tmp_path / "always-bad"
+    repro.mkdir()
+    (repro / "run.sh").write_text("echo 'still broken'\nexit 1\n")
+    env = dict(os.environ, KBISECT_HOME=str(shared_home))
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "-q", "--bug", str(repro), "--kernel", KERNELS["6.1"],
+         "--repeat", "2", "--json", "--memory", "768", "--cpus", "2", "--accel", "tcg"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
+    )
+    assert r.returncode == 1, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["verdict"] == "bad" and len(out["probes"]) == 2
+    assert all(p["verdict"] == "bad" and p["reason"] == "still broken" for p in out["probes"])
+
+
+def test_new_run_reaps_stale_domain_of_dead_process(shared_home, tmp_path):
+    """A killed orchestrator's VM is destroyed by the next probe, without `kbisect gc`."""
+    repro = tmp_path / "sleepy"
+    repro.mkdir()
+    (repro / "run.sh").write_text("sleep 1000\n")
+    proc = _start_run(shared_home, repro)
+    try:
+        name = _wait_for_domain(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert name in [n for n, _ in _domains()]
+    from orchestrator import probe
+
+    probe._reaped.clear()  # this test process may have reaped already; a new run always does
+    rec = _probe(KERNELS["6.1"], _bug(tmp_path, "quick", "echo fine\n"))
+    assert rec.verdict is Verdict.GOOD
+    assert name not in [n for n, _ in _domains()]
