@@ -14,7 +14,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import click
@@ -247,8 +247,6 @@ def run_rows(rows: list[Row], bugs_by_id: dict[str, Bug], probe: Callable[[str, 
     A probe that raises (kernel not fetchable, variant not buildable) becomes a skip with the error
     as its reason, so one unreachable kernel never hides the rest of the table.
     """
-    from orchestrator.errors import KbisectError as _KE
-
     for row in rows:
         if not row.kernel or not row.expect or row.reason:
             continue
@@ -257,7 +255,7 @@ def run_rows(rows: list[Row], bugs_by_id: dict[str, Bug], probe: Callable[[str, 
         t0 = time.monotonic()
         try:
             rec = probe(row.kernel, bug)
-        except _KE as exc:
+        except KbisectError as exc:
             row.verdict, row.reason = "skip", f"error: {exc}"
         else:
             verdict = getattr(rec, "verdict", "skip")
