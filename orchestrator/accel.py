@@ -23,7 +23,7 @@ from orchestrator.errors import KbisectError
 
 CHOICES = ("auto", "kvm", "tcg")
 QEMU = "qemu-system-x86_64"
-PROBE_TIMEOUT = 25.0  # a working KVM boots to the initramfs marker in ~1-2 s
+PROBE_TIMEOUT = 15.0  # a working KVM boots to the initramfs marker in ~1-2 s
 
 
 def _cache_path() -> Path:
@@ -74,6 +74,16 @@ def resolve(choice: str | None, vmlinuz: Path | None = None, initrd: Path | None
     return accel
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the orchestrator dies (Ctrl-C, kill -9) mid-test."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:
+        pass
+
+
 def kvm_works(vmlinuz: Path, initrd: Path, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
     """Boot `vmlinuz` + our initramfs under KVM; True only if the guest reached the marker."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -88,7 +98,8 @@ def kvm_works(vmlinuz: Path, initrd: Path, timeout: float = PROBE_TIMEOUT) -> tu
         ]
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    preexec_fn=_die_with_parent)
         except FileNotFoundError:
             raise KbisectError(f"{QEMU} is not installed (run ./setup.sh)") from None
         try:

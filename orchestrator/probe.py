@@ -328,9 +328,23 @@ def run_probe_kernel(
         with terminate_as_interrupt():
             prog.phase("preparing (root image, boot files)")
             _reap_stale(uri)
-            img = image.ensure(progress=progress)
             boot = bootfiles.ensure(kernel)
-            acc = accelmod.resolve(accel, boot.vmlinuz, boot.initrd)
+            # The one-time KVM test (a short boot) overlaps the one-time image build.
+            acc_box: dict[str, object] = {}
+
+            def detect() -> None:
+                try:
+                    acc_box["accel"] = accelmod.resolve(accel, boot.vmlinuz, boot.initrd)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    acc_box["error"] = exc
+
+            detector = threading.Thread(target=detect, name="accel-detect", daemon=True)
+            detector.start()
+            img = image.ensure(progress=progress)
+            detector.join()
+            if "error" in acc_box:
+                raise acc_box["error"]  # type: ignore[misc]
+            acc = str(acc_box["accel"])
             cfg = vmmod.VMConfig(uri=uri, accel=acc, memory_mb=memory_mb, cpus=cpus)
             cmdline = build_cmdline(ssh.cmdline_key_arg())
             vm = vmmod.VM(
