@@ -173,6 +173,43 @@ def parse_kbuild(text: str) -> tuple[list[MakeAssignment], list[str]]:
     return assigns, flags
 
 
+_VAR_ASSIGN_RE = re.compile(r"^([A-Za-z0-9_.$()-]+?)\s*(\+=|:=|=)\s*(.*)$")
+_VAR_REF_RE = re.compile(r"\$\(([A-Za-z0-9_.-]+)\)")
+
+
+def make_variables(text: str, kconfig: dict[str, str]) -> dict[str, list[str]]:
+    """Every simple variable a kbuild Makefile assigns, with `$(CONFIG_X)` in names substituted.
+
+    Composite modules often list their objects through helper variables
+    (`ip_vs-objs := ... $(ip_vs_proto-objs-y)` with `ip_vs_proto-objs-$(CONFIG_IP_VS_PROTO_TCP) += ...`);
+    linking a module from its literal words alone leaves symbols undefined.
+    """
+    values: dict[str, list[str]] = {}
+    for line in _logical_lines(text):
+        m = _VAR_ASSIGN_RE.match(line)
+        if not m or line.startswith(("ifeq", "ifneq", "ifdef", "ifndef", "include", "-include")):
+            continue
+        name = re.sub(r"\$\((CONFIG_[A-Za-z0-9_]+)\)", lambda c: kconfig.get(c.group(1), ""), m.group(1))
+        if "$(" in name:
+            continue
+        words = m.group(3).split()
+        values[name] = values.get(name, []) + words if m.group(2) == "+=" else words
+    return values
+
+
+def expand_words(words: list[str] | tuple[str, ...], variables: dict[str, list[str]], depth: int = 0) -> list[str]:
+    """Words with `$(var)` references replaced by the variable's (recursively expanded) words."""
+    out: list[str] = []
+    for word in words:
+        ref = _VAR_REF_RE.fullmatch(word)
+        if ref and not ref.group(1).startswith("CONFIG_"):
+            if depth < 8:
+                out.extend(expand_words(variables.get(ref.group(1), []), variables, depth + 1))
+            continue
+        out.append(word)
+    return out
+
+
 def _cond_value(cond: str, kconfig: dict[str, str]) -> str:
     """What a kbuild condition expands to: "y", "m" or "" (not built)."""
     if cond in ("y", "m"):
@@ -244,9 +281,11 @@ def plan_module(directory: str, makefile_text: str, source_name: str, kconfig: d
             placement = composite
             module = a.target
             members = []
+            variables = make_variables(makefile_text, kconfig)
             for b in assigns:
                 if b.target == module and _cond_value(b.cond, kconfig) in ("y", "m"):
-                    members.extend(w for w in b.words if w.endswith(".o") and w not in members)
+                    members.extend(w for w in expand_words(b.words, variables)
+                                   if w.endswith(".o") and w not in members)
             break
     if placement is None:
         if any(obj in a.words for a in lib_lines):

@@ -186,6 +186,39 @@ def test_objs_style_composite():
     assert plan.module == "bar" and plan.members == ["bar_a.o", "bar_b.o"]
 
 
+IPVS_MAKEFILE = """\
+# the shape of net/netfilter/ipvs/Makefile: members reached through helper variables
+ip_vs_proto-objs-y :=
+ip_vs_proto-objs-$(CONFIG_IP_VS_PROTO_TCP) += ip_vs_proto_tcp.o
+ip_vs_proto-objs-$(CONFIG_IP_VS_PROTO_UDP) += ip_vs_proto_udp.o
+ip_vs_proto-objs-$(CONFIG_IP_VS_PROTO_SCTP) += ip_vs_proto_sctp.o
+
+ip_vs-extra_objs-y :=
+ip_vs-extra_objs-$(CONFIG_IP_VS_NFCT) += ip_vs_nfct.o
+
+ip_vs-objs :=	ip_vs_conn.o ip_vs_core.o ip_vs_ctl.o ip_vs_sched.o	   \\
+		ip_vs_xmit.o ip_vs_app.o ip_vs_sync.o	   		   \\
+		ip_vs_est.o ip_vs_proto.o ip_vs_pe.o			   \\
+		$(ip_vs_proto-objs-y) $(ip_vs-extra_objs-y)
+
+obj-$(CONFIG_IP_VS) += ip_vs.o
+obj-$(CONFIG_IP_VS_RR) += ip_vs_rr.o
+"""
+
+
+def test_composite_members_reached_through_variables_are_linked():
+    cfg = {"CONFIG_IP_VS": "m", "CONFIG_IP_VS_PROTO_TCP": "y", "CONFIG_IP_VS_PROTO_UDP": "y",
+           "CONFIG_IP_VS_NFCT": "y", "CONFIG_IP_VS_RR": "m"}
+    plan = variants.plan_module("net/netfilter/ipvs", IPVS_MAKEFILE, "ip_vs_xmit.c", cfg)
+    assert plan.module == "ip_vs"
+    assert plan.members[:10] == ["ip_vs_conn.o", "ip_vs_core.o", "ip_vs_ctl.o", "ip_vs_sched.o", "ip_vs_xmit.o",
+                                 "ip_vs_app.o", "ip_vs_sync.o", "ip_vs_est.o", "ip_vs_proto.o", "ip_vs_pe.o"]
+    # without these the link fails with "ip_vs_conn_drop_conntrack undefined" (ip_vs_nfct.o)
+    assert plan.members[10:] == ["ip_vs_proto_tcp.o", "ip_vs_proto_udp.o", "ip_vs_nfct.o"]
+    assert "ip_vs_proto_sctp.o" not in plan.members  # CONFIG_IP_VS_PROTO_SCTP unset
+    assert "$(" not in variants.kbuild_for([plan])
+
+
 def test_unknown_object_is_refused():
     with pytest.raises(KbisectError, match="cannot tell how drivers/foo/nothere.c is built"):
         variants.plan_module("drivers/foo", COMPOSITE, "nothere.c", {"CONFIG_FOO": "m"})
