@@ -61,10 +61,40 @@ def connect(uri: str | None = None):
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     uri = uri or os.environ.get("KBISECT_CONNECT") or DEFAULT_URI
+    if "system" in uri:
+        _warn_kvm_mode()
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
         raise KbisectError(f"cannot connect to libvirt at {uri}: {exc} (is libvirtd running? ./setup.sh starts it)") from None
+
+
+_warned = False
+
+
+def _warn_kvm_mode() -> None:
+    """Warn once when /dev/kvm is not group-accessible to libvirt's QEMU user.
+
+    libvirt then finds its cached QEMU capabilities ("KVM was enabled when probing") stale and
+    re-probes QEMU on every domain start: 60 s and more per VM on a busy host, measured. Debian's
+    udev rule makes /dev/kvm root:kvm 0660; hosts without udev need it done by hand (setup.sh).
+    """
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    try:
+        st = os.stat("/dev/kvm")
+    except OSError:
+        return
+    if not st.st_mode & 0o060:
+        import sys
+
+        print(
+            "kbisect: warning: /dev/kvm is not group read/write, so libvirt re-probes QEMU on every VM "
+            "start (very slow); fix: chgrp kvm /dev/kvm && chmod 0660 /dev/kvm",
+            file=sys.stderr,
+        )
 
 
 def free_port() -> int:
