@@ -307,6 +307,8 @@ def run_probe_kernel(
     from orchestrator import bootfiles, image, ssh
     from orchestrator import vm as vmmod
 
+    if not (Path(bug.dir) / bug.entry).is_file():
+        raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
     uri = uri or vmmod.DEFAULT_URI
     started_at = time.time()
     phases: dict[str, float] = {}
@@ -324,6 +326,7 @@ def run_probe_kernel(
     console_offset = 0
     crashed = False
     lost = None
+    uploaded = False
     try:
         with terminate_as_interrupt():
             prog.phase("preparing (root image, boot files)")
@@ -384,11 +387,20 @@ def run_probe_kernel(
             if booted:
                 t = time.monotonic()
                 prog.phase("uploading reproducer")
-                # The overlay is fresh, so /root/repro is empty: no remote rm needed.
-                guest.upload_dir(bug.dir, REMOTE_DIR)
-                guest.mkdirs(f"{REMOTE_DIR}/out")
+                console_offset = vm.console_size()  # provisional: a guest dying during upload counts
+                uploaded = False
+                try:
+                    # The overlay is fresh, so /root/repro is empty: no remote rm needed.
+                    guest.upload_dir(bug.dir, REMOTE_DIR)
+                    guest.mkdirs(f"{REMOTE_DIR}/out")
+                    uploaded = True
+                except Exception as exc:  # the guest went away (or the directory is unreadable)
+                    lost = f"upload failed: {exc.__class__.__name__}: {exc}"
+                    st = vm.state()
+                    crashed = st == "crashed"
                 phases["upload"] = round(time.monotonic() - t, 3)
 
+            if booted and uploaded:
                 t = time.monotonic()
                 prog.phase(f"running {bug.entry} (timeout {bug.timeout}s)")
                 console_offset = vm.console_size()
@@ -430,7 +442,7 @@ def run_probe_kernel(
                 else:
                     time.sleep(0.5)  # let the console file receive the whole trace
                 phases["collect"] = round(time.monotonic() - t, 3)
-    except KeyboardInterrupt:
+    except BaseException:
         prog.stop()
         raise
     finally:
