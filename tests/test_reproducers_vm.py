@@ -60,6 +60,8 @@ def home(shared_home) -> Path:
     ("veth-csum", f"{BASE}+revert-ce8c839b74e3", 1, "received data differs"),
     ("vxlan-zero-mac", f"{BASE}+revert-1cd4bc987abb", 1, "dropped by vx0 (nolearning)"),
     ("vxlan-zero-mac", "debian:5.10.0-30-cloud-amd64", 1, "dropped by vx0 (nolearning)"),
+    ("ipvs-gue-mtu", BASE, 0, "director egress tx_dropped +0"),
+    ("ipvs-gue-mtu", f"{BASE}+revert-d7fce52fdf96", 1, "director egress dropped"),
 ])
 def test_reproducer_verdict_on_real_kernel(home, bug, kernel, code, needle):
     rc, record = kbisect_run(bug, kernel, home)
