@@ -68,7 +68,7 @@ def resolve(choice: str | None, vmlinuz: Path | None = None, initrd: Path | None
         return "tcg" if not os.path.exists("/dev/kvm") else "kvm"
     ok, detail = kvm_works(vmlinuz, initrd)
     accel = "kvm" if ok else "tcg"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"key": key, "accel": accel, "detail": detail, "tested_at": time.time()}, indent=2))
     tmp.replace(path)
     return accel

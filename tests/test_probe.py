@@ -86,10 +86,37 @@ def _ours_or_orphaned() -> list[str]:
     return bad
 
 
+def _base_image_fingerprint() -> tuple[str, str] | None:
+    import hashlib
+
+    from orchestrator import image
+
+    img = image.cached()
+    if img is None:
+        return None
+    h = hashlib.sha256()
+    with open(img.path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return str(img.path), h.hexdigest()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _no_leaks(shared_home):
+    before = _base_image_fingerprint()
     yield
     from orchestrator import vm as vmmod
+
+    # Every VM wrote to its own overlay: the shared base image is byte-for-byte unchanged.
+    after = _base_image_fingerprint()
+    if before is not None and after is not None and before[0] == after[0]:
+        assert before == after, "the base root image changed"
+    # No libvirt network was started (QEMU user networking only).
+    conn = vmmod.connect(URI)
+    try:
+        assert "default" not in conn.listNetworks(), "a libvirt network is active"
+    finally:
+        conn.close()
 
     vmmod.wait_pending()  # probes hand libvirt's slow domain stop to a tracked thread
     assert _ours_or_orphaned() == [], "kbisect domains left behind"
