@@ -142,9 +142,21 @@ def _run(cmd: list[str], what: str, log: Path) -> None:
         fh.write(("\n$ " + " ".join(cmd) + "\n").encode())
         fh.flush()
         try:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
         except FileNotFoundError as exc:
             raise KbisectError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from exc
+        try:
+            proc.wait()
+        except BaseException:
+            # Interrupted: let the tool clean up after itself (mmdebstrap unmounts its chroot
+            # on SIGTERM) before we remove the tree; SIGKILL only if it will not stop.
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise KbisectError(f"{what} failed (exit {proc.returncode}; log {log}): " + " | ".join(tail))
@@ -160,7 +172,7 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
     rhash = rhash or recipe_hash()
     final = image_dir(rhash)
     work = config.subdir("images") / f"{rhash}.build-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
+    safe_rmtree(work)
     work.mkdir(parents=True)
     tree = work / "tree"
     log = work / "build.log"
@@ -222,10 +234,10 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
             qcow = work / "root.qcow2"
             _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], "qemu-img convert", log)
             raw.unlink()
-            shutil.rmtree(tree)
+            safe_rmtree(tree)
             bar.update(task, advance=1, description="done")
         except BaseException:
-            shutil.rmtree(tree, ignore_errors=True)
+            safe_rmtree(tree)
             (work / "root.raw").unlink(missing_ok=True)
             raise
     meta = {
@@ -265,6 +277,32 @@ def _install_recipe(tree: Path, log: Path) -> str:
     return f"{parts[0]} {parts[1]}"
 
 
+def _mounts_below(path: Path) -> list[str]:
+    """Mount points at or below `path` (deepest first), from /proc/self/mountinfo."""
+    root = os.path.realpath(path)
+    found = []
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp == root or mp.startswith(root + "/"):
+                found.append(mp)
+    except OSError:
+        pass
+    return sorted(found, key=len, reverse=True)
+
+
+def safe_rmtree(path: Path) -> None:
+    """Remove a build tree, first detaching anything still mounted inside it.
+
+    mmdebstrap mounts proc/sys/dev pieces inside the chroot while it runs; if it is killed, a
+    plain rmtree would walk into those mounts (the host's /dev, /sys)."""
+    for mp in _mounts_below(path):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+    if _mounts_below(path):
+        raise KbisectError(f"{path} still has mounts inside; not removing it")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _du_bytes(path: Path) -> int:
     total = 0
     for root, dirs, files in os.walk(path):
@@ -286,7 +324,7 @@ def gc_builds() -> list[Path]:
         except ValueError:
             continue
         if not _alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
+            safe_rmtree(d)
             removed.append(d)
     return removed
 

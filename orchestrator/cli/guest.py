@@ -98,7 +98,10 @@ def image_build(force: bool) -> None:
 
         with FileLock(str(d.parent / f"{d.name}.lock")):
             shutil.rmtree(d, ignore_errors=True)
-    img = image.ensure(progress=True)
+    from orchestrator.probe import terminate_as_interrupt
+
+    with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C: no half-built tree left
+        img = image.ensure(progress=True)
     click.echo(str(img.path))
 
 
