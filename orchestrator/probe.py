@@ -144,7 +144,10 @@ class Progress:
 
             self.console = Console(stderr=True, highlight=False)
             self._status = self.console.status(f"{label}: starting")
-            self._status.start()
+            try:
+                self._status.start()
+            except Exception:  # another probe in this process owns the live display
+                self._status = None
 
     def phase(self, text: str) -> None:
         if self._status is not None:
@@ -157,9 +160,8 @@ class Progress:
             self.console.print(f"[dim]  | {escape(text)}[/]")
 
     def done(self, text: str) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        if self.enabled:
+            self.stop()
             self.console.print(text)
 
     def stop(self) -> None:

@@ -264,14 +264,16 @@ def _start_run(shared_home: Path, repro: Path) -> subprocess.Popen:
     )
 
 
-def test_sigterm_destroys_the_vm(shared_home, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_destroys_the_vm(shared_home, tmp_path, sig):
+    """SIGTERM and Ctrl-C (SIGINT) mid-run: the VM is destroyed before the process exits."""
     repro = tmp_path / "sleepy"
     repro.mkdir()
     (repro / "run.sh").write_text("sleep 1000\n")
     proc = _start_run(shared_home, repro)
     try:
         name = _wait_for_domain(proc.pid)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         rc = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
