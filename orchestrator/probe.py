@@ -366,9 +366,11 @@ def run_probe_kernel(
 
             t = time.monotonic()
             prog.phase(f"booting {vm.name} ({acc})")
-            deadline = time.monotonic() + (boot_timeout or DEFAULT_BOOT_TIMEOUT[acc])
             try:
                 vm.start()
+                # The boot timeout counts from the domain's start: libvirt itself can take
+                # a minute to create it on a misconfigured host (see vm._warn_kvm_mode).
+                deadline = time.monotonic() + (boot_timeout or DEFAULT_BOOT_TIMEOUT[acc])
                 prog.phase(f"waiting for ssh on 127.0.0.1:{vm.port}")
                 booting_since = time.monotonic()
                 silent_limit = min(SILENT_BOOT[acc], boot_timeout or DEFAULT_BOOT_TIMEOUT[acc])
