@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
       mmdebstrap busybox-static cpio kmod e2fsprogs zstd xz-utils dpkg-dev gcc make bc flex bison
-      libelf-dev libssl-dev openssh-client git python3-venv python3-dev patch)
+      libelf-dev libssl-dev openssh-client git python3-venv python3-dev patch
+      nftables tcpdump ethtool ipvsadm iputils-ping bpftrace iproute2 procps)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -20,6 +21,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   $SUDO apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+# /dev/kvm can exist without working KVM (as on these machines). libvirt probes QEMU's
+# capabilities again on every start while the node is root-only, which makes creating a domain
+# take minutes; the packaged permissions (group kvm, 0660) stop that. kbisect's own KVM
+# detection still falls back to TCG when KVM does not work.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+  $SUDO chgrp kvm /dev/kvm && $SUDO chmod 0660 /dev/kvm || true
 fi
 
 # kbisect never uses libvirt networks: keep the packaged NAT network from autostarting.

@@ -11,7 +11,7 @@ each kernel we:
   mounts the root overlay and the modules disk and switch_roots.
 
 Artefacts are cached under `$KBISECT_HOME/bootfiles/<key>/`, where the key hashes the content
-that decides them (vmlinuz bytes, the module listing, the initramfs init, this builder's version).
+that decides them (vmlinuz bytes, every module's bytes, the initramfs init, this builder's version).
 """
 
 from __future__ import annotations
@@ -53,22 +53,57 @@ class BootFiles:
     seconds: float = 0.0  # time spent preparing (0 when cached)
 
 
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _modules_digest(mods: Path) -> str:
+    """Hash every module's bytes, remembered per stat signature.
+
+    A rebuilt module of the same size (a patched variant) must not share a modules disk with its
+    base, so the listing alone is not enough; but reading ~400 MB of modules before every probe
+    is. The content digest is memoised under a hash of (path, size, mtime, inode) for each file:
+    any rewrite changes that signature and forces a fresh read.
+    """
+    entries: list[tuple[str, str]] = []
+    sig = hashlib.sha256()
+    for root, dirs, files in os.walk(mods):
+        dirs.sort()
+        for name in sorted(files):
+            p = os.path.join(root, name)
+            st = os.stat(p)
+            rel = os.path.relpath(p, mods)
+            entries.append((rel, p))
+            sig.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    memo = config.subdir("bootfiles") / "digests" / sig.hexdigest()
+    try:
+        return memo.read_text().strip()
+    except OSError:
+        pass
+    h = hashlib.sha256()
+    for rel, p in entries:
+        h.update(f"{rel}\0{_file_digest(p)}\n".encode())
+    digest = h.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+    tmp.write_text(digest)
+    tmp.replace(memo)
+    return digest
+
+
 def cache_key(kernel: UnpackedKernel) -> str:
-    """Content key: the kernel image, the module file listing and the builder's inputs."""
+    """Content key: the kernel image, every module's bytes and the builder's inputs."""
     h = hashlib.sha256()
     h.update(f"v={BUILD_VERSION}\nkver={kernel.kver}\n".encode())
     if not kernel.vmlinuz.is_file():
         raise KbisectError(f"{kernel.spec}: no vmlinuz at {kernel.vmlinuz}")
-    with open(kernel.vmlinuz, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    mods = kernel.modules
-    if mods.is_dir():
-        for root, dirs, files in os.walk(mods):
-            dirs.sort()
-            for name in sorted(files):
-                p = os.path.join(root, name)
-                h.update(f"{os.path.relpath(p, mods)}\0{os.path.getsize(p)}\n".encode())
+    h.update(_file_digest(str(kernel.vmlinuz)).encode())
+    if kernel.modules.is_dir():
+        h.update(_modules_digest(kernel.modules).encode())
     h.update(INITRAMFS_INIT.read_bytes())
     return h.hexdigest()[:20]
 

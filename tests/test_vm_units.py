@@ -218,3 +218,34 @@ def test_gc_keeps_live_and_reaps_dead_run_dirs(kbisect_home):
     assert not dead.exists()
     assert live.dir.exists()
     live.close()
+
+
+def _fake_kernel(root, module_bytes: bytes):
+    from orchestrator.kernel import UnpackedKernel
+
+    (root / "modules" / "kernel" / "drivers" / "net").mkdir(parents=True)
+    (root / "vmlinuz").write_bytes(b"\x00" * 64)
+    (root / "modules" / "kernel" / "drivers" / "net" / "veth.ko").write_bytes(module_bytes)
+    return UnpackedKernel(spec="local:test", root=root, kver="6.1.0-test")
+
+
+def test_cache_key_follows_module_bytes_not_size(kbisect_home, tmp_path):
+    """A rebuilt module of the same size must get its own modules disk."""
+    base = _fake_kernel(tmp_path / "base", b"A" * 4096)
+    variant = _fake_kernel(tmp_path / "variant", b"B" * 4096)
+    same = _fake_kernel(tmp_path / "same", b"A" * 4096)
+    assert bootfiles.cache_key(base) != bootfiles.cache_key(variant)
+    assert bootfiles.cache_key(base) == bootfiles.cache_key(same)
+
+
+def test_cache_key_memo_notices_rewrite_in_place(kbisect_home, tmp_path):
+    import os
+
+    k = _fake_kernel(tmp_path / "k", b"A" * 4096)
+    before = bootfiles.cache_key(k)
+    assert bootfiles.cache_key(k) == before  # memoised, same answer
+    ko = k.modules / "kernel" / "drivers" / "net" / "veth.ko"
+    st = ko.stat()
+    ko.write_bytes(b"C" * 4096)
+    os.utime(ko, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert bootfiles.cache_key(k) != before
