@@ -380,6 +380,22 @@ def resolve(bug: str) -> Bug:
     return Bug(id=path.name, dir=path.resolve())
 
 
+def lib_dir() -> Path | None:
+    """Helpers every reproducer gets beside its own files in the guest (common.sh, packet.py).
+
+    Shared by upload rather than copied into each directory, so a fix reaches every reproducer;
+    ad-hoc reproducer directories (`--bug DIR`) get them too.
+    """
+    path = config.reproducers_dir() / "lib"
+    return path if path.is_dir() else None
+
+
+def guest_dirs(bug: Bug) -> list[Path]:
+    """What lands in the guest's reproducer directory, in upload order (later wins)."""
+    lib = lib_dir()
+    return ([lib] if lib is not None else []) + [Path(bug.dir)]
+
+
 def ids() -> list[str]:
     """Ids of every catalog entry (directories holding a bug.yaml), sorted."""
     root = config.reproducers_dir()

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from orchestrator import config
+from orchestrator import catalog, config
 from orchestrator.catalog import Bug
 from orchestrator.errors import KbisectError
 from orchestrator.kernel import UnpackedKernel
@@ -395,7 +395,8 @@ def run_probe_kernel(
                 uploaded = False
                 try:
                     # The overlay is fresh, so /root/repro is empty: no remote rm needed.
-                    guest.upload_dir(bug.dir, REMOTE_DIR)
+                    for local in catalog.guest_dirs(bug):
+                        guest.upload_dir(local, REMOTE_DIR)
                     guest.mkdirs(f"{REMOTE_DIR}/out")
                     uploaded = True
                 except Exception as exc:  # the guest went away (or the directory is unreadable)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator import config
+from orchestrator import catalog, config
 from orchestrator.catalog import Bug
 from orchestrator.verdict import ProbeRecord, Verdict
 
@@ -43,13 +43,13 @@ def reproducer_hash(bug: Bug) -> str:
     """sha256 over the reproducer directory (relative paths and contents, sorted): the same
     reproducer on the same kernel gives the same answer, a changed one must be re-asked."""
     digest = hashlib.sha256()
-    root = Path(bug.dir)
-    if root.is_dir():
+    if not Path(bug.dir).is_dir():
+        digest.update(bug.id.encode())
+        return digest.hexdigest()[:16]
+    for root in catalog.guest_dirs(bug):
         for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
             digest.update(str(path.relative_to(root)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
-    else:
-        digest.update(bug.id.encode())
     return digest.hexdigest()[:16]
 
 

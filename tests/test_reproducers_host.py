@@ -49,7 +49,8 @@ def run_repro(bug_id: str, tmp_path: Path, env: dict | None = None, timeout: int
     """Copy the reproducer (as the guest gets it) and run `timeout T bash run.sh` there."""
     bug = catalog.resolve(bug_id)
     work = tmp_path / bug_id
-    shutil.copytree(bug.dir, work)
+    for local in catalog.guest_dirs(bug):  # as the probe uploads: reproducers/lib, then the bug's own
+        shutil.copytree(local, work, dirs_exist_ok=True)
     full_env = {"PATH": HOST_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8", "KBISECT_OUT": str(work / "out"),
                 "KBISECT_SFX": uuid.uuid4().hex[:6]}
     full_env.update(env or {})
@@ -87,9 +88,24 @@ def kernel_has(kind: str) -> bool:
 # ---------------------------------------------------------------- static checks (no root needed)
 
 
-def test_common_sh_copies_are_identical():
-    copies = {bug_id: (REPRO / bug_id / "common.sh").read_text() for bug_id in IDS}
-    assert len(set(copies.values())) == 1, "reproducers/*/common.sh have drifted apart"
+def test_shared_helpers_are_not_copied_into_reproducers():
+    """reproducers/lib is uploaded beside each reproducer; a private copy would drift from it."""
+    lib = catalog.lib_dir()
+    assert lib is not None and (lib / "common.sh").is_file() and (lib / "packet.py").is_file()
+    for bug_id in IDS:
+        shadowed = sorted(p.name for p in lib.iterdir() if (REPRO / bug_id / p.name).exists())
+        assert not shadowed, f"{bug_id} ships its own copy of {shadowed}"
+        assert catalog.guest_dirs(catalog.resolve(bug_id)) == [lib, catalog.resolve(bug_id).dir]
+
+
+def test_packet_helpers():
+    packet = _load("lib", "packet")
+    assert packet.mac("18:be:92:a0:ee:26") == bytes.fromhex("18be92a0ee26")
+    # RFC 1071's worked example: the one's-complement sum of these words is 0xddf2.
+    assert packet.csum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
+    hdr = packet.ipv4("192.0.2.1", "192.0.2.2", 17, b"x" * 8, tos=1, ident=7, frag=0x4000)
+    assert len(hdr) == 28 and hdr[2:4] == b"\x00\x1c" and hdr[1] == 1 and hdr[4:6] == b"\x00\x07" and hdr[6:8] == b"\x40\x00"
+    assert packet.csum(hdr[:20]) == 0  # a valid header sums to zero
 
 
 @pytest.mark.parametrize("bug_id", IDS)
@@ -101,6 +117,9 @@ def test_scripts_parse(bug_id):
 
 
 def _load(bug_id: str, module: str):
+    lib = str(REPRO / "lib")  # senders import reproducers/lib helpers, which the guest has beside them
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
     spec = importlib.util.spec_from_file_location(f"{bug_id}_{module}", REPRO / bug_id / f"{module}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

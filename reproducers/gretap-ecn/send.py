@@ -16,38 +16,21 @@ import struct
 import sys
 import time
 
+from packet import csum, ipv4, mac  # reproducers/lib, uploaded beside this file
+
 INNER_DST = "18:be:92:a0:ee:26"
 INNER_SRC = "18:be:92:a0:6c:05"
 GRE_KEY = 0x49000000
-
-
-def mac(text: str) -> bytes:
-    return bytes(int(part, 16) for part in text.split(":"))
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ipv4(src: str, dst: str, proto: int, tos: int, payload: bytes) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(payload), 0, 0, 64, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
-    return hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:] + payload
 
 
 def frame(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, seq: int) -> bytes:
     payload = bytes(range(56))
     icmp = struct.pack("!BBHHH", 8, 0, 0, 0x4242, seq) + payload
     icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
-    inner_ip = ipv4("10.254.0.1", "10.254.0.2", 1, 0x00, icmp)  # inner: not-ECT
+    inner_ip = ipv4("10.254.0.1", "10.254.0.2", 1, icmp, tos=0x00)  # inner: not-ECT
     inner = mac(INNER_DST) + mac(INNER_SRC) + b"\x08\x00" + inner_ip
     gre = struct.pack("!HHI", 0x2000, 0x6558, GRE_KEY) + inner  # K bit, transparent Ethernet bridging
-    outer_ip = ipv4(src_ip, dst_ip, 47, 0x01, gre)  # outer: ECT(1)
+    outer_ip = ipv4(src_ip, dst_ip, 47, gre, tos=0x01)  # outer: ECT(1)
     return mac(dst_mac) + mac(src_mac) + b"\x08\x00" + outer_ip
 
 

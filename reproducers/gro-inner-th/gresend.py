@@ -14,20 +14,7 @@ import struct
 import sys
 import time
 
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ipv4(src: str, dst: str, proto: int, ident: int, payload: bytes) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident & 0xFFFF, 0x4000, 64, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
-    return hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:] + payload
+from packet import csum, ipv4  # reproducers/lib, uploaded beside this file
 
 
 def tcp(src: str, dst: str, seq: int, payload: bytes) -> bytes:
@@ -50,8 +37,9 @@ def main() -> int:
     inner_src, inner_dst = "10.99.0.1", "10.99.0.2"
     payload = bytes((i * 7) & 0xFF for i in range(size))
     for n in range(segments):
-        inner = ipv4(inner_src, inner_dst, 6, 1000 + n, tcp(inner_src, inner_dst, 1 + n * size, payload))
-        outer = ipv4(outer_src, outer_dst, 47, 5000 + n, struct.pack("!HH", 0, 0x0800) + inner)
+        inner = ipv4(inner_src, inner_dst, 6, tcp(inner_src, inner_dst, 1 + n * size, payload),
+                     ident=1000 + n, frag=0x4000)
+        outer = ipv4(outer_src, outer_dst, 47, struct.pack("!HH", 0, 0x0800) + inner, ident=5000 + n, frag=0x4000)
         sock.send(dst + src_mac + b"\x08\x00" + outer)
         if (n + 1) % burst == 0:
             time.sleep(pause)

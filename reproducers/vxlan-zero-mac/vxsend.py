@@ -13,28 +13,15 @@ import socket
 import struct
 import sys
 
-
-def mac(text: str) -> bytes:
-    return bytes(int(part, 16) for part in text.split(":"))
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+from packet import ipv4, mac  # reproducers/lib, uploaded beside this file
 
 
 def main() -> int:
     remote, vni, dst_mac, src_mac, src_ip, dst_ip, dport, payload = sys.argv[1:9]
     data = payload.encode()
     udp = struct.pack("!HHHH", 40000, int(dport), 8 + len(data), 0) + data  # UDP csum 0: none
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    inner = mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip + udp
+    ip = ipv4(src_ip, dst_ip, 17, udp, ident=1)
+    inner = mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip
     vxlan = struct.pack("!II", 0x08000000, int(vni) << 8)  # I flag, VNI
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.sendto(vxlan + inner, (remote, 4789))

@@ -1,6 +1,6 @@
-# Shared helpers for kbisect reproducers. Every reproducer directory carries an identical copy
-# (tests/test_reproducers_host.py checks they match) because only the directory itself is
-# uploaded to the guest.
+# Shared helpers for kbisect reproducers. Everything in reproducers/lib/ is uploaded into the
+# guest's reproducer directory before the reproducer's own files (which win on a name clash),
+# so a run.sh sources this as `. ./common.sh`.
 #
 # Protocol (the guest runs `cd /root/repro && timeout T bash run.sh`): exit 0 good, 1 bad,
 # 125 skip, and the LAST line on stdout says what was seen. Progress goes to stderr; files in
