@@ -361,6 +361,17 @@ def _extract_members(deb: Path, data: tarfile.TarFile, into: Path, kvers: set[st
             os.symlink(linkname, target)
 
 
+def _fresh_partial(target: Path) -> Path:
+    """An empty `<target>.partial` to build in; a `target` without a manifest is an interrupted
+    earlier attempt (callers checked the manifest under the lock) and is removed."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.mkdir(parents=True)
+    return partial
+
+
 def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = None) -> UnpackedKernel:
     """Unpack kernel .debs into the UnpackedKernel layout at `target`; kernel.json is written last.
 
@@ -371,11 +382,7 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
     with locked(target):
         if (target / MANIFEST).exists():
             return UnpackedKernel.load(target)
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        if target.exists():
-            shutil.rmtree(target)  # interrupted earlier: no manifest, start over
-        partial.mkdir(parents=True)
+        partial = _fresh_partial(target)
         kvers: set[str] = set()
         try:
             with _progress() as progress:
@@ -402,11 +409,7 @@ def adopt_tree(src: Path, target: Path, spec: str, kver: str, extra: dict | None
     with locked(target):
         if (target / MANIFEST).exists():
             return UnpackedKernel.load(target)
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        if target.exists():
-            shutil.rmtree(target)
-        partial.mkdir(parents=True)
+        partial = _fresh_partial(target)
         try:
             shutil.copy2(src / "vmlinuz", partial / "vmlinuz")
             for name in ("config", "System.map"):
