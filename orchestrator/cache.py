@@ -361,15 +361,24 @@ def _extract_members(deb: Path, data: tarfile.TarFile, into: Path, kvers: set[st
             os.symlink(linkname, target)
 
 
-def _fresh_partial(target: Path) -> Path:
-    """An empty `<target>.partial` to build in; a `target` without a manifest is an interrupted
-    earlier attempt (callers checked the manifest under the lock) and is removed."""
+@contextmanager
+def _staged(target: Path) -> Iterator[Path]:
+    """Build in an empty `<target>.partial`, renamed to `target` only when the body succeeds.
+
+    A `target` without a manifest is an interrupted earlier attempt (callers checked the
+    manifest under the lock) and is removed first; a failed body leaves nothing behind.
+    """
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     if target.exists():
         shutil.rmtree(target)
     partial.mkdir(parents=True)
-    return partial
+    try:
+        yield partial
+        os.replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = None) -> UnpackedKernel:
@@ -382,9 +391,8 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
     with locked(target):
         if (target / MANIFEST).exists():
             return UnpackedKernel.load(target)
-        partial = _fresh_partial(target)
         kvers: set[str] = set()
-        try:
+        with _staged(target) as partial:
             with _progress() as progress:
                 for deb in debs:
                     _extract_deb(Path(deb), partial, kvers, progress)
@@ -394,10 +402,6 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
                 raise KbisectError(f"{spec}: packages disagree on the kernel release ({', '.join(sorted(kvers))})")
             (partial / "modules").mkdir(exist_ok=True)
             kver = next(iter(kvers))
-            os.replace(partial, target)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
         kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}))
         kernel.save()
         return kernel
@@ -409,8 +413,7 @@ def adopt_tree(src: Path, target: Path, spec: str, kver: str, extra: dict | None
     with locked(target):
         if (target / MANIFEST).exists():
             return UnpackedKernel.load(target)
-        partial = _fresh_partial(target)
-        try:
+        with _staged(target) as partial:
             shutil.copy2(src / "vmlinuz", partial / "vmlinuz")
             for name in ("config", "System.map"):
                 if (src / name).is_file():
@@ -421,10 +424,6 @@ def adopt_tree(src: Path, target: Path, spec: str, kver: str, extra: dict | None
                                 ignore=shutil.ignore_patterns("build", "source"))
             else:
                 (partial / "modules").mkdir()
-            os.replace(partial, target)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
         kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}))
         kernel.save()
         return kernel
