@@ -13,6 +13,12 @@ from pathlib import Path
 import pytest
 
 
+# Tests talk to 127.0.0.1 only. A test that forgets --mirror must fail fast on a closed local
+# port, never reach the public mainline site or Launchpad.
+os.environ.setdefault("KBISECT_MAINLINE_MIRROR", "http://127.0.0.1:9/mainline/")
+os.environ.setdefault("KBISECT_UBUNTU_MIRROR", "http://127.0.0.1:9/ubuntu-mirror/")
+
+
 @pytest.fixture()
 def kbisect_home(tmp_path, monkeypatch) -> Path:
     """A private, empty $KBISECT_HOME for tests that must not see shared state."""

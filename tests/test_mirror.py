@@ -567,3 +567,17 @@ def test_unpack_split_debian_layout(tmp_path, home):
     assert kernel.config.read_text() == "CONFIG_VETH=m\n" and kernel.system_map is not None
     assert (kernel.modules / "kernel/drivers/net/veth.ko.xz").exists() and (kernel.modules / "modules.order").exists()
     assert not (kernel.modules / "vmlinuz.unsigned").exists() and not (kernel.modules / "config").exists()
+
+
+def test_mirror_from_environment(mirror, home):
+    """KBISECT_MAINLINE_MIRROR stands in for --mirror on every command; --mirror still wins."""
+    env = {**os.environ, "KBISECT_HOME": str(home), "NO_PROXY": "127.0.0.1,localhost",
+           "KBISECT_MAINLINE_MIRROR": mirror}
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "kernels", "list", "--source", "mainline", "--json"],
+                       cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "5.7.2" in [row["version"] for row in json.loads(r.stdout)]
+    env["KBISECT_MAINLINE_MIRROR"] = "http://127.0.0.1:9/none/"
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "kernels", "list", "--source", "mainline",
+                        "--mirror", mirror, "--json"], cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout), r.stderr

@@ -130,7 +130,9 @@ class MainlineSource(Source):
 
     def __init__(self, mirror: str | None = None) -> None:
         super().__init__(mirror)
-        base = mirror or DEFAULT_URL
+        # The environment variable lets every command (bisect, bugs verify, sweep) use a local
+        # mirror without a flag on each; an explicit --mirror still wins.
+        base = mirror or os.environ.get("KBISECT_MAINLINE_MIRROR") or DEFAULT_URL
         self.base = base if base.endswith("/") else base + "/"
 
     # ------------------------------------------------------------------ listing

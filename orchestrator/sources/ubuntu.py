@@ -42,6 +42,7 @@ class UbuntuSource(Source):
     name = "ubuntu"
 
     def __init__(self, mirror: str | None = None, series: str | None = None) -> None:
+        mirror = mirror or os.environ.get("KBISECT_UBUNTU_MIRROR") or None
         super().__init__(mirror)
         if mirror:
             base = mirror if mirror.endswith("/") else mirror + "/"
