@@ -207,3 +207,109 @@ class ResumingProbe:
             self.store.put(self.bug.id, spec, self.repro_hash, n, record)
         self.counts["probe"] += 1
         return RunOutcome(record.verdict, record.seconds, record.reason, "probe", record)
+
+
+# -- sweep history -----------------------------------------------------------------------------
+
+SWEEP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    day TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    plan TEXT NOT NULL,
+    fresh INTEGER NOT NULL DEFAULT 0,
+    report TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sweeps_key_day ON sweeps (key, day);
+CREATE TABLE IF NOT EXISTS sweep_cells (
+    sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+    bug TEXT NOT NULL,
+    line TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    repro_hash TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    source TEXT NOT NULL,
+    runs INTEGER NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (sweep_id, bug, line)
+);
+"""
+
+
+def utc_day(at: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(at))
+
+
+class SweepLog:
+    """Sweeps and their cells, in the probe store's database (`kbisect sweep`).
+
+    A sweep is opened before its first cell and each cell is committed the moment it is decided,
+    so a killed sweep keeps what it paid for. Opening the same command (same `key`) again on the
+    same UTC day resumes that sweep instead of starting another; `fresh` always starts one.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.conn = store.conn
+        self.conn.executescript(SWEEP_SCHEMA)
+        self.conn.commit()
+
+    def open(self, key: str, plan: dict, fresh: bool = False, now: float | None = None) -> tuple[int, bool]:
+        """(sweep id, resumed?)."""
+        now = time.time() if now is None else now
+        day = utc_day(now)
+        with self.conn:
+            if not fresh:
+                row = self.conn.execute("SELECT id FROM sweeps WHERE key=? AND day=? ORDER BY id DESC LIMIT 1",
+                                        (key, day)).fetchone()
+                if row:
+                    self.conn.execute("UPDATE sweeps SET plan=?, finished_at=NULL WHERE id=?",
+                                      (json.dumps(plan), row[0]))
+                    return int(row[0]), True
+            cur = self.conn.execute("INSERT INTO sweeps (key, day, started_at, plan, fresh) VALUES (?,?,?,?,?)",
+                                    (key, day, now, json.dumps(plan), int(fresh)))
+            return int(cur.lastrowid), False
+
+    def put_cell(self, sweep_id: int, cell: Any) -> None:
+        """Store (or, on resume, replace) one decided cell (a `sweep.Cell`) and commit at once."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO sweep_cells VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (sweep_id, cell.bug, cell.line, cell.kernel, cell.repro_hash, cell.verdict, cell.reason,
+                 cell.seconds, cell.source, cell.runs, time.time()))
+
+    def finish(self, sweep_id: int, report: str = "", now: float | None = None) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE sweeps SET finished_at=?, report=? WHERE id=?",
+                              (time.time() if now is None else now, report, sweep_id))
+
+    def cells(self, sweep_id: int | None = None, before: int | None = None) -> list[Any]:
+        """`sweep.Cell`s, oldest sweep first: of one sweep, or of every sweep with an id below
+        `before`, or all."""
+        from orchestrator.sweep import Cell
+
+        sql = ("SELECT c.bug, c.line, c.kernel, c.verdict, c.reason, c.seconds, c.source, c.runs, c.repro_hash, "
+               "c.sweep_id, s.started_at FROM sweep_cells c JOIN sweeps s ON s.id = c.sweep_id")
+        args: tuple = ()
+        if sweep_id is not None:
+            sql, args = sql + " WHERE c.sweep_id=?", (sweep_id,)
+        elif before is not None:
+            sql, args = sql + " WHERE c.sweep_id<?", (before,)
+        return [Cell(*row) for row in self.conn.execute(sql + " ORDER BY c.sweep_id, c.stored_at", args)]
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """Every sweep, oldest first, with how many cells it holds of how many planned."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.day, s.started_at, s.finished_at, s.plan, s.fresh, s.report, "
+            "(SELECT COUNT(*) FROM sweep_cells c WHERE c.sweep_id = s.id) FROM sweeps s ORDER BY s.id").fetchall()
+        out = []
+        for sid, day, started, finished, plan, fresh, rep, ncells in rows:
+            plan = json.loads(plan)
+            out.append({"id": sid, "day": day, "started_at": started, "finished_at": finished,
+                        "fresh": bool(fresh), "report": rep, "cells": ncells,
+                        "planned": len(plan.get("bugs", [])) * len(plan.get("columns", {})),
+                        "bugs": plan.get("bugs", []), "columns": plan.get("columns", {})})
+        return out
