@@ -159,7 +159,7 @@ code { font-size: 95%; }
 <tr><th>started</th><td>{{ s.sweep.started }}{% if s.sweep.resumed %} (resumed){% endif %}</td></tr>
 <tr><th>finished</th><td>{{ s.sweep.finished }}</td></tr>
 <tr><th>cells</th><td>{{ s.cells|length }}: {% for k, v in s.counts.items() %}{{ v }} {{ k }}{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>
-<tr><th>verdicts from</th><td>{{ s.probes.probe }} real boot{{ "" if s.probes.probe == 1 else "s" }}, {{ s.probes.store }} stored run{{ "" if s.probes.store == 1 else "s" }}{% if s.fresh %} (--fresh){% endif %}</td></tr>
+<tr><th>verdicts from</th><td>{{ s.probes.probe }} real boot{{ "" if s.probes.probe == 1 else "s" }}, {{ s.probes.store }} stored run{{ "" if s.probes.store == 1 else "s" }}{% if s.sweep.fresh %} (--fresh){% endif %}</td></tr>
 </table>
 {% if s.regressions %}<h2 class="flag regression">Regressions ({{ s.regressions|length }})</h2>
 <ul>{% for r in s.regressions %}<li><b>{{ r.bug }}</b> on {{ r.line }}: {{ r.note }}</li>{% endfor %}</ul>{% endif %}
@@ -169,11 +169,11 @@ code { font-size: 95%; }
 <table class="matrix">
 <tr><th>reproducer</th>{% for c in s.columns %}<th>{{ c.line }}<br>{% if c.kernel %}<code>{{ c.kernel }}</code>{% else %}<i>no reachable kernel</i>{% endif %}</th>{% endfor %}</tr>
 {% for row in rows %}<tr><th>{{ row.bug }}</th>
-{% for c in row.cells %}{% if c %}<td class="{{ c.verdict }} {{ c.flag }}" title="{{ c.note }}">
+{% for c in row.cells %}{% if c %}<td class="{{ c.verdict }} {{ c.flag }}">
 <span class="verdict">{{ c.verdict }}</span><span class="flag {{ c.flag }}">{{ c.flag }}</span>
 <div class="reason">{{ c.reason }}</div>
 <div class="meta">{{ c.note }}</div>
-<div class="meta">{% if c.kernel %}<code>{{ c.kernel }}</code>, {% endif %}{{ c.source }}{% if c.runs > 1 %}, {{ c.runs }} runs{% endif %}, {{ "%.1f"|format(c.seconds) }} s</div>
+<div class="meta">{{ c.source }}{% if c.runs > 1 %}, {{ c.runs }} runs{% endif %}, {{ "%.1f"|format(c.seconds) }} s</div>
 </td>{% else %}<td class="none">not run</td>{% endif %}
 {% endfor %}</tr>
 {% endfor %}</table>

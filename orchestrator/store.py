@@ -78,10 +78,11 @@ class Store:
         self.conn.executescript(SCHEMA)
         self.conn.commit()
 
-    def get(self, bug: str, kernel: str, repro_hash: str, seq: int) -> ProbeRecord | None:
+    def get(self, bug: str, kernel: str, repro_hash: str, seq: int, since: float | None = None) -> ProbeRecord | None:
+        """The stored probe, if any (only one stored at or after `since`, when given)."""
         row = self.conn.execute(
-            "SELECT record FROM probes WHERE bug=? AND kernel=? AND repro_hash=? AND seq=?",
-            (bug, kernel, repro_hash, seq),
+            "SELECT record FROM probes WHERE bug=? AND kernel=? AND repro_hash=? AND seq=? AND stored_at>=?",
+            (bug, kernel, repro_hash, seq, since if since is not None else float("-inf")),
         ).fetchone()
         return _record_from_json(json.loads(row[0])) if row else None
 
@@ -157,17 +158,20 @@ class ResumingProbe:
     Answers come in this order because a replayed verdict is the user's word (it never boots),
     a stored one was already paid for, and only what is left costs a boot. Each real probe is
     stored the moment it returns, so a kill loses at most the probe in flight. `fresh` ignores
-    stored verdicts (new ones still overwrite them). `canon` maps a replay-file key to the spec
+    stored verdicts (new ones still overwrite them); `since` ignores only those stored before that
+    time (a resumed `sweep --fresh` keeps what the killed attempt already booted afresh). `canon` maps a replay-file key to the spec
     form the engine's candidates use, so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
     """
 
     def __init__(self, bug: Bug, real_probe: Callable[[str], ProbeRecord], *, store: Store | None = None,
                  replay: dict[str, list[Verdict]] | None = None, fresh: bool = False,
-                 canon: Callable[[str], str] | None = None, repro_hash: str | None = None) -> None:
+                 canon: Callable[[str], str] | None = None, repro_hash: str | None = None,
+                 since: float | None = None) -> None:
         self.bug = bug
         self.real_probe = real_probe  # (spec: str) -> ProbeRecord
         self.store = store
         self.fresh = fresh
+        self.since = since
         self.canon = canon or (lambda s: s)
         self.replay: dict[str, list[Verdict]] = {}
         for key, verdicts in (replay or {}).items():
@@ -189,7 +193,7 @@ class ResumingProbe:
             verdict = replayed[n % len(replayed)]
             return RunOutcome(verdict, 0.0, "from --verdicts file", "replay")
         if self.store is not None and not self.fresh:
-            record = self.store.get(self.bug.id, spec, self.repro_hash, n)
+            record = self.store.get(self.bug.id, spec, self.repro_hash, n, self.since)
             if record is not None:
                 self.counts["store"] += 1
                 return RunOutcome(record.verdict, record.seconds,
@@ -249,7 +253,9 @@ class SweepLog:
 
     A sweep is opened before its first cell and each cell is committed the moment it is decided,
     so a killed sweep keeps what it paid for. Opening the same command (same `key`) again on the
-    same UTC day resumes that sweep instead of starting another; `fresh` always starts one.
+    same UTC day resumes that day's sweep instead of starting another (finished or not: a re-run
+    recomputes the same flags against the same earlier sweeps). `fresh` resumes only an unfinished
+    fresh sweep of the same command and day, and otherwise starts a new one.
     """
 
     def __init__(self, store: Store) -> None:
@@ -257,21 +263,21 @@ class SweepLog:
         self.conn.executescript(SWEEP_SCHEMA)
         self.conn.commit()
 
-    def open(self, key: str, plan: dict, fresh: bool = False, now: float | None = None) -> tuple[int, bool]:
-        """(sweep id, resumed?)."""
+    def open(self, key: str, plan: dict, fresh: bool = False, now: float | None = None) -> tuple[int, bool, float]:
+        """(sweep id, resumed?, when the sweep started)."""
         now = time.time() if now is None else now
         day = utc_day(now)
+        sql = "SELECT id, started_at FROM sweeps WHERE key=? AND day=?"
+        if fresh:
+            sql += " AND fresh=1 AND finished_at IS NULL"
         with self.conn:
-            if not fresh:
-                row = self.conn.execute("SELECT id FROM sweeps WHERE key=? AND day=? ORDER BY id DESC LIMIT 1",
-                                        (key, day)).fetchone()
-                if row:
-                    self.conn.execute("UPDATE sweeps SET plan=?, finished_at=NULL WHERE id=?",
-                                      (json.dumps(plan), row[0]))
-                    return int(row[0]), True
+            row = self.conn.execute(sql + " ORDER BY id DESC LIMIT 1", (key, day)).fetchone()
+            if row:
+                self.conn.execute("UPDATE sweeps SET plan=?, finished_at=NULL WHERE id=?", (json.dumps(plan), row[0]))
+                return int(row[0]), True, float(row[1])
             cur = self.conn.execute("INSERT INTO sweeps (key, day, started_at, plan, fresh) VALUES (?,?,?,?,?)",
                                     (key, day, now, json.dumps(plan), int(fresh)))
-            return int(cur.lastrowid), False
+            return int(cur.lastrowid), False, now
 
     def put_cell(self, sweep_id: int, cell: Any) -> None:
         """Store (or, on resume, replace) one decided cell (a `sweep.Cell`) and commit at once."""

@@ -201,7 +201,8 @@ def flag_cell(cell: Cell, earlier: Earlier | None) -> Flagged:
     if earlier is None:
         return Flagged(cell, NEW, None, f"{now}; no earlier verdict on this line")
     if earlier.verdict == cell.verdict:
-        return Flagged(cell, UNCHANGED, earlier, f"{now}; also {then}")
+        return Flagged(cell, UNCHANGED, earlier, f"{cell.verdict} also on {short(earlier.kernel)} "
+                                                 f"(sweep {earlier.sweep_id}, {_date(earlier.at)})")
     flag = REGRESSION if cell.verdict == "bad" else FIXED
     note = f"{then}, {now}"
     if earlier.kernel == cell.kernel:

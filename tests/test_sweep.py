@@ -1,10 +1,14 @@
 """The nightly sweep: flagging tables (pure), sweep history in SQLite, resume, and the CLI with a
-fake probe and a fake Debian listing (no VM). The real sweep is in test_sweep_vm.py."""
+fake probe and a fake Debian listing (no VM); at the end, one real sweep over real VMs (`-m vm`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +60,8 @@ def test_regression_note_names_both_kernels_and_sweep() -> None:
     got = flag_cell(Cell("b", "6.1", K56, "bad"), prev)
     assert got.note.startswith("good on 6.1.0-55-cloud-amd64 (sweep 3, ")
     assert got.note.endswith("bad on 6.1.0-56-cloud-amd64")
+    same = flag_cell(Cell("b", "6.1", K56, "good"), prev)
+    assert same.flag == "unchanged" and same.note.startswith("good also on 6.1.0-55-cloud-amd64 (sweep 3, ")
     skip = flag_cell(Cell("b", "6.1", K56, "skip", "boot failure: no SSH"), prev)
     assert skip.note.startswith("skip; last verdict good on 6.1.0-55-cloud-amd64")
 
@@ -126,10 +132,10 @@ def test_columns_lines_pins_and_extra_kernels() -> None:
 def test_sweep_log_round_trip_resume_and_fresh(kbisect_home) -> None:
     log = SweepLog(Store())
     plan = {"bugs": ["b"], "columns": {"6.1": K55, "6.12": None}}
-    sid, resumed = log.open("key1", plan, now=T0)
-    assert not resumed
+    sid, resumed, started = log.open("key1", plan, now=T0)
+    assert not resumed and started == T0
     log.put_cell(sid, Cell("b", "6.1", K55, "good", "ok", 5.8, "probe", 1, "h1"))
-    assert log.open("key1", plan, now=T0 + 3600) == (sid, True)  # same command, same day
+    assert log.open("key1", plan, now=T0 + 3600) == (sid, True, T0)  # same command, same day
     log.put_cell(sid, Cell("b", "6.1", K55, "bad", "again", 0.0, "store", 1, "h1"))  # a cell re-decided
     log.put_cell(sid, Cell("b", "6.12", "", "skip", "no kernel", 0.0, "none", 0, "h1"))
     log.finish(sid, "/r/matrix.html", now=T0 + 7200)
@@ -142,9 +148,13 @@ def test_sweep_log_round_trip_resume_and_fresh(kbisect_home) -> None:
     assert len(rows) == 1 and rows[0]["cells"] == rows[0]["planned"] == 2
     assert rows[0]["finished_at"] == T0 + 7200 and rows[0]["report"] == "/r/matrix.html"
     assert again.open("key1", plan, now=T0 + DAY)[0] != sid  # next day: a new sweep
-    fresh_id, resumed = again.open("key1", plan, fresh=True, now=T0 + DAY)
-    assert not resumed and fresh_id not in (sid,)
+    fresh_id, resumed, _ = again.open("key1", plan, fresh=True, now=T0 + DAY)
+    assert not resumed and fresh_id != sid
     assert [c.sweep_id for c in again.cells(before=fresh_id)] == [sid, sid]
+    # --fresh resumes only an unfinished fresh sweep of the same day
+    assert again.open("key1", plan, fresh=True, now=T0 + DAY + 60)[:2] == (fresh_id, True)
+    again.finish(fresh_id)
+    assert again.open("key1", plan, fresh=True, now=T0 + DAY + 120)[:2] == (fresh_id + 1, False)
 
 
 # -- the CLI with a fake probe and a fake Debian listing ---------------------------------------
@@ -164,11 +174,13 @@ class World:
         self.listing = [_entry("5.10.0-46-cloud-amd64", "5.10.244"), _entry("6.1.0-55-cloud-amd64", "6.1.150")]
         self.verdicts: dict[tuple[str, str], Verdict | Exception] = {}
         self.boots: list[tuple[str, str]] = []
-        self.now = T0
+        # The clock runs in real time (stored probes carry real times) but set back to the latest
+        # noon UTC, so "the same day" never straddles midnight mid-test; + DAY per night.
+        self.offset = -((time.time() - DAY / 2) % DAY)
         self.results = tmp_path / "results"
         monkeypatch.setenv("KBISECT_RESULTS", str(self.results))
         monkeypatch.setattr(lines, "debian_entries", lambda: list(self.listing))
-        monkeypatch.setattr(sweep_cli, "clock", lambda: self.now)
+        monkeypatch.setattr(sweep_cli, "clock", lambda: time.time() + self.offset)
 
         def real_probe(bug):
             def probe(spec: str) -> ProbeRecord:
@@ -220,7 +232,7 @@ def test_cli_first_second_and_next_night(world, capsys) -> None:
     assert all(c["source"] == "store" and c["flag"] == "new" for c in data["cells"])
 
     # next night Debian has 6.1.0-56 and gretap-ecn is bad there: a regression, exit 1
-    world.now += DAY
+    world.offset += DAY
     world.listing.append(_entry("6.1.0-56-cloud-amd64", "6.1.153"))
     world.verdicts[("gretap-ecn", K56)] = Verdict.BAD
     code, out, err = world.run(ARGS, capsys)
@@ -255,14 +267,14 @@ def test_cli_first_second_and_next_night(world, capsys) -> None:
 def test_a_skip_keeps_the_earlier_verdict_and_is_not_a_regression(world, capsys) -> None:
     args = ["--bug", "gretap-ecn", "--line", "6.1", "--json", "--quiet"]
     assert world.run(args, capsys)[0] == 0
-    world.now += DAY
+    world.offset += DAY
     world.listing.append(_entry("6.1.0-56-cloud-amd64", "6.1.153"))
     world.verdicts[("gretap-ecn", K56)] = Verdict.SKIP
     code, out, _ = world.run(args, capsys)
     cell = json.loads(out)["cells"][0]
     assert code == 0 and cell["flag"] == "skip" and cell["earlier"]["kernel"] == K55
     # the night after, bad on 57: compared with the good on 55, not with the skip on 56
-    world.now += DAY
+    world.offset += DAY
     world.listing.append(_entry("6.1.0-57-cloud-amd64", "6.1.158"))
     world.verdicts[("gretap-ecn", K57)] = Verdict.BAD
     code, out, _ = world.run(args, capsys)
@@ -284,6 +296,24 @@ def test_a_killed_sweep_resumes_where_it_stopped(world, capsys) -> None:
     assert code == 0 and data["sweep"]["id"] == row["id"] and data["sweep"]["resumed"]
     assert data["probes"] == {"probe": 2, "store": 2} and len(world.boots) == 4
     assert SweepLog(Store()).sweeps()[0]["finished_at"] is not None
+
+
+def test_fresh_boots_everything_and_a_killed_fresh_sweep_keeps_its_boots(world, capsys) -> None:
+    assert world.run(ARGS, capsys)[0] == 0 and len(world.boots) == 4
+    world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")] = KeyboardInterrupt()
+    code, _, _ = world.run(ARGS + ["--fresh"], capsys)
+    assert code == 130 and len(world.boots) == 6  # two fresh boots before the kill
+    del world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")]
+    code, out, _ = world.run(ARGS + ["--fresh"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["sweep"]["resumed"] and data["sweep"]["fresh"]
+    # the two cells booted afresh before the kill come back stored; the other two boot again
+    assert data["probes"] == {"probe": 2, "store": 2} and len(world.boots) == 8
+    assert sorted(world.boots[4:]) == sorted(world.boots[:4])
+    code, out, _ = world.run(ARGS + ["--fresh"], capsys)  # finished: a new fresh sweep boots all
+    again = json.loads(out)
+    assert again["sweep"]["id"] == data["sweep"]["id"] + 1 and again["probes"]["probe"] == 4
+    assert all(c["flag"] == "unchanged" for c in again["cells"])
 
 
 def test_errors_and_missing_lines_are_skips_and_shared_kernels_boot_once(world, capsys) -> None:
@@ -319,3 +349,61 @@ def test_bad_input_is_one_line_exit_2_before_any_listing(world, capsys, monkeypa
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("kbisect: error: ") and message in err
     assert world.boots == []
+
+
+# -- one real sweep (slow tier) ---------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_BUGS = ("gretap-ecn", "veth-csum")  # both fixed on every reachable Debian line (reproducers/PROOF.md)
+
+
+def _kbisect(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=3000)
+    return proc, time.monotonic() - t0
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(3600)
+def test_real_sweep_two_reproducers_on_the_newest_6_1(shared_home, tmp_path) -> None:
+    """Two reproducers x the newest Debian 6.1 kernel through the CLI: both cells from real boots
+    (--fresh), the matrix written with the kernel in the column header, then the same command
+    again resumes the same sweep with every cell from the store and boots nothing."""
+    from orchestrator import lines
+
+    env = dict(os.environ, KBISECT_HOME=str(shared_home), KBISECT_RESULTS=str(tmp_path / "results"))
+    kernel = lines.pick_line_kernels(lines.debian_entries(), ["6.1"])["6.1"]
+    assert kernel and kernel.startswith("debian:6.1."), kernel
+    args = ["sweep", "--line", "6.1", "--json"] + [a for b in REAL_BUGS for a in ("--bug", b)]
+
+    proc, first_s = _kbisect(args + ["--fresh"], env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(proc.stdout)
+    print(f"real sweep: {first_s:.1f}s, {data['probes']}")
+    assert data["columns"] == [{"line": "6.1", "kernel": kernel}]
+    assert data["probes"] == {"probe": 2, "store": 0}, data["probes"]
+    cells = {c["bug"]: c for c in data["cells"]}
+    assert sorted(cells) == sorted(REAL_BUGS)
+    for bug, c in cells.items():
+        assert (c["kernel"], c["source"], c["runs"]) == (kernel, "probe", 1), c
+        assert c["seconds"] > 0 and c["verdict"] == "good", c  # the fix is in every reachable 6.1
+        assert c["flag"] in ("new", "unchanged") and c["reason"] and "(good)" in c["reason"], c
+    assert data["counts"]["regression"] == 0
+    html = Path(data["report"]).read_text()
+    assert f"<th>6.1<br><code>{kernel}</code></th>" in html
+    assert all(f"<tr><th>{b}</th>" in html for b in REAL_BUGS) and html.count('<td class="good ') == 2
+    assert json.loads(Path(data["json"]).read_text())["cells"] == data["cells"]
+
+    again, second_s = _kbisect(args, env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    data2 = json.loads(again.stdout)
+    print(f"second run: {second_s:.1f}s, {data2['probes']}")
+    assert data2["sweep"]["id"] == data["sweep"]["id"] and data2["sweep"]["resumed"]
+    assert data2["probes"] == {"probe": 0, "store": 2}
+    assert [(c["verdict"], c["source"]) for c in data2["cells"]] == [("good", "store")] * 2
+
+    hist, _ = _kbisect(["sweep", "history", "--json"], env)
+    mine = [s for s in json.loads(hist.stdout) if s["id"] == data["sweep"]["id"]]
+    assert len(mine) == 1 and mine[0]["finished_at"] and mine[0]["cells"] == 2
+    assert mine[0]["counts"]["regression"] == 0

@@ -41,11 +41,13 @@ def real_probe(bug) -> Callable[[str], object]:
 
 
 class Sweeper:
-    """Decides cells one by one: stored verdicts first (unless fresh), real probes for the rest."""
+    """Decides cells one by one: stored verdicts first, real probes for the rest. `since` (a
+    --fresh sweep's start) ignores verdicts stored before it, so a fresh sweep boots every kernel
+    once and a resumed fresh sweep keeps what it already booted."""
 
-    def __init__(self, store, fresh: bool) -> None:
+    def __init__(self, store, since: float | None = None) -> None:
         self.store = store
-        self.fresh = fresh
+        self.since = since
         self.probers: dict[str, object] = {}
         self.decided: dict[tuple[str, str], object] = {}  # (bug, kernel) -> Cell, when two lines share a kernel
 
@@ -64,7 +66,7 @@ class Sweeper:
         from orchestrator.sweep import Cell
 
         if bug.id not in self.probers:
-            self.probers[bug.id] = ResumingProbe(bug, real_probe(bug), store=self.store, fresh=self.fresh)
+            self.probers[bug.id] = ResumingProbe(bug, real_probe(bug), store=self.store, since=self.since)
         prober = self.probers[bug.id]
         if spec is None:
             what = f"Debian {line}" if line != "newest" else "Debian"
@@ -104,7 +106,8 @@ def _plan(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, 
               help="Kernel line: 5.10, 6.1, 6.12, newest (repeatable; default: all four).")
 @click.option("--kernel", "kernels", multiple=True,
               help="A kernel spec to use for its line (pins that column) or as an extra column (repeatable).")
-@click.option("--fresh", is_flag=True, help="Boot every cell again (stored verdicts ignored) and start a new sweep.")
+@click.option("--fresh", is_flag=True, help="Boot every kernel again (earlier stored verdicts ignored) in a new sweep; "
+              "re-running a killed --fresh sweep the same day keeps what it already booted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
@@ -142,14 +145,14 @@ def run_sweep(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[s
     store = Store()
     log = SweepLog(store)
     plan = {"bugs": ids, "lines": wanted, "kernels": pinned, "columns": {c: columns[c] for c in order}}
-    sweep_id, resumed = log.open(sweep_key(ids, wanted, pinned), plan, fresh=fresh, now=now)
+    sweep_id, resumed, started = log.open(sweep_key(ids, wanted, pinned), plan, fresh=fresh, now=now)
     history = log.cells(before=sweep_id)
     total = len(bugs) * len(order)
     echo(f"kbisect sweep {sweep_id}{' (resumed)' if resumed else ''}: {len(bugs)} reproducer(s) x "
          f"{len(order)} line(s) = {total} cells")
     for c in order:
         echo(f"  {c:<8} {columns[c] or 'no reachable kernel'}")
-    sweeper = Sweeper(store, fresh)
+    sweeper = Sweeper(store, since=started if fresh else None)
     cells = []
     n = 0
     for bug in bugs:
@@ -159,16 +162,15 @@ def run_sweep(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[s
             if columns[line]:
                 echo(f"{tag} ({columns[line]}) ...")
             cell = sweeper.cell(bug, line, columns[line])
-            cell.sweep_id, cell.at = sweep_id, now
+            cell.sweep_id, cell.at = sweep_id, started
             log.put_cell(sweep_id, cell)
             cells.append(cell)
             echo(f"{tag}: {cell.verdict} ({cell.source}, {cell.seconds:.1f}s) {cell.reason}")
     matrix = build_matrix(cells, history, columns, ids, order)
-    started = next((s["started_at"] for s in log.sweeps() if s["id"] == sweep_id), now)
     finished = clock()
     data = {"sweep": {"id": sweep_id, "day": utc_day(now), "started_at": started, "finished_at": finished,
                       "resumed": resumed, "fresh": fresh},
-            "fresh": fresh, "probes": sweeper.counts(), **matrix.to_json()}
+            "probes": sweeper.counts(), **matrix.to_json()}
     html = report.write_matrix(data, config.results_dir() / f"sweep-{utc_day(now).replace('-', '')}-{sweep_id}")
     log.finish(sweep_id, str(html), now=finished)
     store.close()
