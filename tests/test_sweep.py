@@ -174,9 +174,9 @@ class World:
         self.listing = [_entry("5.10.0-46-cloud-amd64", "5.10.244"), _entry("6.1.0-55-cloud-amd64", "6.1.150")]
         self.verdicts: dict[tuple[str, str], Verdict | Exception] = {}
         self.boots: list[tuple[str, str]] = []
-        # The clock runs in real time (stored probes carry real times) but set back to the latest
-        # noon UTC, so "the same day" never straddles midnight mid-test; + DAY per night.
-        self.offset = -((time.time() - DAY / 2) % DAY)
+        # The clock is real time (a --fresh sweep counts only probes stored since it started, and
+        # the store stamps probes with real time), moved on by a whole day per "next night".
+        self.offset = 0.0
         self.results = tmp_path / "results"
         monkeypatch.setenv("KBISECT_RESULTS", str(self.results))
         monkeypatch.setattr(lines, "debian_entries", lambda: list(self.listing))
