@@ -95,8 +95,6 @@ def write(result: dict[str, Any], run_id: str, consoles: dict[int, str] | None =
           out_dir: Path | None = None) -> Path:
     """Write result.json and report.html; return the directory. `result["report"]` is set to
     the HTML path before anything is written, so both files agree."""
-    import jinja2
-
     directory = Path(out_dir) if out_dir else config.results_dir() / run_id
     directory.mkdir(parents=True, exist_ok=True)
     html_path = directory / "report.html"
@@ -112,13 +110,95 @@ def write(result: dict[str, Any], run_id: str, consoles: dict[int, str] | None =
         p.setdefault("bad_runs", 0)
         p.setdefault("phase", "")
     view.setdefault("flagged", False)
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
-    html = env.from_string(TEMPLATE).render(
-        r=view, run_id=run_id, when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-    tmp = directory / "report.html.tmp"
-    tmp.write_text(html)
-    tmp.replace(html_path)
-    tmp = directory / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
-    tmp.replace(directory / "result.json")
+    _atomic_write(html_path, _render(TEMPLATE, r=view, run_id=run_id, when=_now()))
+    _atomic_write(directory / "result.json", json.dumps(result, indent=2, sort_keys=False) + "\n")
     return directory
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _render(template: str, **context: Any) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
+    return env.from_string(template).render(**context)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Readers (a browser, a cron mail) never see half a file: write beside it, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# -- the sweep matrix ---------------------------------------------------------------------------
+
+MATRIX_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>kbisect sweep {{ s.sweep.id }}: {{ s.counts.regression }} regression{{ "" if s.counts.regression == 1 else "s" }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: .35em .5em; text-align: left; vertical-align: top; }
+table.matrix td { min-width: 14em; max-width: 28em; }
+.good { background: #e3f3e3; } .bad { background: #f6dcdc; } .skip { background: #f4f0d8; } .none { background: #eee; }
+td.regression { outline: 3px solid #c00; outline-offset: -3px; }
+td.fixed { outline: 3px solid #080; outline-offset: -3px; }
+.verdict { font-weight: bold; text-transform: uppercase; }
+.flag { font-size: 80%; font-weight: bold; padding: 0 .3em; border-radius: .2em; margin-left: .4em; }
+.flag.regression { background: #c00; color: #fff; } .flag.fixed { background: #080; color: #fff; }
+.flag.new { background: #446; color: #fff; } .flag.unchanged { color: #666; } .flag.skip { color: #866; }
+.reason { font-size: 85%; margin-top: .2em; }
+.meta { font-size: 75%; color: #555; margin-top: .2em; }
+code { font-size: 95%; }
+</style></head><body>
+<h1>kbisect nightly sweep {{ s.sweep.id }}</h1>
+<table>
+<tr><th>started</th><td>{{ s.sweep.started }}{% if s.sweep.resumed %} (resumed){% endif %}</td></tr>
+<tr><th>finished</th><td>{{ s.sweep.finished }}</td></tr>
+<tr><th>cells</th><td>{{ s.cells|length }}: {% for k, v in s.counts.items() %}{{ v }} {{ k }}{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>
+<tr><th>verdicts from</th><td>{{ s.probes.probe }} real boot{{ "" if s.probes.probe == 1 else "s" }}, {{ s.probes.store }} stored run{{ "" if s.probes.store == 1 else "s" }}{% if s.sweep.fresh %} (--fresh){% endif %}</td></tr>
+</table>
+{% if s.regressions %}<h2 class="flag regression">Regressions ({{ s.regressions|length }})</h2>
+<ul>{% for r in s.regressions %}<li><b>{{ r.bug }}</b> on {{ r.line }}: {{ r.note }}</li>{% endfor %}</ul>{% endif %}
+{% if s.fixed %}<h2>Fixed ({{ s.fixed|length }})</h2>
+<ul>{% for r in s.fixed %}<li><b>{{ r.bug }}</b> on {{ r.line }}: {{ r.note }}</li>{% endfor %}</ul>{% endif %}
+<h2>Matrix</h2>
+<table class="matrix">
+<tr><th>reproducer</th>{% for c in s.columns %}<th>{{ c.line }}<br>{% if c.kernel %}<code>{{ c.kernel }}</code>{% else %}<i>no reachable kernel</i>{% endif %}</th>{% endfor %}</tr>
+{% for row in rows %}<tr><th>{{ row.bug }}</th>
+{% for c in row.cells %}{% if c %}<td class="{{ c.verdict }} {{ c.flag }}">
+<span class="verdict">{{ c.verdict }}</span><span class="flag {{ c.flag }}">{{ c.flag }}</span>
+<div class="reason">{{ c.reason }}</div>
+<div class="meta">{{ c.note }}</div>
+<div class="meta">{{ c.source }}{% if c.runs > 1 %}, {{ c.runs }} runs{% endif %}, {{ "%.1f"|format(c.seconds) }} s</div>
+</td>{% else %}<td class="none">not run</td>{% endif %}
+{% endfor %}</tr>
+{% endfor %}</table>
+<p class="meta">Flags compare each cell with the most recent earlier sweep that had a good or bad verdict for
+the same reproducer on the same line: regression (good then, bad now), fixed (bad then, good now), new (no
+earlier verdict), unchanged. A skip is neither good nor bad; the earlier verdict is kept for comparison.</p>
+</body></html>
+"""
+
+
+def write_matrix(data: dict[str, Any], directory: Path) -> Path:
+    """Write matrix.json and matrix.html (the sweep's rows = bugs, columns = lines) into
+    `directory`; `data` is the sweep's JSON (`Matrix.to_json()` plus the sweep's facts), and
+    gets `report` and `json` set to the two paths. Returns the HTML path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    html_path, json_path = directory / "matrix.html", directory / "matrix.json"
+    data["report"], data["json"] = str(html_path), str(json_path)
+    view = json.loads(json.dumps(data))
+    by_key = {(c["bug"], c["line"]): c for c in view["cells"]}
+    rows = [{"bug": b, "cells": [by_key.get((b, line)) for line in view["lines"]]} for b in view["bugs"]]
+    sweep = view["sweep"]
+    for key in ("started", "finished"):
+        at = sweep.get(f"{key}_at")
+        sweep[key] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at else "not finished"
+    _atomic_write(json_path, json.dumps(data, indent=2) + "\n")
+    _atomic_write(html_path, _render(MATRIX_TEMPLATE, s=view, rows=rows))
+    return html_path

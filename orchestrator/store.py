@@ -78,10 +78,11 @@ class Store:
         self.conn.executescript(SCHEMA)
         self.conn.commit()
 
-    def get(self, bug: str, kernel: str, repro_hash: str, seq: int) -> ProbeRecord | None:
+    def get(self, bug: str, kernel: str, repro_hash: str, seq: int, since: float | None = None) -> ProbeRecord | None:
+        """The stored probe, if any (only one stored at or after `since`, when given)."""
         row = self.conn.execute(
-            "SELECT record FROM probes WHERE bug=? AND kernel=? AND repro_hash=? AND seq=?",
-            (bug, kernel, repro_hash, seq),
+            "SELECT record FROM probes WHERE bug=? AND kernel=? AND repro_hash=? AND seq=? AND stored_at>=?",
+            (bug, kernel, repro_hash, seq, since if since is not None else float("-inf")),
         ).fetchone()
         return _record_from_json(json.loads(row[0])) if row else None
 
@@ -157,17 +158,20 @@ class ResumingProbe:
     Answers come in this order because a replayed verdict is the user's word (it never boots),
     a stored one was already paid for, and only what is left costs a boot. Each real probe is
     stored the moment it returns, so a kill loses at most the probe in flight. `fresh` ignores
-    stored verdicts (new ones still overwrite them). `canon` maps a replay-file key to the spec
+    stored verdicts (new ones still overwrite them); `since` ignores only those stored before that
+    time (a resumed `sweep --fresh` keeps what the killed attempt already booted afresh). `canon` maps a replay-file key to the spec
     form the engine's candidates use, so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
     """
 
     def __init__(self, bug: Bug, real_probe: Callable[[str], ProbeRecord], *, store: Store | None = None,
                  replay: dict[str, list[Verdict]] | None = None, fresh: bool = False,
-                 canon: Callable[[str], str] | None = None, repro_hash: str | None = None) -> None:
+                 canon: Callable[[str], str] | None = None, repro_hash: str | None = None,
+                 since: float | None = None) -> None:
         self.bug = bug
         self.real_probe = real_probe  # (spec: str) -> ProbeRecord
         self.store = store
         self.fresh = fresh
+        self.since = since
         self.canon = canon or (lambda s: s)
         self.replay: dict[str, list[Verdict]] = {}
         for key, verdicts in (replay or {}).items():
@@ -189,7 +193,7 @@ class ResumingProbe:
             verdict = replayed[n % len(replayed)]
             return RunOutcome(verdict, 0.0, "from --verdicts file", "replay")
         if self.store is not None and not self.fresh:
-            record = self.store.get(self.bug.id, spec, self.repro_hash, n)
+            record = self.store.get(self.bug.id, spec, self.repro_hash, n, self.since)
             if record is not None:
                 self.counts["store"] += 1
                 return RunOutcome(record.verdict, record.seconds,
@@ -207,3 +211,111 @@ class ResumingProbe:
             self.store.put(self.bug.id, spec, self.repro_hash, n, record)
         self.counts["probe"] += 1
         return RunOutcome(record.verdict, record.seconds, record.reason, "probe", record)
+
+
+# -- sweep history -----------------------------------------------------------------------------
+
+SWEEP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    day TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    plan TEXT NOT NULL,
+    fresh INTEGER NOT NULL DEFAULT 0,
+    report TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sweeps_key_day ON sweeps (key, day);
+CREATE TABLE IF NOT EXISTS sweep_cells (
+    sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+    bug TEXT NOT NULL,
+    line TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    repro_hash TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    source TEXT NOT NULL,
+    runs INTEGER NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (sweep_id, bug, line)
+);
+"""
+
+
+def utc_day(at: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(at))
+
+
+class SweepLog:
+    """Sweeps and their cells, in the probe store's database (`kbisect sweep`).
+
+    A sweep is opened before its first cell and each cell is committed the moment it is decided,
+    so a killed sweep keeps what it paid for. Opening the same command (same `key`) again on the
+    same UTC day resumes that day's sweep instead of starting another (finished or not: a re-run
+    recomputes the same flags against the same earlier sweeps). `fresh` resumes only an unfinished
+    fresh sweep of the same command and day, and otherwise starts a new one.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.conn = store.conn
+        self.conn.executescript(SWEEP_SCHEMA)
+        self.conn.commit()
+
+    def open(self, key: str, plan: dict, fresh: bool = False, now: float | None = None) -> tuple[int, bool, float]:
+        """(sweep id, resumed?, when the sweep started)."""
+        now = time.time() if now is None else now
+        day = utc_day(now)
+        sql = "SELECT id, started_at FROM sweeps WHERE key=? AND day=?"
+        if fresh:
+            sql += " AND fresh=1 AND finished_at IS NULL"
+        with self.conn:
+            row = self.conn.execute(sql + " ORDER BY id DESC LIMIT 1", (key, day)).fetchone()
+            if row:
+                self.conn.execute("UPDATE sweeps SET plan=?, finished_at=NULL WHERE id=?", (json.dumps(plan), row[0]))
+                return int(row[0]), True, float(row[1])
+            cur = self.conn.execute("INSERT INTO sweeps (key, day, started_at, plan, fresh) VALUES (?,?,?,?,?)",
+                                    (key, day, now, json.dumps(plan), int(fresh)))
+            return int(cur.lastrowid), False, now
+
+    def put_cell(self, sweep_id: int, cell: Any) -> None:
+        """Store (or, on resume, replace) one decided cell (a `sweep.Cell`) and commit at once."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO sweep_cells VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (sweep_id, cell.bug, cell.line, cell.kernel, cell.repro_hash, cell.verdict, cell.reason,
+                 cell.seconds, cell.source, cell.runs, time.time()))
+
+    def finish(self, sweep_id: int, report: str = "", now: float | None = None) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE sweeps SET finished_at=?, report=? WHERE id=?",
+                              (time.time() if now is None else now, report, sweep_id))
+
+    def cells(self, sweep_id: int | None = None, before: int | None = None) -> list[Any]:
+        """`sweep.Cell`s, oldest sweep first: of one sweep, or of every sweep with an id below
+        `before`, or all."""
+        from orchestrator.sweep import Cell
+
+        sql = ("SELECT c.bug, c.line, c.kernel, c.verdict, c.reason, c.seconds, c.source, c.runs, c.repro_hash, "
+               "c.sweep_id, s.started_at FROM sweep_cells c JOIN sweeps s ON s.id = c.sweep_id")
+        args: tuple = ()
+        if sweep_id is not None:
+            sql, args = sql + " WHERE c.sweep_id=?", (sweep_id,)
+        elif before is not None:
+            sql, args = sql + " WHERE c.sweep_id<?", (before,)
+        return [Cell(*row) for row in self.conn.execute(sql + " ORDER BY c.sweep_id, c.stored_at", args)]
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """Every sweep, oldest first, with how many cells it holds of how many planned."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.day, s.started_at, s.finished_at, s.plan, s.fresh, s.report, "
+            "(SELECT COUNT(*) FROM sweep_cells c WHERE c.sweep_id = s.id) FROM sweeps s ORDER BY s.id").fetchall()
+        out = []
+        for sid, day, started, finished, plan, fresh, rep, ncells in rows:
+            plan = json.loads(plan)
+            out.append({"id": sid, "day": day, "started_at": started, "finished_at": finished,
+                        "fresh": bool(fresh), "report": rep, "cells": ncells,
+                        "planned": len(plan.get("bugs", [])) * len(plan.get("columns", {})),
+                        "bugs": plan.get("bugs", []), "columns": plan.get("columns", {})})
+        return out

@@ -320,7 +320,7 @@ def test_run_rows_never_relabels_and_turns_errors_into_skips():
 def test_verify_plan_cli_boots_nothing(capsys, monkeypatch):
     import orchestrator.cli.bugs as bugs_cli
 
-    monkeypatch.setattr(bugs_cli, "_debian_entries", lambda: DEBIAN)
+    monkeypatch.setattr(bugs_cli, "debian_entries", lambda: DEBIAN)
     code, out, _ = run_cli(["bugs", "verify", "gretap-ecn", "--plan", "--json"], capsys)
     rows = json.loads(out)
     assert code == 0 and len(rows) == 5 and all(r["verdict"] == "" and r["reason"] == "" for r in rows)

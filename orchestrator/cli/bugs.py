@@ -25,6 +25,7 @@ from orchestrator import catalog
 from orchestrator.catalog import Bug
 from orchestrator.cli.base import cli
 from orchestrator.errors import KbisectError
+from orchestrator.lines import debian_entries, is_line, pick_line_kernels, ver_key
 
 
 @cli.group()
@@ -151,54 +152,10 @@ class Row:
         return record
 
 
-def _ver_key(version: str) -> tuple:
-    """Numeric sort key for Debian upstream versions ("6.12.117" > "6.12.9")."""
-    parts = []
-    for piece in version.replace("-", ".").replace("+", ".").split("."):
-        parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))
-    return tuple(parts)
-
-
-def pick_line_kernels(entries: list[dict], lines: list[str], flavour: str = "cloud-amd64") -> dict[str, str | None]:
-    """Newest available kernel spec of each Debian line ("5.10", "6.1", …, "newest").
-
-    `entries` are `kbisect kernels list --source debian --json` records. The cloud flavour is
-    preferred (small, boots fast under TCG); backport builds (`6.1.0-0.deb11…`) only when the
-    line has nothing else.
-    """
-    usable = [e for e in entries if e.get("available") and e.get("flavour", flavour) == flavour] or \
-        [e for e in entries if e.get("available")]
-
-    def native(e: dict) -> bool:
-        # "6.1.0-0.deb11.52-…" and "…~deb12u1" are backports to an older release; prefer the
-        # line's own release build when both exist.
-        return "-0.deb" not in e["version"] and "~" not in (e.get("package_version") or "")
-
-    def newest(cands: list[dict]) -> str | None:
-        if not cands:
-            return None
-        best = max(cands, key=lambda e: (_ver_key(e.get("upstream") or e["version"]), native(e), e["version"]))
-        return best.get("spec") or f"debian:{best['version']}"
-
-    picked: dict[str, str | None] = {}
-    for line in lines:
-        if line == "newest":
-            picked[line] = newest(usable)
-        else:
-            picked[line] = newest([e for e in usable
-                                   if (e.get("upstream") or e["version"]).split(".")[:len(line.split("."))] == line.split(".")])
-    return picked
-
-
-def _is_line(text: str) -> bool:
-    """"6.1" or "5.10" (a Debian line), as opposed to a full version like "6.1.0-54-cloud-amd64"."""
-    return bool(text) and all(part.isdigit() for part in text.split(".")) and text.count(".") <= 1
-
-
 def _resolve_base(base: str, line_kernels: dict[str, str | None]) -> str | None:
     """A control's base: a full spec (`debian:6.1.0-54-cloud-amd64`) or a line (`debian:6.1`)."""
     source, _, rest = base.partition(":")
-    if source == "debian" and _is_line(rest):
+    if source == "debian" and is_line(rest):
         return line_kernels.get(rest)
     return base
 
@@ -279,12 +236,6 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def _debian_entries() -> list[dict]:
-    from orchestrator.sources import get_source
-
-    return [e.to_json() for e in get_source("debian").list()]
-
-
 @bugs.command("verify")
 @click.argument("bug_ids", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the proof rows as JSON on stdout.")
@@ -305,10 +256,10 @@ def verify_cmd(bug_ids: tuple[str, ...], as_json: bool, markdown: str | None, pl
             bug.verify.lines = list(line_kernels)
             bug.verify.expect = {}
     else:
-        entries = _debian_entries()
+        entries = debian_entries()
         lines = sorted({line for bug in selected for line in bug.verify.lines}
                        | {c.base.partition(":")[2] for bug in selected for c in bug.controls
-                          if c.base.startswith("debian:") and _is_line(c.base.partition(":")[2])}, key=_ver_key)
+                          if c.base.startswith("debian:") and is_line(c.base.partition(":")[2])}, key=ver_key)
         line_kernels = pick_line_kernels(entries, lines)
         available = {e.get("spec") or f"debian:{e['version']}" for e in entries if e.get("available")}
     rows = [row for bug in selected for row in plan_rows(bug, line_kernels, available)]
