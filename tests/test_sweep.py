@@ -272,7 +272,7 @@ def test_a_skip_keeps_the_earlier_verdict_and_is_not_a_regression(world, capsys)
     world.verdicts[("gretap-ecn", K56)] = Verdict.SKIP
     code, out, _ = world.run(args, capsys)
     cell = json.loads(out)["cells"][0]
-    assert code == 0 and cell["flag"] == "skip" and cell["earlier"]["kernel"] == K55
+    assert code == 3 and cell["flag"] == "skip" and cell["earlier"]["kernel"] == K55  # its only cell: undecided
     # the night after, bad on 57: compared with the good on 55, not with the skip on 56
     world.offset += DAY
     world.listing.append(_entry("6.1.0-57-cloud-amd64", "6.1.158"))
@@ -329,6 +329,19 @@ def test_errors_and_missing_lines_are_skips_and_shared_kernels_boot_once(world, 
     assert cells[("veth-csum", "newest")]["verdict"] == "good"
     assert world.boots == [("veth-csum", "debian:6.12.118+deb13-cloud-amd64")]  # 6.12 and newest: one boot
     assert data["counts"]["skip"] == 4 and data["counts"]["new"] == 2
+
+
+def test_a_night_where_nothing_was_decided_is_not_quiet(world, capsys) -> None:
+    """Every cell a skip (here: every kernel unfetchable) is exit 3 with a line saying so, not 0."""
+    for spec in ("debian:5.10.0-46-cloud-amd64", K55):
+        for bug in ("gretap-ecn", "veth-csum"):
+            world.verdicts[(bug, spec)] = KbisectError("apt-get download failed")
+    code, out, err = world.run(ARGS, capsys)
+    assert code == 3 and "no cell was decided" in err
+    assert json.loads(out)["counts"]["skip"] == 4 and not world.boots
+    world.verdicts.clear()  # one decided cell is enough for an ordinary exit
+    world.verdicts[("gretap-ecn", K55)] = KbisectError("apt-get download failed")
+    assert world.run(ARGS, capsys)[0] == 0
 
 
 @pytest.mark.parametrize("args,message", [

@@ -9,7 +9,8 @@ decided (store.SweepLog), flags the matrix against earlier sweeps (orchestrator.
 writes matrix.html / matrix.json (orchestrator.report).
 
 Exit codes: 0 no regression, 1 at least one regression flagged (for a cron to alert on), 2 bad
-input or a failure before any cell could be decided.
+input or a failure before any cell could be decided, 3 when every cell is a skip: a night in which
+nothing booted (libvirt down, archive unreachable) must not look like a quiet, healthy night.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _plan(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, 
 def sweep_cmd(ctx: click.Context, bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, ...],
               fresh: bool, as_json: bool, quiet: bool) -> None:
     """Every reproducer on the newest kernel of each line: a matrix stored as history, regressions
-    flagged against earlier sweeps, written to matrix.html and matrix.json. Exit 1 on a regression.
+    flagged against earlier sweeps, written to matrix.html and matrix.json. Exit 1 on a regression, 3 when every cell skipped.
 
     Re-running the same command on the same (UTC) day resumes that day's sweep; decided cells come
     back from the results database without booting."""
@@ -184,7 +185,13 @@ def run_sweep(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[s
         for f in regressions:
             click.echo(f"REGRESSION {f.cell.bug} on {f.cell.line}: {f.note}")
         click.echo(f"matrix: {html}")
-    return 1 if regressions else 0
+    if regressions:
+        return 1
+    if cells and all(c.verdict == "skip" for c in cells):
+        click.echo("kbisect sweep: no cell was decided (every one is a skip): check the VM host and the "
+                   "kernel archive; the matrix says why for each cell", err=True)
+        return 3
+    return 0
 
 
 @sweep_cmd.command("history")
