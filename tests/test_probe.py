@@ -264,13 +264,30 @@ def _start_run(shared_home: Path, repro: Path) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_destroys_the_vm(shared_home, tmp_path, sig):
-    """SIGTERM and Ctrl-C (SIGINT) mid-run: the VM is destroyed before the process exits."""
+def _start_sleepy_run(shared_home, tmp_path) -> subprocess.Popen:
+    """`kbisect run` of a reproducer that never finishes, so the test decides how it ends."""
     repro = tmp_path / "sleepy"
     repro.mkdir()
     (repro / "run.sh").write_text("sleep 1000\n")
-    proc = _start_run(shared_home, repro)
+    return _start_run(shared_home, repro)
+
+
+def _domain_of_killed_run(shared_home, tmp_path) -> str:
+    """The domain a SIGKILLed `kbisect run` left behind (no cleanup can run after SIGKILL)."""
+    proc = _start_sleepy_run(shared_home, tmp_path)
+    try:
+        name = _wait_for_domain(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert name in [n for n, _ in _domains()]  # really left behind
+    return name
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_destroys_the_vm(shared_home, tmp_path, sig):
+    """SIGTERM and Ctrl-C (SIGINT) mid-run: the VM is destroyed before the process exits."""
+    proc = _start_sleepy_run(shared_home, tmp_path)
     try:
         name = _wait_for_domain(proc.pid)
         proc.send_signal(sig)
@@ -283,16 +300,7 @@ def test_signal_destroys_the_vm(shared_home, tmp_path, sig):
 
 
 def test_kill9_leftover_is_reaped_by_gc(shared_home, tmp_path):
-    repro = tmp_path / "sleepy"
-    repro.mkdir()
-    (repro / "run.sh").write_text("sleep 1000\n")
-    proc = _start_run(shared_home, repro)
-    try:
-        name = _wait_for_domain(proc.pid)
-    finally:
-        proc.kill()  # SIGKILL: no cleanup can run
-        proc.wait(timeout=30)
-    assert name in [n for n, _ in _domains()]  # really left behind
+    name = _domain_of_killed_run(shared_home, tmp_path)
     env = dict(os.environ, KBISECT_HOME=str(shared_home))
     r = subprocess.run([sys.executable, "-m", "orchestrator", "gc"], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
@@ -322,16 +330,7 @@ def test_cli_repeat_aggregates_and_exits_bad(shared_home, tmp_path):
 
 def test_new_run_reaps_stale_domain_of_dead_process(shared_home, tmp_path):
     """A killed orchestrator's VM is destroyed by the next probe, without `kbisect gc`."""
-    repro = tmp_path / "sleepy"
-    repro.mkdir()
-    (repro / "run.sh").write_text("sleep 1000\n")
-    proc = _start_run(shared_home, repro)
-    try:
-        name = _wait_for_domain(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-    assert name in [n for n, _ in _domains()]
+    name = _domain_of_killed_run(shared_home, tmp_path)
     from orchestrator import probe
 
     probe._reaped.clear()  # this test process may have reaped already; a new run always does
