@@ -200,7 +200,7 @@ def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
               "reverted and probe it (bad→good confirms the culprit).")
 @click.option("--fresh", is_flag=True, help="Ignore stored verdicts (new ones replace them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str | None,
                distro_mirror: str | None, verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
                fresh: bool, as_json: bool, quiet: bool) -> None:

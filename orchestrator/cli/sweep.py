@@ -110,7 +110,7 @@ def _plan(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, 
 @click.option("--fresh", is_flag=True, help="Boot every kernel again (earlier stored verdicts ignored) in a new sweep; "
               "re-running a killed --fresh sweep the same day keeps what it already booted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
-@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def sweep_cmd(ctx: click.Context, bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, ...],
               fresh: bool, as_json: bool, quiet: bool) -> None:
