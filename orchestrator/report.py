@@ -110,13 +110,14 @@ def write(result: dict[str, Any], run_id: str, consoles: dict[int, str] | None =
         p.setdefault("bad_runs", 0)
         p.setdefault("phase", "")
     view.setdefault("flagged", False)
-    _atomic_write(html_path, _render(TEMPLATE, r=view, run_id=run_id, when=_now()))
+    _atomic_write(html_path, _render(TEMPLATE, r=view, run_id=run_id, when=_utc()))
     _atomic_write(directory / "result.json", json.dumps(result, indent=2, sort_keys=False) + "\n")
     return directory
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+def _utc(at: float | None = None) -> str:
+    """A timestamp as reports print it (now when `at` is None)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 def _render(template: str, **context: Any) -> str:
@@ -198,7 +199,7 @@ def write_matrix(data: dict[str, Any], directory: Path) -> Path:
     sweep = view["sweep"]
     for key in ("started", "finished"):
         at = sweep.get(f"{key}_at")
-        sweep[key] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at else "not finished"
+        sweep[key] = _utc(at) if at else "not finished"
     _atomic_write(json_path, json.dumps(data, indent=2) + "\n")
     _atomic_write(html_path, _render(MATRIX_TEMPLATE, s=view, rows=rows))
     return html_path
