@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import config
+from orchestrator.cache import sha256_file
 from orchestrator.errors import KbisectError
 from orchestrator.kernel import UnpackedKernel
 
@@ -51,14 +52,6 @@ class BootFiles:
     modules_disk: Path
     key: str
     seconds: float = 0.0  # time spent preparing (0 when cached)
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _modules_digest(mods: Path) -> str:
@@ -86,7 +79,7 @@ def _modules_digest(mods: Path) -> str:
         pass
     h = hashlib.sha256()
     for rel, p in entries:
-        h.update(f"{rel}\0{_file_digest(p)}\n".encode())
+        h.update(f"{rel}\0{sha256_file(Path(p))}\n".encode())
     digest = h.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
@@ -101,7 +94,7 @@ def cache_key(kernel: UnpackedKernel) -> str:
     h.update(f"v={BUILD_VERSION}\nkver={kernel.kver}\n".encode())
     if not kernel.vmlinuz.is_file():
         raise KbisectError(f"{kernel.spec}: no vmlinuz at {kernel.vmlinuz}")
-    h.update(_file_digest(str(kernel.vmlinuz)).encode())
+    h.update(sha256_file(kernel.vmlinuz).encode())
     if kernel.modules.is_dir():
         h.update(_modules_digest(kernel.modules).encode())
     h.update(INITRAMFS_INIT.read_bytes())

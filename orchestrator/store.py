@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from orchestrator import catalog, config
 from orchestrator.catalog import Bug
+from orchestrator.sweep import utc_day
 from orchestrator.verdict import ProbeRecord, Verdict
 
 SCHEMA = """
@@ -242,10 +243,6 @@ CREATE TABLE IF NOT EXISTS sweep_cells (
     PRIMARY KEY (sweep_id, bug, line)
 );
 """
-
-
-def utc_day(at: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(at))
 
 
 class SweepLog:

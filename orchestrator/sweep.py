@@ -168,8 +168,13 @@ class Flagged:
         return data
 
 
+def utc_day(at: float) -> str:
+    """The UTC day of `at`: a sweep's identity (one per command per day) and how flags date it."""
+    return time.strftime("%Y-%m-%d", time.gmtime(at))
+
+
 def _date(at: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(at)) if at else "?"
+    return utc_day(at) if at else "?"
 
 
 def short(spec: str) -> str:

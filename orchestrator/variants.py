@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 from orchestrator import config
+from orchestrator.cache import sha256_file
 from orchestrator.errors import KbisectError
 from orchestrator.kernel import MANIFEST, UnpackedKernel
 
@@ -798,10 +799,6 @@ def variant_dir(source: str, version: str, name: str) -> Path:
     return config.subdir("kernels") / source / f"{version}+{name}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _check_patch_scope(touched: list[TouchedFile]) -> None:
     """Refuse, before any download, patches kbisect cannot turn into module rebuilds."""
     for t in touched:
@@ -1074,7 +1071,7 @@ def find_control_patch(name: str) -> Path:
     found = sorted(root.glob(f"*/controls/{name}.patch")) if root.is_dir() else []
     if not found:
         raise KbisectError(f"no variant named {name!r} is built and no control patch reproducers/*/controls/{name}.patch exists")
-    if len({_sha256(p) for p in found}) > 1:
+    if len({sha256_file(p) for p in found}) > 1:
         raise KbisectError(f"control patch name {name!r} is ambiguous: {', '.join(str(p.relative_to(root)) for p in found)}")
     return found[0]
 

@@ -130,8 +130,8 @@ def run_sweep(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[s
               fresh: bool, as_json: bool, quiet: bool) -> int:
     from orchestrator import config, report
     from orchestrator import lines as debian_lines
-    from orchestrator.store import Store, SweepLog, utc_day
-    from orchestrator.sweep import REGRESSION, build_matrix, resolve_columns, sort_columns, sweep_key
+    from orchestrator.store import Store, SweepLog
+    from orchestrator.sweep import REGRESSION, build_matrix, resolve_columns, sort_columns, sweep_key, utc_day
 
     def echo(text: str) -> None:
         if not quiet:
