@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
       mmdebstrap busybox-static cpio kmod e2fsprogs zstd xz-utils dpkg-dev gcc make bc flex bison
       libelf-dev libssl-dev openssh-client git python3-venv python3-dev patch
-      nftables tcpdump ethtool ipvsadm iputils-ping bpftrace iproute2 procps)
+      nftables tcpdump ethtool ipvsadm iputils-ping bpftrace iproute2 procps
+      gpgv gnupg)
 
 missing=()
 for p in "${PKGS[@]}"; do

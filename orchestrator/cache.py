@@ -106,8 +106,8 @@ def _short(url: str) -> str:
     return head + ("?…" if parts.query else "") if len(head) < 150 else head[:70] + "…" + head[-70:]
 
 
-def http_get_text(url: str, timeout: float = 60) -> str | None:
-    """GET a small text resource (index page, CHECKSUMS, status); None when it does not exist (404/410)."""
+def _get_small(url: str, timeout: float):
+    """GET a small resource: the response, or None when it does not exist (404/410)."""
     import requests
 
     try:
@@ -118,8 +118,22 @@ def http_get_text(url: str, timeout: float = 60) -> str | None:
         return None
     if response.status_code >= 400:
         raise KbisectError(f"{_short(url)}: HTTP {response.status_code}")
+    return response
+
+
+def http_get_text(url: str, timeout: float = 60) -> str | None:
+    """GET a small text resource (index page, CHECKSUMS, status); None when it does not exist (404/410)."""
+    response = _get_small(url, timeout)
+    if response is None:
+        return None
     response.encoding = response.encoding or "utf-8"
     return response.text
+
+
+def http_get_bytes(url: str, timeout: float = 60) -> bytes | None:
+    """GET a small binary resource (a detached signature); None when it does not exist (404/410)."""
+    response = _get_small(url, timeout)
+    return None if response is None else response.content
 
 
 def http_get_json(url: str, timeout: float = 60) -> object | None:
@@ -381,8 +395,12 @@ def _staged(target: Path) -> Iterator[Path]:
         raise
 
 
-def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = None) -> UnpackedKernel:
+def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = None,
+                files: dict[str, bytes] | None = None) -> UnpackedKernel:
     """Unpack kernel .debs into the UnpackedKernel layout at `target`; kernel.json is written last.
+
+    `files` are small published files kept beside the kernel (a mainline build's COMMIT and
+    CHANGES), written into the same staging directory so they arrive with it or not at all.
 
     The work happens in `<target>.partial` and is renamed into place, so an interrupted
     unpack is never mistaken for a finished one (the manifest is what marks it finished).
@@ -401,6 +419,8 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
             if len(kvers) > 1:
                 raise KbisectError(f"{spec}: packages disagree on the kernel release ({', '.join(sorted(kvers))})")
             (partial / "modules").mkdir(exist_ok=True)
+            for name, data in (files or {}).items():
+                (partial / Path(name).name).write_bytes(data)
             kver = next(iter(kvers))
         kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}))
         kernel.save()

@@ -17,3 +17,7 @@ class UnavailableError(KbisectError):
 
 class ChecksumError(KbisectError):
     """A downloaded or cached file does not match its published checksum."""
+
+
+class SignatureError(KbisectError):
+    """A signed file does not verify against the keyring the user gave: nothing of it is trusted."""

@@ -280,6 +280,8 @@ def run_probe(kernel_spec: str, bug: Bug, *, mirror: str | None = None, accel: s
     fetch_s = time.monotonic() - t0
     rec = run_probe_kernel(kernel, bug, accel=accel, **opts)
     rec.kernel = kernel_spec
+    rec.upstream_commit = kernel.extra.get("commit")
+    rec.unverified = bool(kernel.extra.get("unverified"))
     rec.phases["prepare"] = round(rec.phases.get("prepare", 0.0) + fetch_s, 3)
     return rec
 

@@ -65,6 +65,8 @@ def _record_from_json(data: dict) -> ProbeRecord:
         output=data.get("output", ""),
         artefacts=list(data.get("artefacts", [])),
         started_at=float(data.get("started_at", 0.0)),
+        upstream_commit=data.get("upstream_commit"),
+        unverified=bool(data.get("unverified", False)),
     )
 
 

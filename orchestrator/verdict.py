@@ -42,6 +42,10 @@ class ProbeRecord:
     output: str = ""  # reproducer stdout+stderr (tail)
     artefacts: list[str] = field(default_factory=list)  # host paths of fetched files (dmesg, pcap...)
     started_at: float = 0.0  # epoch seconds
+    # what the kernel was built from and whether its packages were verified (mainline COMMIT;
+    # --allow-unverified builds without CHECKSUMS): a verdict on an unverified kernel says so
+    upstream_commit: str | None = None
+    unverified: bool = False
 
     @property
     def seconds(self) -> float:
@@ -59,4 +63,6 @@ class ProbeRecord:
             "output": self.output,
             "artefacts": self.artefacts,
             "started_at": self.started_at,
+            "upstream_commit": self.upstream_commit,
+            "unverified": self.unverified,
         }

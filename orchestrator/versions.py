@@ -100,17 +100,52 @@ def parse_version(text: str) -> KernelVersion:
     return version
 
 
-def parse_mainline_dir(name: str) -> KernelVersion | None:
-    """The version of a mainline mirror directory (`v5.7-rc1/`), or None for odd legacy names.
+# Ubuntu's series in release order. Until mid-2016 many mainline releases exist only under a
+# series-suffixed directory (`v4.3-wily/`, `v4.4.14-xenial/`, `v4.2-unstable/`), and some rc's
+# under two (`v4.6-rc7-wily/`, `v4.6-rc7-yakkety/`): ../shared/real-layouts.md, "Directory names".
+# "unstable" is the development series' alias used in those names.
+UBUNTU_SERIES = (
+    "warty", "hoary", "breezy", "dapper", "edgy", "feisty", "gutsy", "hardy", "intrepid", "jaunty",
+    "karmic", "lucid", "maverick", "natty", "oneiric", "precise", "quantal", "raring", "saucy",
+    "trusty", "utopic", "vivid", "wily", "xenial", "yakkety", "zesty", "artful", "bionic", "cosmic",
+    "disco", "eoan", "focal", "groovy", "hirsute", "impish", "jammy", "kinetic", "lunar", "mantic",
+    "noble", "oracular", "plucky", "questing", "unstable",
+)
+_MAINLINE_DIR_RE = re.compile(r"^v(\d+)\.(\d+)(?:\.(\d+))?(?:-rc(\d+))?(?:-([a-z]+))?$")
 
-    Names such as `v4.4-rc2+cod1`, `v5.12-rc1-dontuse`, `v4.4.10-xenial` or
-    `v4.2-rc1-unstable` are side builds, not the release itself: they are excluded.
-    """
+
+@dataclass(frozen=True)
+class MainlineDir:
+    """One release directory on the mainline mirror: its version and the series suffix, if any."""
+
+    version: "KernelVersion"
+    name: str  # the directory name as published, without the slash: `v4.4.14-xenial`
+    suffix: str | None = None  # `xenial`, or None for a plain name
+
+    @property
+    def preference(self) -> tuple[int, int]:
+        """Which of several directories of one version to use: the plain name first, then the
+        newest series (its build is the newest one), so the choice is stable across listings."""
+        if self.suffix is None:
+            return (1, 0)
+        return (0, UBUNTU_SERIES.index(self.suffix))
+
+
+def parse_mainline_dir_name(name: str) -> MainlineDir | None:
+    """A mainline release directory (`v5.7-rc1/`, `v4.4.14-xenial/`), or None for names that are
+    not a build of a release (`v4.4-rc2+cod1-wily`, `v5.12-rc1-dontuse`, `daily`)."""
     name = (name or "").strip().rstrip("/")
-    m = re.match(r"^v(\d+)\.(\d+)(?:\.(\d+))?(?:-rc(\d+))?$", name)
-    if not m:
+    m = _MAINLINE_DIR_RE.match(name)
+    if not m or (m.group(5) is not None and m.group(5) not in UBUNTU_SERIES):
         return None
-    return _match_version(name)
+    version = _match_version(name[: m.end(4) if m.group(4) else m.end(3) if m.group(3) else m.end(2)])
+    return MainlineDir(version, name, m.group(5)) if version is not None else None
+
+
+def parse_mainline_dir(name: str) -> KernelVersion | None:
+    """The version a mainline mirror directory holds (see parse_mainline_dir_name)."""
+    found = parse_mainline_dir_name(name)
+    return found.version if found else None
 
 
 # --------------------------------------------------------------------------- Ubuntu mainline packages
@@ -234,6 +269,64 @@ def upstream_from_changelog(text: str) -> KernelVersion | None:
     """The newest upstream stable base a changelog names ("… v5.4.56 upstream stable release")."""
     found = [parse_version(m) for m in re.findall(r"\bv(\d+\.\d+(?:\.\d+)?) upstream stable release", text or "")]
     return max(found) if found else None
+
+
+# A merge of a numbered upstream stable release; verbatim from real changelogs (may end in " //"):
+#   "  * Focal update: v5.4.286 upstream stable release (LP: #2089558)"
+_STABLE_RELEASE_RE = re.compile(r"\bv(\d+\.\d+(?:\.\d+)?) upstream stable release")
+# A merge of an unnumbered upstream stable patchset, which is how updates arrive once the
+# upstream stable line has ended (bionic 4.15, noble 6.8). The exact wording is a BELIEF, not
+# checked against a real changelog: "  * Bionic update: upstream stable patchset 2020-01-13 (LP: #…)".
+_STABLE_PATCHSET_RE = re.compile(r"\bupstream stable patch ?set (\d{4}-\d{2}-\d{2})\b", re.IGNORECASE)
+# The first line of each upload's entry: "linux (5.4.0-26.30) focal; urgency=medium".
+_CHANGELOG_ENTRY_RE = re.compile(r"^[a-z0-9][a-z0-9+.~-]* \(", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ChangelogUpstream:
+    """The upstream stable code an Ubuntu kernel changelog says an upload carries.
+
+    `base` is the newest numbered stable release merged; `patchsets` are the dates of the
+    unnumbered stable patchsets merged in that upload or later, newest first. Both matter when
+    comparing with mainline: "4.15.18 plus 40 patchsets" is far from plain 4.15.18.
+    """
+
+    base: KernelVersion | None
+    patchsets: tuple[str, ...] = ()
+
+    @property
+    def note(self) -> str | None:
+        """One line for kernel.json and reports; None when the base alone says it all."""
+        if not self.patchsets:
+            return None
+        count = len(self.patchsets)
+        sets = f"{count} upstream stable patchset{'' if count == 1 else 's'} (the newest {self.patchsets[0]})"
+        if self.base is None:
+            return f"{sets}; the changelog names no numbered upstream base"
+        return f"upstream base {self.base} plus {sets}"
+
+
+def upstream_stable_from_changelog(text: str) -> ChangelogUpstream | None:
+    """The numbered upstream base a changelog names and the stable patchsets merged on top of it.
+
+    Changelogs read newest first (pass `changelog.Debian.gz` followed by `changelog.Debian.old.gz`),
+    so the patchsets that count are those above the end of the entry holding the base: within that
+    one entry the order of the lines is not a reliable clue, and patchsets only exist once the
+    numbered releases stopped. None when the text names neither.
+    """
+    text = text or ""
+    releases = [(m.start(), parse_version(m.group(1))) for m in _STABLE_RELEASE_RE.finditer(text)]
+    patchsets = [(m.start(), m.group(1)) for m in _STABLE_PATCHSET_RE.finditer(text)]
+    if not releases and not patchsets:
+        return None
+    base = max((version for _, version in releases), default=None)
+    cutoff = len(text)
+    if base is not None:
+        first = min(pos for pos, version in releases if version == base)
+        older_entry = _CHANGELOG_ENTRY_RE.search(text, first)
+        cutoff = older_entry.start() if older_entry else len(text)
+    dates = sorted({date for pos, date in patchsets if pos < cutoff}, reverse=True)
+    return ChangelogUpstream(base, tuple(dates))
 
 
 # --------------------------------------------------------------------------- Debian

@@ -1,10 +1,12 @@
-"""The mainline source against generated mirrors served on 127.0.0.1.
+"""The mainline source against generated mirrors in the real formats, served on 127.0.0.1.
 
-The mirror holds real .deb files built here with dpkg-deb, in both layouts of
-kernel.ubuntu.com/mainline (debs at the top with BUILT; amd64/ with status), plus the
-awkward cases met in the field: a failed build, a never-built directory, a directory with
-two builds, odd legacy directory names, a tampered package, a truncated transfer, a
-"Gone" link, modules under /usr/lib/modules, and an old single linux-image package.
+The mirror (tests/mainline_mirror.py writes the formats, with their sources) holds real .deb
+files built here with dpkg-deb in both layouts of kernel.ubuntu.com/mainline, and the cases met
+in the field: exit codes 0/1/2 in amd64/status, a self-tests failure on a good build, flat
+BUILT with and without Status: lines, a flat build rebuilt per-arch, suffixed-only releases and
+an rc under two suffixes, two publications with CHECKSUMS for the latest only, no CHECKSUMS,
+signatures good/bad/absent, a tampered package, a truncated transfer, a "Gone" link, modules
+under /usr/lib/modules, and an old single linux-image package.
 """
 
 from __future__ import annotations
@@ -30,29 +32,9 @@ from orchestrator.errors import ChecksumError, KbisectError, UnavailableError
 from orchestrator.kernel import UnpackedKernel
 from orchestrator.sources import fetch, get_source
 from orchestrator.versions import KernelVersion, parse_version
+from tests.mainline_mirror import Build, Release, SigningKey, write_release, write_top
 
 REPO = Path(__file__).resolve().parent.parent
-
-# version -> how it is laid out on the generated mirror
-LAYOUT = {
-    "4.15": "old-single",  # one linux-image package carrying the modules
-    "5.6": "old", "5.6.17": "old", "5.7-rc1": "old", "5.7-rc7": "old", "5.7": "old",
-    "5.6.5": "old-failed",
-    "5.7.2": "new", "5.8-rc1": "new",
-    "5.9.9": "new-failed",
-    "5.16": "new-two-builds",  # newest build wins, all files from it
-    "5.17": "new-two-builds-newest-incomplete",  # newest lacks modules: the older complete build wins
-    "6.0": "new-tampered",
-    "6.1": "new-truncated",
-    "6.2": "new-gone",
-    "6.5.8": "never-built",
-    "6.18.18": "new-usr",  # modules under /usr/lib/modules
-}
-ODD = ["v4.4-rc2+cod1", "v5.12-rc1-dontuse", "v4.4.10-xenial", "v4.2-rc1-unstable"]
-AVAILABLE = {"4.15", "5.6", "5.6.17", "5.7-rc1", "5.7-rc7", "5.7", "5.7.2", "5.8-rc1", "5.16", "5.17",
-             "6.0", "6.1", "6.2", "6.18.18"}
-# tampered/truncated/gone are listed as available: only the download can tell.
-
 
 def _abi(v: KernelVersion) -> str:
     return f"{v.major}.{v.minor}.{v.patch}-{v.major:02d}{v.minor:02d}{v.patch:02d}" + (f"rc{v.rc}" if v.rc else "")
@@ -96,24 +78,6 @@ def kernel_payload(kver: str, marker: str) -> tuple[dict[str, bytes], dict[str, 
     return image, modules, links
 
 
-def _checksums(files: dict[str, bytes]) -> str:
-    lines = ["# Checksums, check with the command below:", "#     shasum -c CHECKSUMS", "#", "# Checksums-Sha1:"]
-    lines += [f"{hashlib.sha1(d).hexdigest()}  {n}" for n, d in sorted(files.items())]
-    lines += ["#", "# Checksums-Sha256:"]
-    lines += [f"{hashlib.sha256(d).hexdigest()}  {n}" for n, d in sorted(files.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _write_index(directory: Path, top: bool = False) -> None:
-    """An Apache-style listing: sort links, Parent Directory, then the entries."""
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir() if p.name != "index.html")
-    rows = ['<tr><th><a href="?C=N;O=D">Name</a></th><th><a href="?C=M;O=A">Last modified</a></th></tr>',
-            '<tr><td><a href="/">Parent Directory</a></td></tr>']
-    rows += [f'<tr><td><a href="{n.replace("+", "%2B")}">{n}</a></td><td>2020-06-10 11:33</td></tr>' for n in names]
-    (directory / "index.html").write_text("<!DOCTYPE HTML>\n<html><head><title>Index of /mainline</title></head>"
-                                          "<body><table>\n" + "\n".join(rows) + "\n</table></body></html>\n")
-
-
 def _set_of_debs(work: Path, v: KernelVersion, stamp: str, *, single=False, usr=False, marker=None,
                  with_modules=True) -> dict[str, bytes]:
     abi = _abi(v)
@@ -142,62 +106,109 @@ def _set_of_debs(work: Path, v: KernelVersion, stamp: str, *, single=False, usr=
     return out
 
 
-def build_mirror(root: Path) -> Path:
+# The culprit planted in 5.7-rc5's CHANGES (a `git shortlog v5.7-rc4..v5.7-rc5` in the real form:
+# "Author (N):" then indented subjects); gretap-ecn's keywords and paths must rank it first.
+CHANGES_57RC5 = """Alexei Starovoitov (1):
+      bpf: Fix map leak in HASH_OF_MAPS map
+
+Eric Dumazet (2):
+      tcp: fix SO_RCVLOWAT hangs with fat skbs
+      net: fix a potential recursive NETDEV_FEAT_CHANGE
+
+Linus Torvalds (1):
+      Linux 5.7-rc5
+
+Toke Hoiland-Jorgensen (1):
+      tunnel: Propagate ECT(1) when decapsulating as recommended by RFC6040
+
+Wolfram Sang (1):
+      i2c: mux: demux-pinctrl: Fix an error handling path in 'i2c_demux_pinctrl_probe()'
+"""
+CHANGES_57RC4 = """Linus Torvalds (1):
+      Linux 5.7-rc4
+
+Paolo Abeni (1):
+      mptcp: fix 'Attempt to release TCP socket in state' warnings
+"""
+
+
+def releases(work: Path) -> list[Release]:
+    """Every case the mainline source must read right, in the real formats (tests/mainline_mirror.py)."""
+    def v(label):
+        return parse_version(label)
+
+    def per_arch(label, stamp, rc=0, **kw):
+        return Build(stamp, _set_of_debs(work, v(label), stamp, **kw) if rc == 0 else {}, rc=rc)
+
+    def flat(label, stamp, rc=0, status_lines=True, **kw):
+        return Build(stamp, _set_of_debs(work, v(label), stamp, **kw) if rc == 0 else {}, rc=rc, layout="flat",
+                     status_lines=status_lines)
+
+    sha = "1" * 40
+    return [
+        # flat, BUILT without Status: lines (before Nov 2015), no CHECKSUMS (before March 2015): unverifiable
+        Release("v3.19-vivid", [flat("3.19", "201502082130", status_lines=False, single=True)], checksums=False),
+        # flat, BUILT without Status: lines but with CHECKSUMS: judged by the files present
+        Release("v4.3-wily", [flat("4.3", "201511020949", status_lines=False, single=True)]),
+        # only a suffixed directory exists (plain names start around v4.4.15)
+        Release("v4.4.14-xenial", [flat("4.4.14", "201606241712", single=True)]),
+        # an rc under two suffixes: one stable choice (the newer series)
+        Release("v4.6-rc7-wily", [flat("4.6-rc7", "201605081830", single=True, marker="4.6-rc7 wily")]),
+        Release("v4.6-rc7-yakkety", [flat("4.6-rc7", "201605081831", single=True, marker="4.6-rc7 yakkety")]),
+        Release("v4.15", [flat("4.15", "201801282030", single=True)],
+                commit=("v4.15", "d8a5b80568a9cb66810e75b182018e9edb68e8ff")),
+        Release("v5.6", [flat("5.6", "202003292030")]),
+        Release("v5.6.5", [flat("5.6.5", "202004171532", rc=2)]),  # flat failure: Status: amd64 2
+        Release("v5.6.17", [flat("5.6.17", "202006071932")]),
+        Release("v5.7-rc1", [flat("5.7-rc1", "202004122030")]),
+        Release("v5.7-rc4", [flat("5.7-rc4", "202005032030")], commit=("v5.7-rc4", "0e698dfa282211e414076f9dc7e83c1c288314fd"),
+                changes=CHANGES_57RC4),
+        Release("v5.7-rc5", [flat("5.7-rc5", "202005102030")], commit=("v5.7-rc5", "2ef96a5bb12be62ef75b5828c0aab838ebb29cb8"),
+                changes=CHANGES_57RC5),
+        Release("v5.7-rc7", [flat("5.7-rc7", "202005242030")]),
+        # built flat, then rebuilt into amd64/: the newer, per-arch build is the one used
+        Release("v5.7", [flat("5.7", "202005312130"), per_arch("5.7", "202006082127")]),
+        Release("v5.7.2", [per_arch("5.7.2", "202006101934")], commit=("v5.7.2", sha)),
+        # a good build whose self-tests failed: available, with a note
+        Release("v5.8-rc1", [Build("202006142130", _set_of_debs(work, v("5.8-rc1"), "202006142130"), selftests_rc=2)]),
+        Release("v5.9.9", [per_arch("5.9.9", "202011182033", rc=2)]),  # build failure
+        Release("v5.9.11", [per_arch("5.9.11", "202011241631", rc=1)]),  # setup failure
+        # two publications in amd64/: CHECKSUMS covers the latest only
+        Release("v5.16", [per_arch("5.16", "202201091830"), per_arch("5.16", "202201092355")]),
+        # the latest publication lacks its modules package: CHECKSUMS covers no complete build
+        Release("v5.17", [per_arch("5.17", "202203201530"), per_arch("5.17", "202203202200", with_modules=False)]),
+        Release("v6.0", [per_arch("6.0", "202210022231")]),  # tampered after publication
+        Release("v6.1", [per_arch("6.1", "202212112331")]),  # truncated transfer
+        Release("v6.2", [per_arch("6.2", "202302192231")]),  # modules link answers 410 Gone
+        Release("v6.3", [per_arch("6.3", "202304232332")], signature="bad"),
+        Release("v6.4", [per_arch("6.4", "202306252032")], signature="absent"),
+        Release("v6.5.8", [], header=""),  # listed but never built
+        Release("v6.18.18", [per_arch("6.18.18", "202603131234", usr=True)]),  # modules under /usr/lib/modules
+        # not releases: never listed
+        Release("v4.4-rc2+cod1-wily", [flat("4.4-rc2", "201512011200", single=True)]),
+        Release("v5.12-rc1-dontuse", [per_arch("5.12-rc1", "202103012000")]),
+    ]
+
+
+AVAILABLE = {"4.3", "4.4.14", "4.6-rc7", "4.15", "5.6", "5.6.17", "5.7-rc1", "5.7-rc4", "5.7-rc5", "5.7-rc7",
+             "5.7", "5.7.2", "5.8-rc1", "5.16", "6.0", "6.1", "6.2", "6.3", "6.4", "6.18.18"}
+# tampered/truncated/gone are listed as available: only the download can tell; 6.3/6.4 only fail
+# their signature check when a keyring is given.
+
+
+def build_mirror(root: Path, sign=None) -> Path:
     """Generate the whole mirror under root (real .debs, CHECKSUMS, BUILT/status, index pages)."""
     work = root.parent / "debs"
     work.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    for i, (label, layout) in enumerate(LAYOUT.items()):
-        v = parse_version(label)
-        top = root / v.mainline_dir
-        top.mkdir()
-        stamp = f"20200{(i % 9) + 1}{(i % 28) + 1:02d}1133"
-        if layout.startswith("old"):
-            files = {} if layout == "old-failed" else _set_of_debs(work, v, stamp, single=(layout == "old-single"))
-            for name, data in files.items():
-                (top / name).write_bytes(data)
-            (top / "CHECKSUMS").write_text(_checksums(files))
-            verdict = "failed" if layout == "old-failed" else "succeeded"
-            (top / "BUILT").write_text(f"Build for amd64 {verdict} (see BUILD.LOG.amd64):\n"
-                                       + "".join(f"  {n}\n" for n in files))
-            _write_index(top)
-            continue
-        if layout == "never-built":
-            (top / "HEADER.html").write_text("not built\n")
-            _write_index(top)
-            continue
-        where = top / "amd64"
-        where.mkdir()
-        if layout == "new-failed":
-            files = {}
-            (where / "log").write_text("make: *** [Makefile:1] Error 2\n")
-        elif layout == "new-two-builds":
-            files = {**_set_of_debs(work, v, "202201091830"), **_set_of_debs(work, v, "202201092355")}
-        elif layout == "new-two-builds-newest-incomplete":
-            files = {**_set_of_debs(work, v, "202203201530"),
-                     **_set_of_debs(work, v, "202203202200", with_modules=False)}
-        else:
-            files = _set_of_debs(work, v, stamp, usr=(layout == "new-usr"))
-        for name, data in files.items():
-            (where / name).write_bytes(data)
-        (where / "CHECKSUMS").write_text(_checksums(files))
-        if layout == "new-tampered":
-            image = next(n for n in files if n.startswith("linux-image-unsigned") and "-generic_" in n)
-            data = bytearray(files[image])
-            data[len(data) // 2] ^= 0xFF
-            (where / image).write_bytes(bytes(data))
-        status = "failed (rc=2" if layout == "new-failed" else "succeeded (rc=0"
-        (where / "status").write_text(f"Test amd64/build {status}, on=amd64, time=0:11:17, log=amd64/log)\n"
-                                      f"Test arm64/build failed (rc=2, on=arm64, time=0:01:02, log=arm64/log)\n")
-        _write_index(where)
-        _write_index(top)
-    for name in ODD:
-        (root / name).mkdir()
-        (root / name / "CHECKSUMS").write_text("")
-        _write_index(root / name)
-    (root / "daily").mkdir()
-    _write_index(root / "daily")
-    _write_index(root, top=True)
+    rels = releases(work)
+    for release in rels:
+        write_release(root, release, sign)
+    tampered = next((root / "v6.0" / "amd64").glob("linux-image-unsigned-*-generic_*_amd64.deb"))
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    write_top(root, rels)
     return root
 
 
@@ -244,9 +255,14 @@ def serve(root: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mirror(tmp_path_factory) -> Iterator[str]:
+def signing_key(tmp_path_factory) -> SigningKey:
+    return SigningKey(tmp_path_factory.mktemp("gnupg") / "home")
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory, signing_key) -> Iterator[str]:
     base = tmp_path_factory.mktemp("mirror")
-    tree = build_mirror(base / "www" / "mainline")
+    tree = build_mirror(base / "www" / "mainline", signing_key.sign)
     MirrorHandler.tree = tree
     v61 = tree / "v6.1" / "amd64"
     MirrorHandler.truncate = {p.name for p in v61.glob("linux-image-unsigned-*-generic_*.deb")}
@@ -286,31 +302,67 @@ def test_list_json_order_and_availability(mirror, home):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)  # stdout is pure JSON: progress and notes went to stderr
     versions = [r["version"] for r in rows]
-    assert versions == ["4.15", "5.6", "5.6.5", "5.6.17", "5.7-rc1", "5.7-rc7", "5.7", "5.7.2", "5.8-rc1",
-                        "5.9.9", "5.16", "5.17", "6.0", "6.1", "6.2", "6.5.8", "6.18.18"]
+    assert versions == ["3.19", "4.3", "4.4.14", "4.6-rc7", "4.15", "5.6", "5.6.5", "5.6.17", "5.7-rc1", "5.7-rc4",
+                        "5.7-rc5", "5.7-rc7", "5.7", "5.7.2", "5.8-rc1", "5.9.9", "5.9.11", "5.16", "5.17", "6.0",
+                        "6.1", "6.2", "6.3", "6.4", "6.5.8", "6.18.18"]
     by = {r["version"]: r for r in rows}
     assert {v for v, r in by.items() if r["available"]} == AVAILABLE
     assert all(r["source"] == "mainline" and r["reason"] is None for r in rows if r["available"])
-    assert "amd64 build failed" in by["5.9.9"]["reason"] and "rc=2" in by["5.9.9"]["reason"]
-    assert "amd64 build failed" in by["5.6.5"]["reason"]
+    # each failure says which: exit code 2 is a build failure, 1 a setup failure, BUILT's Status: amd64 2
+    assert by["5.9.9"]["reason"] == "amd64 build failed: build failure (amd64/status 2)"
+    assert by["5.9.11"]["reason"] == "amd64 build failed: setup failure (amd64/status 1)"
+    assert by["5.6.5"]["reason"] == "amd64 build failed: build failure (BUILT Status: amd64 2)"
+    assert by["3.19"]["reason"].startswith("no CHECKSUMS: cannot verify")
+    assert "CHECKSUMS covers no complete amd64 generic build" in by["5.17"]["reason"]
     assert by["6.5.8"]["reason"] and not by["6.5.8"]["files"]
-    # odd legacy names and non-version directories are never listed
-    assert not any("cod1" in v or "dontuse" in v or "xenial" in v for v in versions)
+    # a self-tests failure is a note on an available kernel, not a reason
+    assert any("self-tests" in n for n in by["5.8-rc1"]["notes"])
+    # suffixed releases are listed once, from one stable choice; side builds never
+    assert by["4.4.14"]["dir"] == "v4.4.14-xenial" and by["4.6-rc7"]["dir"] == "v4.6-rc7-yakkety"
+    assert versions.count("4.6-rc7") == 1
+    assert not any(r["dir"].endswith(("cod1-wily", "dontuse")) for r in rows)
+    assert "4.4-rc2" not in versions and "5.12-rc1" not in versions
+    # BUILT without Status: lines, judged by the packages and CHECKSUMS present
+    assert any("no Status: lines" in n for n in by["4.3"]["notes"])
     # files: amd64 generic only, with the published SHA-256, one build per directory
     names = [f["name"] for f in by["5.7.2"]["files"]]
     assert len(names) == 2 and all("-generic_" in n and n.endswith("_amd64.deb") for n in names)
     assert all(len(f["sha256"]) == 64 and f["url"].startswith(mirror) for f in by["5.7.2"]["files"])
-    assert "/amd64/" in by["5.7.2"]["files"][0]["url"] and "/amd64/" not in by["5.7"]["files"][0]["url"]
+    assert by["5.7.2"]["layout"] == "per-arch" and "/amd64/" in by["5.7.2"]["files"][0]["url"]
+    assert by["5.7-rc7"]["layout"] == "flat" and "/amd64/" not in by["5.7-rc7"]["files"][0]["url"]
+    # v5.7: flat build and per-arch rebuild in one directory: the rebuild, all files from it
+    assert by["5.7"]["layout"] == "per-arch" and by["5.7"]["build"].endswith(".202006082127")
+    assert all("202006082127" in f["name"] and "/amd64/" in f["url"] for f in by["5.7"]["files"])
     assert [f["name"].split("_")[0] for f in by["4.15"]["files"]] == ["linux-image-4.15.0-041500-generic"]
     assert {f["name"].rsplit("_", 2)[1].rsplit(".", 1)[1] for f in by["5.16"]["files"]} == {"202201092355"}
-    assert {f["name"].rsplit("_", 2)[1].rsplit(".", 1)[1] for f in by["5.17"]["files"]} == {"202203201530"}
-    assert by["5.7-rc4" if "5.7-rc4" in by else "5.7-rc1"]["lineage"] == "mainline"
+    assert by["5.7-rc1"]["lineage"] == "mainline"
     assert by["5.6.17"]["lineage"] == "stable-5.6"
+
+
+def test_status_files_read_as_published():
+    """The parsers against the exact file contents of real-layouts.md."""
+    from orchestrator.sources.mainline import arch_status, built_status, header_opinion, parse_commit
+
+    assert arch_status("0\n").ok is True
+    assert arch_status("2\n").reason == "amd64 build failed: build failure (amd64/status 2)"
+    assert arch_status("Test amd64/build succeeded (rc=0, on=amd64)\n").ok is False  # not the real format
+    built = ("Release: bionic\nHost: h\nStart: 1\nStatus: binary-headers 0\nStatus: amd64 0\n"
+             "Status: arm64 0\nStatus: i386 0\nDebian: bionic\nConfigs: c\nEnd: 2\n")
+    assert built_status(built).ok is True
+    assert built_status(built.replace("amd64 0", "amd64 2")).ok is False
+    assert built_status(built.replace("binary-headers 0", "binary-headers 1")).ok is False
+    assert built_status("Release: wily\nHost: h\nStart: 1\nEnd: 2\n").ok is None  # before Nov 2015
+    assert header_opinion("Test amd64/build succeeded (rc=0, on=amd64, time=0:11:17, log=amd64/log)").ok is True
+    assert header_opinion("Test amd64/build failed (rc=2, on=amd64, time=0:05:01, log=amd64/log)").ok is False
+    assert header_opinion("Test amd64/self-tests failed (rc=2, on=amd64)").ok is None
+    # COMMIT: 49 bytes for v4.12.4 (real-layouts.md) = "v4.12.4\n" + 40-hex sha + "\n"
+    sample = "v4.12.4\n" + "a" * 40 + "\n"
+    assert len(sample) == 49 and parse_commit(sample) == {"commit": "a" * 40, "commit_label": "v4.12.4"}
 
 
 def test_list_range_and_table(mirror, home):
     entries = get_source("mainline", mirror).list("5.7-rc1", "5.8-rc1")
-    assert [e.version for e in entries] == ["5.7-rc1", "5.7-rc7", "5.7", "5.7.2", "5.8-rc1"]
+    assert [e.version for e in entries] == ["5.7-rc1", "5.7-rc4", "5.7-rc5", "5.7-rc7", "5.7", "5.7.2", "5.8-rc1"]
     result = run_cli("kernels", "list", "--source", "mainline", "--mirror", mirror, "--from", "5.9",
                      "--to", "5.17", home=home)
     assert result.returncode == 0, result.stderr
@@ -361,7 +413,7 @@ def test_fetch_new_layout_unpacks_the_kernel(mirror, home):
     assert not (kernel.modules / "build").exists() and not (kernel.modules / "build").is_symlink()
     assert not (kernel.modules / "escape").is_symlink()  # would leave the unpack: dropped
     assert not (root / "usr").exists() and not (root / "boot").exists()
-    assert kernel.extra["layout"] == "new" and kernel.extra["upstream"] == "5.7.2"
+    assert kernel.extra["layout"] == "per-arch" and kernel.extra["upstream"] == "5.7.2"
     assert {f["name"] for f in kernel.extra["files"]} == {p.name for p in (home / "downloads" / "mainline").glob("*.deb")}
     # cached: a second fetch does not download again
     before = dict(MirrorHandler.hits)
@@ -373,7 +425,7 @@ def test_fetch_new_layout_unpacks_the_kernel(mirror, home):
 
 def test_fetch_old_layout_and_single_image(mirror, home):
     old = fetch("5.7-rc7", mirror)  # bare version = mainline
-    assert old.kver == "5.7.0-050700rc7-generic" and old.extra["layout"] == "old"
+    assert old.kver == "5.7.0-050700rc7-generic" and old.extra["layout"] == "flat"
     assert (old.modules / "kernel/drivers/net/veth.ko").exists()
     single = fetch("mainline:v4.15", mirror)
     assert single.root.name == "4.15" and single.kver == "4.15.0-041500-generic"
@@ -393,9 +445,9 @@ def test_two_builds_use_one_build(mirror, home):
     kernel = fetch("mainline:5.16", mirror)
     assert kernel.vmlinuz.read_bytes().endswith(b"5.16 202201092355\n")
     assert (kernel.modules / "kernel/drivers/net/veth.ko").read_bytes().endswith(b"202201092355")
-    older = fetch("mainline:5.17", mirror)
-    assert older.vmlinuz.read_bytes().endswith(b"202203201530\n")
-    assert (older.modules / "kernel/drivers/net/veth.ko").read_bytes().endswith(b"202203201530")
+    # CHECKSUMS covers the latest publication only: an older complete build cannot be verified
+    with pytest.raises(UnavailableError, match="CHECKSUMS covers no complete amd64 generic build"):
+        fetch("mainline:5.17", mirror)
 
 
 def test_failed_and_missing_builds_are_refused(mirror, home):
@@ -531,15 +583,23 @@ def test_variant_spec_uses_prebuilt_dir_or_hook(home, monkeypatch):
     assert calls == ["debian:6.1.0-54-cloud-amd64+revert-abc"]
 
 
-def test_second_listing_reuses_settled_directories(mirror, home):
+def test_second_listing_reuses_good_builds_only(mirror, home):
+    """Good builds come from the listing memo; failures are read again (they get rebuilt)."""
     source = get_source("mainline", mirror)
-    first = source.list("5.6", "5.9.9")
-    before = sum(v for k, v in MirrorHandler.hits.items() if k in ("CHECKSUMS", "status", "BUILT"))
-    second = source.list("5.6", "5.9.9")
-    after = sum(v for k, v in MirrorHandler.hits.items() if k in ("CHECKSUMS", "status", "BUILT"))
+    first = source.list("5.6", "5.9.11")
+    before = dict(MirrorHandler.hits)
+    second = source.list("5.6", "5.9.11")
+    reread = {k: v - before.get(k, 0) for k, v in MirrorHandler.hits.items() if v != before.get(k, 0)}
     assert [e.to_json() for e in first] == [e.to_json() for e in second]
-    assert after == before  # settled entries (built or failed) come from the listing memo
-    assert [e.version for e in second if not e.available] == ["5.6.5", "5.9.9"]
+    failed = [e.version for e in second if not e.available]
+    assert failed == ["5.6.5", "5.9.9", "5.9.11"]
+    # per failed directory: its page and status file again; nothing of the good ones
+    assert reread.get("status") == 2 and reread.get("BUILT") == 1 and "CHECKSUMS" not in reread
+    refreshed = get_source("mainline", mirror)
+    refreshed.refresh = True
+    before = dict(MirrorHandler.hits)
+    refreshed.list("5.6", "5.9.11")
+    assert MirrorHandler.hits.get("CHECKSUMS", 0) - before.get("CHECKSUMS", 0) >= 8  # --refresh reads all
 
 
 def test_absolute_links_in_index_pages(tmp_path, home):
@@ -581,3 +641,97 @@ def test_mirror_from_environment(mirror, home):
     r = subprocess.run([sys.executable, "-m", "orchestrator", "kernels", "list", "--source", "mainline",
                         "--mirror", mirror, "--json"], cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout), r.stderr
+
+
+# ------------------------------------------------------------------------------ issue 9 cases
+
+
+def test_suffixed_release_fetched_with_commit_and_changes(mirror, home):
+    kernel = fetch("mainline:4.4.14", mirror)  # exists only as v4.4.14-xenial
+    assert kernel.extra["dir"] == "v4.4.14-xenial" and kernel.kver == "4.4.14-040414-generic"
+    rc5 = fetch("mainline:5.7-rc5", mirror)
+    assert rc5.extra["commit"] == "2ef96a5bb12be62ef75b5828c0aab838ebb29cb8"
+    assert rc5.extra["commit_label"] == "v5.7-rc5"
+    assert "tunnel: Propagate ECT(1)" in (rc5.root / "CHANGES").read_text()
+    assert (rc5.root / "COMMIT").read_text().startswith("v5.7-rc5\n")
+    show = run_cli("kernels", "show", "mainline:5.7-rc5", home=home)
+    assert show.returncode == 0 and "upstream commit: 2ef96a5bb12be62ef75b5828c0aab838ebb29cb8 (v5.7-rc5)" in show.stdout
+
+
+def test_no_checksums_needs_allow_unverified(mirror, home):
+    refused = run_cli("kernels", "fetch", "mainline:3.19", "--mirror", mirror, home=home)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "no CHECKSUMS: cannot verify" in refused.stderr and _leftovers(home) == []
+    listed = run_cli("kernels", "list", "--source", "mainline", "--mirror", mirror, "--from", "3.19", "--to", "3.19",
+                     "--json", "--allow-unverified", home=home)
+    row = json.loads(listed.stdout)[0]
+    assert row["available"] and row["unverified"] is True and row["files"][0]["sha256"] is None
+    fetched = run_cli("kernels", "fetch", "mainline:3.19", "--mirror", mirror, "--allow-unverified", home=home)
+    assert fetched.returncode == 0, fetched.stderr
+    assert "kbisect: warning: mainline:3.19: no CHECKSUMS" in fetched.stderr
+    kernel = UnpackedKernel.load(Path(fetched.stdout.strip()))
+    assert kernel.extra["unverified"] is True
+    show = run_cli("kernels", "show", "mainline:3.19", home=home)
+    assert "UNVERIFIED" in show.stdout
+
+
+def test_keyring_checks_the_signature_before_any_hash(mirror, home, signing_key, tmp_path):
+    good = run_cli("kernels", "fetch", "mainline:5.7.2", "--mirror", mirror, "--keyring", str(signing_key.keyring),
+                   home=home)
+    assert good.returncode == 0, good.stderr
+    assert UnpackedKernel.load(Path(good.stdout.strip())).extra["signature"] == "good"
+    for version, words in (("6.3", "does not verify"), ("6.4", "CHECKSUMS.gpg missing")):
+        bad = run_cli("kernels", "fetch", f"mainline:{version}", "--mirror", mirror, "--keyring",
+                      str(signing_key.keyring), home=home)
+        assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1, bad.stderr
+        assert bad.stderr.startswith(f"kbisect: error: mainline:{version}: ") and words in bad.stderr
+        assert not (home / "kernels" / "mainline" / version).exists()
+        assert not [p for p in _leftovers(home) if f"-{version.replace('.', '')}" in p or f"{version}.0-" in p]
+    # another key: the good mirror's signature is not trusted either
+    other = SigningKey(tmp_path / "other-gnupg")
+    stranger = run_cli("kernels", "fetch", "mainline:5.8-rc1", "--mirror", mirror, "--keyring", str(other.keyring),
+                       home=home)
+    assert stranger.returncode == 2 and "does not verify" in stranger.stderr
+    assert not (home / "kernels" / "mainline" / "5.8-rc1").exists()
+    # the environment variable stands in for --keyring
+    env_run = subprocess.run([sys.executable, "-m", "orchestrator", "kernels", "fetch", "mainline:6.3", "--mirror",
+                              mirror], cwd=REPO, text=True, capture_output=True, timeout=120,
+                             env={**os.environ, "KBISECT_HOME": str(home),
+                                  "KBISECT_MAINLINE_KEYRING": str(signing_key.keyring)})
+    assert env_run.returncode == 2 and "does not verify" in env_run.stderr
+    missing = run_cli("kernels", "fetch", "mainline:5.7.2", "--mirror", mirror, "--keyring", "/nonexistent", home=home)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
+def test_rebuilt_failure_and_republished_build_are_seen(tmp_path, home):
+    """The service rebuilds failed builds and re-publishes builds with newer timestamps
+    (real-layouts.md: 5.19.6 rebuilt; 6.4.6 .202307241739 -> .202308041557)."""
+    import shutil
+
+    root = tmp_path / "www" / "mainline"
+    work = tmp_path / "debs"
+    work.mkdir()
+
+    def publish(failed: bool, stamp: str, date: str) -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        rels = [Release("v5.19.6", [Build("202209051738", {}, rc=2)] if failed else
+                        [Build("202209151402", _set_of_debs(work, parse_version("5.19.6"), "202209151402"))],
+                        date="2022-09-05 17:38" if failed else "2022-09-15 14:02"),
+                Release("v6.4.6", [Build(stamp, _set_of_debs(work, parse_version("6.4.6"), stamp))], date=date)]
+        for release in rels:
+            write_release(root, release)
+        write_top(root, rels)
+
+    publish(True, "202307241739", "2023-07-24 17:39")
+    with serve(tmp_path / "www") as url:
+        first = {e.version: e for e in get_source("mainline", url).list()}
+        assert not first["5.19.6"].available and "build failure" in first["5.19.6"].reason
+        assert first["6.4.6"].extra["build"].endswith(".202307241739")
+        publish(False, "202308041557", "2023-08-04 15:57")
+        second = {e.version: e for e in get_source("mainline", url).list()}
+        assert second["5.19.6"].available
+        assert second["6.4.6"].extra["build"].endswith(".202308041557")
+        assert all("202308041557" in f.name for f in second["6.4.6"].files)
+        kernel = fetch("mainline:6.4.6", url)
+        assert kernel.vmlinuz.read_bytes().endswith(b"6.4.6 202308041557\n")

@@ -20,6 +20,7 @@ from orchestrator.versions import (
     parse_ubuntu_version,
     parse_version,
     upstream_from_changelog,
+    upstream_stable_from_changelog,
 )
 
 ORDERED = ["4.15", "5.2.21", "5.4", "5.4.41", "5.6", "5.6.17", "5.7-rc1", "5.7-rc7", "5.7", "5.7.1",
@@ -71,12 +72,27 @@ def test_bad_versions_raise_one_line(bad):
 
 @pytest.mark.parametrize("name,expected", [
     ("v4.15/", "4.15"), ("v5.2.21", "5.2.21"), ("v5.7-rc1/", "5.7-rc1"), ("v6.0", "6.0"), ("v6.1/", "6.1"),
-    ("v4.4-rc2+cod1/", None), ("v5.12-rc1-dontuse/", None), ("v4.4.10-xenial/", None),
-    ("v4.2-rc1-unstable", None), ("daily/", None), ("../", None), ("", None), ("v4.4.1-rc1/", None),
+    # series-suffixed names are the release itself (real-layouts.md: v4.3-wily, v4.4.14-xenial ...)
+    ("v4.4.10-xenial/", "4.4.10"), ("v4.2-rc1-unstable", "4.2-rc1"), ("v4.6-rc7-yakkety/", "4.6-rc7"),
+    ("v3.16-utopic/", "3.16"),
+    # side builds are not releases
+    ("v4.4-rc2+cod1/", None), ("v4.4-rc2+cod1-wily/", None), ("v5.12-rc1-dontuse/", None),
+    ("v4.4-notaseries/", None), ("daily/", None), ("drm-intel-next/", None), ("../", None), ("", None),
+    ("v4.4.1-rc1/", None),
 ])
 def test_mainline_dirs(name, expected):
     got = parse_mainline_dir(name)
     assert (str(got) if got else None) == expected
+
+
+def test_mainline_dir_preference():
+    """The plain name beats every suffix; among suffixes the newest series wins."""
+    from orchestrator.versions import parse_mainline_dir_name
+
+    names = ["v4.6-rc7-wily", "v4.6-rc7-yakkety", "v4.6-rc7"]
+    dirs = [parse_mainline_dir_name(n) for n in names]
+    assert max(dirs, key=lambda d: d.preference).name == "v4.6-rc7"
+    assert max(dirs[:2], key=lambda d: d.preference).name == "v4.6-rc7-yakkety"
 
 
 def test_mainline_package_versions():
@@ -118,6 +134,60 @@ def test_upstream_from_changelog():
             "  * Focal update: v5.4.56 upstream stable release (LP: #1)\n")
     assert upstream_from_changelog(text) == parse_version("5.4.56")
     assert upstream_from_changelog("nothing here") is None
+
+
+# Real wording (Focal/Jammy) plus the believed patchset wording (see versions.py).
+BIONIC_CHANGELOG = """linux (4.15.0-76.86) bionic; urgency=medium
+
+  * Bionic update: upstream stable patchset 2020-01-13 (LP: #1859712)
+    - some fix
+  * Bionic update: upstream stable patchset 2019-12-16 (LP: #1856702)
+
+ -- Kernel <k@example.invalid>  Mon, 20 Jan 2020 00:00:00 +0000
+
+linux (4.15.0-70.79) bionic; urgency=medium
+
+  * Bionic update: upstream stable patchset 2019-11-01 (LP: #1)
+  * Bionic update: upstream stable patchset 2020-01-13 (LP: #1859712)
+
+ -- Kernel <k@example.invalid>  Mon, 11 Nov 2019 00:00:00 +0000
+
+linux (4.15.0-24.26) bionic; urgency=medium
+
+  * Bionic update: v4.15.18 upstream stable release (LP: #1)
+  * Bionic update: upstream stable patchset 2018-06-10 (LP: #2)
+
+ -- Kernel <k@example.invalid>  Mon, 18 Jun 2018 00:00:00 +0000
+
+linux (4.15.0-20.21) bionic; urgency=medium
+
+  * Bionic update: v4.15.17 upstream stable release (LP: #3) //
+  * Bionic update: upstream stable patchset 2018-01-01 (LP: #4)
+
+ -- Kernel <k@example.invalid>  Mon, 16 Apr 2018 00:00:00 +0000
+"""
+
+
+def test_upstream_stable_patchsets_after_the_last_numbered_base():
+    found = upstream_stable_from_changelog(BIONIC_CHANGELOG)
+    assert found.base == parse_version("4.15.18")
+    # counted once each, newest first; the one in the base's own upload counts, older ones do not
+    assert found.patchsets == ("2020-01-13", "2019-12-16", "2019-11-01", "2018-06-10")
+    assert found.note == "upstream base 4.15.18 plus 4 upstream stable patchsets (the newest 2020-01-13)"
+    assert upstream_from_changelog(BIONIC_CHANGELOG) == parse_version("4.15.18")
+
+
+def test_upstream_stable_numbered_only_and_edge_cases():
+    focal = ("linux (5.4.0-205.225) focal; urgency=medium\n\n"
+             "  * Focal update: v5.4.286 upstream stable release (LP: #2089558) //\n"
+             "  * Focal update: v5.4.285 upstream stable release (LP: #2089557)\n")
+    found = upstream_stable_from_changelog(focal)
+    assert found.base == parse_version("5.4.286") and found.patchsets == () and found.note is None
+    only = upstream_stable_from_changelog("  * Noble update: upstream stable patchset 2025-02-03 (LP: #1)\n")
+    assert only.base is None and only.patchsets == ("2025-02-03",)
+    assert only.note == "1 upstream stable patchset (the newest 2025-02-03); the changelog names no numbered upstream base"
+    assert upstream_stable_from_changelog("nothing here") is None
+    assert upstream_stable_from_changelog("") is None
 
 
 def test_debian_abi_names():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -25,6 +26,26 @@ def kernels() -> None:
     """List, fetch and inspect kernels from the mainline, ubuntu, debian and local sources."""
 
 
+def _mainline_options(command):
+    """--allow-unverified and --keyring: how far a mainline build's packages must be verified."""
+    command = click.option("--keyring", default=None, type=click.Path(dir_okay=False),
+                           help="Verify mainline CHECKSUMS.gpg with gpgv against this keyring first "
+                                "(default $KBISECT_MAINLINE_KEYRING).")(command)
+    return click.option("--allow-unverified", is_flag=True,
+                        help="Offer mainline builds published without CHECKSUMS (before March 2015), "
+                             "marked unverified.")(command)
+
+
+def _source_options(source: str, allow_unverified: bool, keyring: str | None) -> dict:
+    if source != "mainline":
+        if allow_unverified or keyring:
+            raise KbisectError("--allow-unverified and --keyring apply to the mainline source only")
+        return {}
+    if keyring and not Path(keyring).is_file():
+        raise KbisectError(f"--keyring {keyring}: no such file")
+    return {"allow_unverified": allow_unverified, "keyring": keyring}
+
+
 @kernels.command("list")
 @click.option("--source", "source", default="mainline", show_default=True, metavar="|".join(SOURCES),
               help="Where the kernels come from.")
@@ -32,11 +53,17 @@ def kernels() -> None:
 @click.option("--from", "lo", default=None, help="Lowest version to list (inclusive).")
 @click.option("--to", "hi", default=None, help="Highest version to list (inclusive).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
-def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as_json: bool) -> None:
+@click.option("--refresh", is_flag=True, help="Read every directory again (mainline keeps good builds between listings).")
+@_mainline_options
+def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as_json: bool, refresh: bool,
+             allow_unverified: bool, keyring: str | None) -> None:
     """List a source's kernels in ascending order, with availability."""
     from orchestrator.sources import get_source
 
-    entries = get_source(source, mirror).list(lo, hi)
+    options = _source_options(source, allow_unverified, keyring)
+    if source == "mainline":
+        options["refresh"] = refresh
+    entries = get_source(source, mirror, **options).list(lo, hi)
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], indent=2))
         return
@@ -58,11 +85,12 @@ def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as
 @kernels.command("fetch")
 @click.argument("spec")
 @click.option("--mirror", default=None, help="Override the source's base URL (or directory for local).")
-def fetch_cmd(spec: str, mirror: str | None) -> None:
+@_mainline_options
+def fetch_cmd(spec: str, mirror: str | None, allow_unverified: bool, keyring: str | None) -> None:
     """Download, verify and unpack SOURCE:VERSION; print the unpacked directory."""
     from orchestrator.sources import fetch
 
-    kernel = fetch(spec, mirror)
+    kernel = fetch(spec, mirror, **_source_options(parse_spec(spec).source, allow_unverified, keyring))
     click.echo(str(kernel.root))
 
 
@@ -97,8 +125,12 @@ def show_cmd(spec: str | None, as_json: bool) -> None:
         click.echo(f"{info['spec']}\n  root: {info['root']}\n  kver: {info['kver']}\n"
                    f"  vmlinuz: {info['vmlinuz_bytes']} bytes, config: {info['config']}, "
                    f"System.map: {info['system_map']}, modules: {info['module_files']} files")
+        if kernel.extra.get("commit"):
+            click.echo(f"  upstream commit: {kernel.extra['commit']} ({kernel.extra.get('commit_label', '?')})")
+        if kernel.extra.get("unverified"):
+            click.echo("  UNVERIFIED: published without CHECKSUMS, fetched with --allow-unverified")
         for key, value in sorted(kernel.extra.items()):
-            if key != "files":
+            if key not in ("files", "commit", "commit_label"):
                 click.echo(f"  {key}: {value}")
 
 

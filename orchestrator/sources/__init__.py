@@ -92,13 +92,16 @@ class Source:
         return cache.kernels_dir(self.name) / version
 
 
-def get_source(name: str, mirror: str | None = None) -> Source:
-    """The source called `name` (mainline, ubuntu, debian, local); `mirror` overrides its base URL/dir."""
+def get_source(name: str, mirror: str | None = None, **mainline_options: Any) -> Source:
+    """The source called `name` (mainline, ubuntu, debian, local); `mirror` overrides its base URL/dir.
+
+    `mainline_options` (allow_unverified, keyring, refresh) only concern the mainline source,
+    the one that publishes builds without checksums and signs its CHECKSUMS."""
     key = (name or "").strip().lower()
     if key == "mainline":
         from orchestrator.sources.mainline import MainlineSource
 
-        return MainlineSource(mirror)
+        return MainlineSource(mirror, **mainline_options)
     if key == "debian":
         from orchestrator.sources.debian import DebianSource
 
@@ -130,7 +133,7 @@ def cached(spec: str | KernelSpec) -> UnpackedKernel | None:
     return None
 
 
-def fetch(spec: str | KernelSpec, mirror: str | None = None) -> UnpackedKernel:
+def fetch(spec: str | KernelSpec, mirror: str | None = None, **mainline_options: Any) -> UnpackedKernel:
     """Return the unpacked kernel for `spec`, downloading, verifying and unpacking it if needed.
 
     A `+variant` spec is a patched rebuild: it is served from the cache if built already,
@@ -152,7 +155,7 @@ def fetch(spec: str | KernelSpec, mirror: str | None = None) -> UnpackedKernel:
         if hook is None:
             raise KbisectError(f"{parsed}: orchestrator.variants has no build_on_demand()")
         return hook(str(parsed))
-    return get_source(parsed.source, mirror).fetch(parsed.version)
+    return get_source(parsed.source, mirror, **mainline_options).fetch(parsed.version)
 
 
 __all__ = ["KernelEntry", "KernelFile", "Source", "cached", "fetch", "get_source"]

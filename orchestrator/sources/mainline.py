@@ -1,12 +1,22 @@
-"""Ubuntu's mainline kernel builds (kernel.ubuntu.com/mainline), read from its Apache index pages.
+"""Ubuntu's mainline kernel builds (kernel.ubuntu.com/mainline), read as the service publishes them.
 
-Two layouts exist and both must work:
-- old (up to 5.6.17 / 5.7-rc7): debs at the top of `vX.Y/`, with `CHECKSUMS` and `BUILT`
-  ("Build for amd64 succeeded …");
-- new (from 5.7.2 / 5.8-rc1): `vX.Y/amd64/` holding the debs, `CHECKSUMS` and `status`
-  ("Test amd64/build succeeded (rc=0, …)" or "… failed (rc=2, …)").
-Failed or missing builds are listed as unavailable with a reason. A directory holding two
-builds (two timestamps) yields files of one build only. Only amd64 `generic` is used.
+The formats are those the Ubuntu kernel team's build scripts write (kteam-tools,
+`mainline-build/`), summarised with verbatim samples in ../shared/real-layouts.md:
+
+- Layout is decided per directory by what it holds, not by version: flat (debs, `CHECKSUMS`
+  and `BUILT` at the top) or per-arch (`amd64/` holding debs, `CHECKSUMS` and `status`).
+  v5.7 holds both (built flat, then rebuilt into `amd64/`); the newest good build wins.
+- `amd64/status` holds only the build's exit code (`0` built, `1` setup failure, `2` build
+  failure); `amd64/self-tests/status` is a note, never a reason to skip the kernel.
+- `BUILT` is key/value (`Status: amd64 0`, `Status: binary-headers 0`); before Nov 2015 it has
+  no `Status:` lines and the build is judged by the packages and checksums present.
+- `HEADER.html` sentences ("Test amd64/build succeeded (rc=0, …)") are a second opinion only
+  when a status file is missing.
+- `CHECKSUMS` covers the latest publication of a directory only; none exists before March 2015.
+- Releases before mid-2016 may exist only under a series suffix (`v4.4.14-xenial/`).
+
+A failed build is listed unavailable with its reason; only good builds are remembered between
+listings, because the service rebuilds failures and re-publishes builds later.
 """
 
 from __future__ import annotations
@@ -15,18 +25,24 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import unquote, urljoin
 
 from orchestrator import cache, config
-from orchestrator.errors import KbisectError, UnavailableError
-from orchestrator.kernel import UnpackedKernel
+from orchestrator.errors import KbisectError, SignatureError, UnavailableError
+from orchestrator.kernel import MANIFEST, UnpackedKernel
 from orchestrator.sources import KernelEntry, KernelFile, Source
 from orchestrator.versions import (
     KernelVersion,
-    parse_mainline_dir,
+    MainlineDir,
+    parse_mainline_dir_name,
     parse_mainline_package_version,
     parse_version,
 )
@@ -34,30 +50,127 @@ from orchestrator.versions import (
 DEFAULT_URL = "https://kernel.ubuntu.com/mainline/"
 FLAVOUR = "generic"
 ARCH = "amd64"
+# what a build's exit code in amd64/status means (the kernel team's dashboard: 0 pass, 1 setup, 2 fail)
+EXIT_MEANING = {1: "setup failure", 2: "build failure"}
 
-_HREF_RE = re.compile(r"""href\s*=\s*["']([^"'?#]+)["']""", re.IGNORECASE)
+_HREF_RE = re.compile(r"""<a\s[^>]*href\s*=\s*["']([^"'#]+)["']""", re.IGNORECASE)
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
 _DEB_RE = re.compile(
     r"^linux-(?P<kind>image-unsigned|image|modules)-(?P<kver>\d+\.\d+\.\d+-\d{6,7}(?:rc\d+)?)-(?P<flavour>[a-z0-9]+)"
     r"_(?P<pkgver>[^_]+)_(?P<arch>[a-z0-9]+)\.deb$")
 _SHA256_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
+_STATUS_LINE_RE = re.compile(r"^Status:\s*(\S+)\s+(-?\d+)\s*$")
+_HEADER_RE = re.compile(rf"(?:Test {ARCH}/build|Build for {ARCH}) (succeeded|failed)", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------- index pages
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One entry of an Apache index page: the decoded name (`v5.7/`, `CHECKSUMS`) and its date."""
+
+    name: str
+    modified: str | None = None
+
+
+def index_rows(page: str, base: str | None = None) -> list[IndexRow]:
+    """The entries of an Apache index page relative to `base`.
+
+    Sort links (`?C=N;O=D`), the parent directory and links elsewhere are dropped. The date
+    is the first `YYYY-MM-DD hh:mm` after the link and before the next one (the fancy table's
+    "Last modified" cell): a directory's date changes when it is re-published.
+    """
+    matches = list(_HREF_RE.finditer(page or ""))
+    rows: list[IndexRow] = []
+    for i, m in enumerate(matches):
+        href = _relative(m.group(1), base)
+        if href is None:
+            continue
+        tail = page[m.end(): matches[i + 1].start() if i + 1 < len(matches) else len(page)]
+        date = _DATE_RE.search(tail)
+        rows.append(IndexRow(href, date.group(0) if date else None))
+    return rows
+
+
+def _relative(href: str, base: str | None) -> str | None:
+    if base is not None and href.startswith(("/", "http:", "https:")):
+        absolute = urljoin(base, href)
+        if not absolute.startswith(base) or absolute == base:
+            return None
+        href = absolute[len(base):]
+    href = unquote(href)
+    if not href or href.startswith(("/", "http:", "https:", "mailto:", "../", "./", "?")):
+        return None
+    return href
 
 
 def links(page: str, base: str | None = None) -> list[str]:
-    """The link targets of an Apache index page relative to `base`, decoded (`v5.7-rc1/`, `CHECKSUMS`...).
+    """The names an index page links to (see index_rows)."""
+    return [row.name for row in index_rows(page, base)]
 
-    Sort links (`?C=N;O=D`), the parent directory and links elsewhere are dropped."""
-    out = []
-    for href in _HREF_RE.findall(page or ""):
-        if base is not None and href.startswith(("/", "http:", "https:")):
-            absolute = urljoin(base, href)
-            if not absolute.startswith(base) or absolute == base:
-                continue
-            href = absolute[len(base):]
-        href = unquote(href)
-        if not href or href.startswith(("/", "http:", "https:", "mailto:", "../", "./")) or href.startswith("?"):
-            continue
-        out.append(href)
-    return out
+
+# ---------------------------------------------------------------------------------- status files
+
+@dataclass(frozen=True)
+class BuildStatus:
+    """What a status file says: ok True/False, or None when it says nothing (judge by files)."""
+
+    ok: bool | None
+    reason: str | None = None
+    note: str | None = None
+
+
+def arch_status(text: str | None) -> BuildStatus:
+    """`amd64/status`: the build's exit code on one line (`echo "$rc" >"$result/status"`)."""
+    if text is None:
+        return BuildStatus(None)
+    first = (text.strip().splitlines() or [""])[0].strip()
+    if not re.fullmatch(r"-?\d+", first):
+        return BuildStatus(False, f"{ARCH}/status unreadable: {first[:40]!r}")
+    rc = int(first)
+    if rc == 0:
+        return BuildStatus(True)
+    meaning = EXIT_MEANING.get(rc, "failed")
+    return BuildStatus(False, f"{ARCH} build failed: {meaning} ({ARCH}/status {rc})")
+
+
+def selftests_note(text: str | None) -> str | None:
+    """`amd64/self-tests/status`: a failure is worth a note; the kernel itself was built."""
+    status = arch_status(text)
+    if status.ok is False:
+        return f"{ARCH} self-tests did not pass ({ARCH}/self-tests/status {(text or '').strip()[:10]})"
+    return None
+
+
+def built_status(text: str | None) -> BuildStatus:
+    """Flat layout `BUILT`: `Status: amd64 0` and `Status: binary-headers 0` mean built."""
+    if text is None:
+        return BuildStatus(None)
+    codes: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _STATUS_LINE_RE.match(line.strip())
+        if m:
+            codes[m.group(1)] = int(m.group(2))
+    if not codes:
+        return BuildStatus(None, note="BUILT has no Status: lines (built before Nov 2015): judged by the "
+                                      "packages and CHECKSUMS present")
+    for part in (ARCH, "binary-headers"):
+        if part not in codes:
+            return BuildStatus(False, f"BUILT has no 'Status: {part}' line")
+        if codes[part] != 0:
+            meaning = EXIT_MEANING.get(codes[part], "failed")
+            return BuildStatus(False, f"{part} build failed: {meaning} (BUILT Status: {part} {codes[part]})")
+    return BuildStatus(True)
+
+
+def header_opinion(html: str | None) -> BuildStatus:
+    """The sentence on HEADER.html, used only when the status file itself is missing."""
+    m = _HEADER_RE.search(html or "")
+    if m is None:
+        return BuildStatus(None)
+    if m.group(1).lower() == "succeeded":
+        return BuildStatus(True, note=f"no status file; HEADER.html says: {m.group(0)}")
+    return BuildStatus(False, f"{ARCH} build failed (HEADER.html: {m.group(0)})")
 
 
 def parse_checksums(text: str) -> dict[str, str]:
@@ -70,193 +183,352 @@ def parse_checksums(text: str) -> dict[str, str]:
     return sums
 
 
-def build_status(text: str | None, layout: str) -> tuple[bool, str | None]:
-    """Did the amd64 build succeed, per `status` (new layout) or `BUILT` (old layout)?"""
-    if text is None:
-        return (False, "no build status file (status)") if layout == "new" else (True, None)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if layout == "new":
-        mine = [line for line in lines if f"{ARCH}/build" in line]
-        if not mine:
-            return False, f"no {ARCH} build in status"
-        for line in mine:
-            if "failed" in line.lower():
-                return False, f"{ARCH} build failed: {line}"
-        if any("succeeded" in line.lower() for line in mine):
-            return True, None
-        return False, f"{ARCH} build status unclear: {mine[0]}"
-    mine = [line for line in lines if re.search(rf"\b{ARCH}\b", line) and line.lower().startswith("build for")]
-    if any("failed" in line.lower() for line in mine):
-        return False, f"{ARCH} build failed: {mine[0]}"
-    if mine and not any("succeeded" in line.lower() for line in mine):
-        return False, f"{ARCH} build status unclear: {mine[0]}"
-    return True, None
+def parse_commit(text: str | None) -> dict[str, str]:
+    """`COMMIT`: the tag (or label) on the first line and the upstream sha on the second, as the
+    build scripts write it (`echo "$commit"; echo "$sha1"`). Read leniently: any 40-hex word is the sha."""
+    out: dict[str, str] = {}
+    words = (text or "").split()
+    sha = next((w for w in words if re.fullmatch(r"[0-9a-f]{40}", w)), None)
+    label = next((w for w in words if w != sha), None)
+    if sha:
+        out["commit"] = sha
+    if label:
+        out["commit_label"] = label
+    return out
 
 
-def choose_build(debs: list[str]) -> tuple[list[str], str] | None:
-    """Pick the files of one build: the newest timestamp that has a bootable set for amd64 generic.
+# ---------------------------------------------------------------------------------- builds
+
+@dataclass(frozen=True)
+class Build:
+    """One complete amd64 generic build in one directory of one layout."""
+
+    layout: str  # "flat" or "per-arch"
+    where: str  # URL of the directory holding its debs
+    pkgver: str
+    debs: tuple[str, ...]
+
+    @property
+    def stamp(self) -> str:
+        try:
+            return parse_mainline_package_version(self.pkgver).build
+        except KbisectError:
+            return self.pkgver
+
+
+def complete_builds(names: list[str], layout: str, where: str) -> list[Build]:
+    """The bootable amd64 generic sets among `names`, one per package version.
 
     A bootable set is an image package plus its modules package, or (before ~4.18) a single
     `linux-image-…` package that carries the modules itself.
     """
-    builds: dict[str, dict[str, str]] = {}
-    for name in debs:
+    kinds_of: dict[str, dict[str, str]] = {}
+    for name in names:
         m = _DEB_RE.match(name)
-        if not m or m["arch"] != ARCH or m["flavour"] != FLAVOUR:
-            continue
-        builds.setdefault(m["pkgver"], {})[m["kind"]] = name
-    complete: list[tuple[str, list[str]]] = []
-    for pkgver, kinds in builds.items():
-        if "modules" in kinds and ("image-unsigned" in kinds or "image" in kinds):
-            image = kinds.get("image-unsigned") or kinds["image"]
-            complete.append((pkgver, [image, kinds["modules"]]))
+        if m and m["arch"] == ARCH and m["flavour"] == FLAVOUR:
+            kinds_of.setdefault(m["pkgver"], {})[m["kind"]] = name
+    builds = []
+    for pkgver, kinds in kinds_of.items():
+        image = kinds.get("image-unsigned") or kinds.get("image")
+        if image and "modules" in kinds:
+            builds.append(Build(layout, where, pkgver, (image, kinds["modules"])))
         elif "image" in kinds and "modules" not in kinds:
-            complete.append((pkgver, [kinds["image"]]))
-    if not complete:
-        return None
+            builds.append(Build(layout, where, pkgver, (kinds["image"],)))
+    return sorted(builds, key=lambda b: b.stamp)
 
-    def stamp(pkgver: str) -> str:
-        try:
-            return parse_mainline_package_version(pkgver).build
-        except KbisectError:
-            return pkgver
 
-    pkgver, files = max(complete, key=lambda item: stamp(item[0]))
-    return files, pkgver
+@dataclass
+class Choice:
+    """What one layout of a directory offers: its newest verifiable build, or why none."""
+
+    layout: str
+    build: Build | None = None
+    sums: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    unverified: bool = False
+    signature: str | None = None  # "good" when checked against a keyring
+
+
+# ---------------------------------------------------------------------------------- the source
+
+def _stderr_warning(message: str) -> None:
+    sys.stderr.write(f"kbisect: warning: {message}\n")
 
 
 class MainlineSource(Source):
     name = "mainline"
 
-    def __init__(self, mirror: str | None = None) -> None:
+    def __init__(self, mirror: str | None = None, *, allow_unverified: bool = False,
+                 keyring: str | Path | None = None, refresh: bool = False,
+                 warn: Callable[[str], None] = _stderr_warning) -> None:
         super().__init__(mirror)
-        # The environment variable lets every command (bisect, bugs verify, sweep) use a local
-        # mirror without a flag on each; an explicit --mirror still wins.
+        # The environment variables let every command (bisect, bugs verify, sweep) use a local
+        # mirror or a keyring without a flag on each; an explicit option still wins.
         base = mirror or os.environ.get("KBISECT_MAINLINE_MIRROR") or DEFAULT_URL
         self.base = base if base.endswith("/") else base + "/"
+        self.allow_unverified = allow_unverified or os.environ.get("KBISECT_ALLOW_UNVERIFIED") == "1"
+        ring = keyring or os.environ.get("KBISECT_MAINLINE_KEYRING") or None
+        self.keyring = Path(ring).resolve() if ring else None
+        if self.keyring is not None and not self.keyring.is_file():
+            raise KbisectError(f"--keyring {ring}: no such file")
+        self.refresh = refresh
+        self.warn = warn
 
     # ------------------------------------------------------------------ listing
 
-    def directories(self) -> tuple[list[KernelVersion], list[str]]:
-        """The versions on the mirror, and the odd directory names that were left out."""
+    def directories(self) -> tuple[dict[KernelVersion, tuple[MainlineDir, str | None]], list[str]]:
+        """Each version on the mirror with the directory used for it (and that row's date),
+        and the directory names that are not releases."""
         page = cache.http_get_text(self.base)
         if page is None:
             raise KbisectError(f"mainline mirror {self.base} has no index page")
-        versions: dict[KernelVersion, None] = {}
+        chosen: dict[KernelVersion, tuple[MainlineDir, str | None]] = {}
         odd: list[str] = []
-        for href in links(page, self.base):
-            if not href.endswith("/") or not href.startswith("v") or "/" in href[:-1]:
+        for row in index_rows(page, self.base):
+            if not row.name.endswith("/") or "/" in row.name[:-1] or not row.name.startswith("v"):
                 continue
-            version = parse_mainline_dir(href)
-            if version is None:
-                odd.append(href.rstrip("/"))
-            else:
-                versions[version] = None
-        return sorted(versions), odd
+            mdir = parse_mainline_dir_name(row.name)
+            if mdir is None:
+                odd.append(row.name.rstrip("/"))
+            elif mdir.version not in chosen or mdir.preference > chosen[mdir.version][0].preference:
+                chosen[mdir.version] = (mdir, row.modified)
+        return chosen, odd
 
     def list(self, lo: str | None = None, hi: str | None = None) -> list[KernelEntry]:
         low = parse_version(lo) if lo else None
         high = parse_version(hi) if hi else None
-        versions, _odd = self.directories()
-        wanted = [v for v in versions if (low is None or v >= low) and (high is None or v <= high)]
+        dirs, _odd = self.directories()
+        wanted = [dirs[v] for v in sorted(dirs) if (low is None or v >= low) and (high is None or v <= high)]
         with ThreadPoolExecutor(max_workers=16) as pool:
-            entries = list(pool.map(self._listed_entry, wanted))
-        return sorted(entries, key=lambda e: e.sort_key)
+            return list(pool.map(lambda item: self._listed_entry(*item), wanted))
 
-    def _memo_path(self, version: KernelVersion) -> Path:
-        key = hashlib.sha256(self.base.encode()).hexdigest()[:16]
-        return config.subdir("listings") / "mainline" / key / f"{version}.json"
+    def _memo_path(self, mdir: MainlineDir) -> Path:
+        ring = cache.sha256_file(self.keyring) if self.keyring else ""
+        key = hashlib.sha256(f"{self.base}\n{ring}".encode()).hexdigest()[:16]
+        return config.subdir("listings") / "mainline" / key / f"{mdir.name}.json"
 
-    def _listed_entry(self, version: KernelVersion) -> KernelEntry:
-        """entry() for listings, remembered on disk once settled (a finished or failed build does not
-        change), so listing hundreds of directories costs the requests only once; fetch() always re-reads."""
-        memo = self._memo_path(version)
-        if memo.exists():
-            try:
-                record = json.loads(memo.read_text())
-                files = [KernelFile(**f) for f in record.pop("files")]
-                return KernelEntry(files=files, sort_key=version.sort_key, **record)
-            except (ValueError, TypeError, KeyError):
-                memo.unlink(missing_ok=True)
+    def _listed_entry(self, mdir: MainlineDir, modified: str | None) -> KernelEntry:
+        """entry() for listings. Only good, verified builds are remembered, keyed by the
+        directory's date on the index page: a failed, missing or unreadable build is read again
+        next time (the service rebuilds failures), and a re-published build replaces the old one."""
+        memo = self._memo_path(mdir)
+        if modified and not self.refresh:
+            remembered = _read_memo(memo, modified)
+            if remembered is not None:
+                return remembered
         try:
-            entry = self.entry(version)
+            entry = self.entry(mdir)
         except KbisectError as exc:  # one unreadable directory must not sink the whole listing
-            return KernelEntry(self.name, str(version), False, str(exc), [], version.sort_key, {})
-        settled = entry.available or "build failed" in (entry.reason or "")
-        if settled:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            record = {"source": entry.source, "version": entry.version, "available": entry.available,
-                      "reason": entry.reason, "extra": entry.extra, "files": [vars(f) for f in entry.files]}
-            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_text(json.dumps(record))
-            tmp.replace(memo)
+            return KernelEntry(self.name, str(mdir.version), False, str(exc), [], mdir.version.sort_key,
+                               {"dir": mdir.name})
+        if entry.available and modified and not entry.extra.get("unverified"):
+            _write_memo(memo, modified, entry)
         return entry
 
-    def entry(self, version: KernelVersion) -> KernelEntry:
-        """Everything about one version directory: layout, build status, the chosen build's files."""
-        top = urljoin(self.base, f"{version.mainline_dir}/")
-
-        def unavailable(reason: str, **extra) -> KernelEntry:
-            return KernelEntry(self.name, str(version), False, reason, [], version.sort_key, dict(extra))
-
+    def entry(self, mdir: MainlineDir) -> KernelEntry:
+        """Everything about one version directory: its layouts, build status, the chosen build."""
+        version = mdir.version
+        top = urljoin(self.base, f"{mdir.name}/")
         page = cache.http_get_text(top)
         if page is None:
-            return unavailable(f"no directory {version.mainline_dir}/ on the mirror")
-        hrefs = links(page, top)
-        if f"{ARCH}/" in hrefs:
-            layout, where = "new", urljoin(top, f"{ARCH}/")
-            sub = cache.http_get_text(where)
-            if sub is None:
-                return unavailable(f"{ARCH}/ listed but missing", layout=layout)
-            hrefs = links(sub, where)
-            status = cache.http_get_text(urljoin(where, "status"))
-        else:
-            layout, where = "old", top
-            status = cache.http_get_text(urljoin(where, "BUILT")) if "BUILT" in hrefs else None
-        ok, why = build_status(status, layout)
-        if not ok:
-            return unavailable(why or "build failed", layout=layout)
-        chosen = choose_build([h for h in hrefs if h.endswith(".deb")])
-        if chosen is None:
-            return unavailable(f"no {ARCH} {FLAVOUR} image in {version.mainline_dir}/", layout=layout)
-        names, pkgver = chosen
-        checksums_text = cache.http_get_text(urljoin(where, "CHECKSUMS")) if "CHECKSUMS" in hrefs else None
-        if checksums_text is None:
-            return unavailable("no CHECKSUMS file to verify the packages against", layout=layout)
-        sums = parse_checksums(checksums_text)
-        files = []
-        for name in names:
-            if name not in sums:
-                return unavailable(f"CHECKSUMS has no SHA-256 for {name}", layout=layout)
-            files.append(KernelFile(name=name, url=urljoin(where, name), sha256=sums[name],
-                                    package=name.split("_", 1)[0], package_version=pkgver))
-        m = _DEB_RE.match(names[0])
-        kver = f"{m['kver']}-{FLAVOUR}" if m else None
-        return KernelEntry(self.name, str(version), True, None, files, version.sort_key,
-                           {"layout": layout, "build": pkgver, "kver": kver, "lineage": version.lineage})
+            return self._unavailable(mdir, f"no directory {mdir.name}/ on the mirror")
+        rows = links(page, top)
+        choices = []
+        if f"{ARCH}/" in rows:
+            choices.append(self._per_arch(top))
+        if "BUILT" in rows or any(name.endswith(".deb") for name in rows):
+            choices.append(self._flat(top, rows))
+        good = [c for c in choices if c.build is not None and c.reason is None]
+        if not good:
+            reasons = [c.reason for c in choices if c.reason]
+            why = reasons[0] if reasons else f"no {ARCH} build in {mdir.name}/"
+            entry = self._unavailable(mdir, why, notes=[n for c in choices for n in c.notes])
+            if any(c.signature == "bad" for c in choices):
+                entry.extra["signature"] = "bad"
+            return entry
+        best = max(good, key=lambda c: c.build.stamp)
+        return self._available(mdir, top, rows, best)
+
+    def _unavailable(self, mdir: MainlineDir, reason: str, notes: list[str] | None = None) -> KernelEntry:
+        extra: dict = {"dir": mdir.name}
+        if notes:
+            extra["notes"] = notes
+        return KernelEntry(self.name, str(mdir.version), False, reason, [], mdir.version.sort_key, extra)
+
+    def _available(self, mdir: MainlineDir, top: str, rows: list[str], best: Choice) -> KernelEntry:
+        build = best.build
+        files = [KernelFile(name=name, url=urljoin(build.where, name), sha256=best.sums.get(name),
+                            package=name.split("_", 1)[0], package_version=build.pkgver) for name in build.debs]
+        m = _DEB_RE.match(build.debs[0])
+        extra: dict = {"layout": best.layout, "build": build.pkgver, "dir": mdir.name,
+                       "kver": f"{m['kver']}-{FLAVOUR}" if m else None, "lineage": mdir.version.lineage,
+                       "meta": [name for name in ("COMMIT", "CHANGES") if name in rows]}
+        if best.notes:
+            extra["notes"] = best.notes
+        if best.unverified:
+            extra["unverified"] = True
+        if best.signature:
+            extra["signature"] = best.signature
+        return KernelEntry(self.name, str(mdir.version), True, None, files, mdir.version.sort_key, extra)
+
+    def _per_arch(self, top: str) -> Choice:
+        where = urljoin(top, f"{ARCH}/")
+        page = cache.http_get_text(where)
+        if page is None:
+            return Choice("per-arch", reason=f"{ARCH}/ listed but missing")
+        rows = links(page, where)
+        status = arch_status(cache.http_get_text(urljoin(where, "status")) if "status" in rows else None)
+        if status.ok is None:
+            status = header_opinion(cache.http_get_text(urljoin(top, "HEADER.html")))
+            if status.ok is None:
+                status = BuildStatus(False, f"no {ARCH}/status (build not finished, or not published)")
+        choice = self._verified_build(complete_builds(rows, "per-arch", where), where, rows, status)
+        if "self-tests/" in rows:
+            note = selftests_note(cache.http_get_text(urljoin(where, "self-tests/status")))
+            if note:
+                choice.notes.append(note)
+        return choice
+
+    def _flat(self, top: str, rows: list[str]) -> Choice:
+        status = built_status(cache.http_get_text(urljoin(top, "BUILT")) if "BUILT" in rows else None)
+        if status.ok is None and "BUILT" not in rows:
+            status = header_opinion(cache.http_get_text(urljoin(top, "HEADER.html")))
+        return self._verified_build(complete_builds(rows, "flat", top), top, rows, status)
+
+    def _verified_build(self, builds: list[Build], where: str, rows: list[str], status: BuildStatus) -> Choice:
+        """The newest build CHECKSUMS covers (it covers the latest publication only), checked
+        against the keyring when one is given; without CHECKSUMS only with --allow-unverified."""
+        layout = "per-arch" if where.endswith(f"/{ARCH}/") else "flat"
+        choice = Choice(layout, notes=[status.note] if status.note else [])
+        if status.ok is False:
+            choice.reason = status.reason
+            return choice
+        if not builds:
+            choice.reason = f"no {ARCH} {FLAVOUR} image in the {layout} build"
+            return choice
+        if "CHECKSUMS" not in rows:
+            choice.build = builds[-1]
+            if self.allow_unverified:
+                choice.unverified = True
+                choice.notes.append("no CHECKSUMS (published before March 2015): fetched unverified")
+            else:
+                choice.reason = "no CHECKSUMS: cannot verify (--allow-unverified fetches it anyway)"
+            return choice
+        text = cache.http_get_text(urljoin(where, "CHECKSUMS")) or ""
+        if self.keyring is not None:
+            problem = self._signature_problem(where, rows, text)
+            if problem:
+                choice.reason = problem
+                choice.signature = "bad"
+                return choice
+            choice.signature = "good"
+        sums = parse_checksums(text)
+        covered = [b for b in builds if all(name in sums for name in b.debs)]
+        if not covered:
+            choice.reason = f"CHECKSUMS covers no complete {ARCH} {FLAVOUR} build (newest: {builds[-1].pkgver})"
+            return choice
+        choice.build, choice.sums = covered[-1], sums
+        return choice
+
+    def _signature_problem(self, where: str, rows: list[str], checksums: str) -> str | None:
+        """gpgv over CHECKSUMS with CHECKSUMS.gpg, before any hash in it is trusted."""
+        if "CHECKSUMS.gpg" not in rows:
+            return "CHECKSUMS.gpg missing: cannot check the signature against the keyring"
+        signature = cache.http_get_bytes(urljoin(where, "CHECKSUMS.gpg"))
+        if signature is None:
+            return "CHECKSUMS.gpg missing: cannot check the signature against the keyring"
+        ok, detail = verify_signature(self.keyring, checksums.encode(), signature)
+        return None if ok else f"CHECKSUMS signature does not verify against {self.keyring.name}: {detail}"
 
     # ------------------------------------------------------------------ fetching
+
+    def resolve(self, version: KernelVersion) -> MainlineDir:
+        """The directory that holds `version` (plain or series-suffixed), from the top index."""
+        dirs, _odd = self.directories()
+        if version not in dirs:
+            raise UnavailableError(f"mainline:{version}: no directory {version.mainline_dir}/ on the mirror")
+        return dirs[version][0]
 
     def fetch(self, version: str) -> UnpackedKernel:
         parsed = parse_version(version)
         target = self.target(str(parsed))
-        done = _load_if_done(target)
-        if done is not None:
-            return done
-        entry = self.entry(parsed)
+        if (target / MANIFEST).exists():
+            return UnpackedKernel.load(target)
+        entry = self.entry(self.resolve(parsed))
         if not entry.available:
+            if entry.extra.get("signature") == "bad":  # with a keyring given, a bad mirror is fatal
+                raise SignatureError(f"mainline:{parsed}: {entry.reason}")
             raise UnavailableError(f"mainline:{parsed}: {entry.reason}")
-        debs = []
-        for item in entry.files:
-            dest = cache.downloads_dir(self.name) / item.name
-            debs.append(cache.download(item.url, dest, item.sha256, item.size))
+        if entry.extra.get("unverified"):
+            self.warn(f"mainline:{parsed}: no CHECKSUMS in {entry.extra['dir']}/; fetching it unverified "
+                      "(marked unverified in kernel.json and every probe)")
+        debs = [cache.download(item.url, cache.downloads_dir(self.name) / item.name, item.sha256, item.size)
+                for item in entry.files]
+        top = urljoin(self.base, f"{entry.extra['dir']}/")
+        meta = {name: cache.http_get_bytes(urljoin(top, name)) for name in entry.extra.get("meta", [])}
         extra = {"build": entry.extra.get("build"), "layout": entry.extra.get("layout"),
-                 "upstream": str(parsed), "lineage": parsed.lineage,
-                 "files": [f.to_dict() for f in entry.files]}
-        return cache.unpack_debs(debs, target, f"mainline:{parsed}", extra)
+                 "upstream": str(parsed), "lineage": parsed.lineage, "dir": entry.extra.get("dir"),
+                 "files": [f.to_dict() for f in entry.files], **parse_commit(_text(meta.get("COMMIT")))}
+        for key in ("unverified", "signature", "notes"):
+            if key in entry.extra:
+                extra[key] = entry.extra[key]
+        return cache.unpack_debs(debs, target, f"mainline:{parsed}", extra,
+                                 files={name: data for name, data in meta.items() if data is not None})
+
+    def changes(self, version: KernelVersion) -> str | None:
+        """The build's `CHANGES`: `git shortlog <previous tag>..<commit>` of what it adds."""
+        mdir = self.resolve(version)
+        return cache.http_get_text(urljoin(self.base, f"{mdir.name}/CHANGES"))
+
+    def commit(self, version: KernelVersion) -> dict[str, str]:
+        """The build's `COMMIT` read leniently ({"commit": sha, "commit_label": tag}), or {}."""
+        mdir = self.resolve(version)
+        return parse_commit(cache.http_get_text(urljoin(self.base, f"{mdir.name}/COMMIT")))
 
 
-def _load_if_done(target) -> UnpackedKernel | None:
-    from orchestrator.kernel import MANIFEST
+# ---------------------------------------------------------------------------------- helpers
 
-    return UnpackedKernel.load(target) if (target / MANIFEST).exists() else None
+def verify_signature(keyring: Path, data: bytes, signature: bytes) -> tuple[bool, str]:
+    """gpgv with only `keyring` trusted; (ok, gpgv's last line). gpgv is given files in a private
+    directory so nothing of the user's GnuPG home is read or written."""
+    with tempfile.TemporaryDirectory(prefix="kbisect-gpgv-") as tmp:
+        data_path, sig_path = Path(tmp) / "CHECKSUMS", Path(tmp) / "CHECKSUMS.gpg"
+        data_path.write_bytes(data)
+        sig_path.write_bytes(signature)
+        try:
+            proc = subprocess.run(["gpgv", "--homedir", tmp, "--keyring", str(keyring), str(sig_path),
+                                   str(data_path)], capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise KbisectError("gpgv is not installed (needed for --keyring)") from None
+    lines = [line for line in (proc.stderr or "").splitlines() if line.strip()]
+    return proc.returncode == 0, (lines[-1].removeprefix("gpgv: ") if lines else f"gpgv exit {proc.returncode}")
+
+
+def _text(data: bytes | None) -> str | None:
+    return data.decode("utf-8", "replace") if data is not None else None
+
+
+def _read_memo(memo: Path, modified: str) -> KernelEntry | None:
+    try:
+        record = json.loads(memo.read_text())
+        if record.pop("modified") != modified:
+            return None
+        files = [KernelFile(**f) for f in record.pop("files")]
+        version = parse_version(record["version"])
+        return KernelEntry(files=files, sort_key=version.sort_key, **record)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError, KbisectError):
+        memo.unlink(missing_ok=True)
+        return None
+
+
+def _write_memo(memo: Path, modified: str, entry: KernelEntry) -> None:
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    record = {"modified": modified, "source": entry.source, "version": entry.version,
+              "available": entry.available, "reason": entry.reason, "extra": entry.extra,
+              "files": [vars(f) for f in entry.files]}
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(memo)
