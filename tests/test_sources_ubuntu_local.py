@@ -1,40 +1,51 @@
-"""The ubuntu source against a fake Launchpad + archive on 127.0.0.1, and the local source."""
+"""The ubuntu source against the fake Launchpad + archive on 127.0.0.1, and the local source.
+
+The fake (tests/fake_launchpad.py) answers as the real services do: hashes only from a binary
+publication's devel-only `binaryFileUrls(include_meta=true)`, paged collections, statuses.
+"""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
-from orchestrator.errors import UnavailableError
+from orchestrator.errors import KbisectError, UnavailableError
 from orchestrator.sources import fetch, get_source
+from orchestrator.sources.ubuntu import Endpoints, UbuntuSource
+from tests.fake_launchpad import FakeLaunchpad, Upload, serve_launchpad
 from tests.test_mirror import build_deb
 
 REPO = Path(__file__).resolve().parent.parent
-# (version, pocket, where the pool has it)
-UPLOADS = [("5.4.0-77.86", "Updates", "files-only"), ("5.4.0-26.30", "Release", "pool"),
-           ("5.4.0-26.30", "Security", "pool"), ("5.4.0-100.113", "Updates", "tampered"),
-           ("5.4.0-26.31", "Proposed", "pool"), ("not-a-version", "Release", "pool")]
+ENTRY_END = " -- Kernel <k@example.invalid>  Mon, 1 Jan 2020 00:00:00 +0000\n"
 
 
-def _ubuntu_debs(work: Path, version: str, upstream: str) -> dict[str, bytes]:
-    abi = version.rsplit(".", 1)[0]
-    kver = f"{abi}-generic"
-    changelog = gzip.compress(
-        f"linux ({version}) focal; urgency=medium\n\n  * Focal update: v5.4.29 upstream stable release\n"
-        f"  * Focal update: v{upstream} upstream stable release (LP: #1)\n\n"
-        f" -- Kernel <k@example.invalid>  Mon, 1 Jan 2020 00:00:00 +0000\n".encode())
+def _changelog(version: str, series: str, lines: list[str]) -> bytes:
+    body = "".join(f"  * {line}\n" for line in lines)
+    return gzip.compress(f"linux ({version}) {series}; urgency=medium\n\n{body}\n{ENTRY_END}".encode())
+
+
+def _noise(version: str, kver: str) -> dict[str, bytes]:
+    """Binaries of the upload kbisect must not pick: headers, another architecture."""
+    return {f"linux-headers-{kver}_{version}_amd64.deb": b"headers, never fetched",
+            f"linux-image-unsigned-{kver}_{version}_arm64.deb": b"arm64, never fetched"}
+
+
+def _focal_debs(work: Path, version: str, upstream: str) -> dict[str, bytes]:
+    """Image, modules and modules-extra of a focal upload (real .debs), plus noise."""
+    kver = f"{version.rsplit('.', 1)[0]}-generic"
+    changelog = _changelog(version, "focal", ["Focal update: v5.4.29 upstream stable release (LP: #1)",
+                                              f"Focal update: v{upstream} upstream stable release (LP: #2) //"])
     debs = [
-        build_deb(work, f"linux-image-unsigned-{kver}", version, {f"boot/vmlinuz-{kver}": b"MZ ubuntu " + version.encode()}),
+        build_deb(work, f"linux-image-unsigned-{kver}", version,
+                  {f"boot/vmlinuz-{kver}": b"MZ ubuntu " + version.encode()}),
         build_deb(work, f"linux-modules-{kver}", version, {
             f"boot/config-{kver}": b"CONFIG_VETH=m\n",
             f"lib/modules/{kver}/kernel/drivers/net/veth.ko": b"\x7fELF veth",
@@ -42,86 +53,79 @@ def _ubuntu_debs(work: Path, version: str, upstream: str) -> dict[str, bytes]:
         build_deb(work, f"linux-modules-extra-{kver}", version, {
             f"lib/modules/{kver}/kernel/drivers/net/extra-thing.ko": b"\x7fELF extra"}),
     ]
+    return {**{d.name: d.read_bytes() for d in debs}, **_noise(version, kver)}
+
+
+def _xenial_debs(work: Path, version: str) -> dict[str, bytes]:
+    """Xenial (4.4): linux-image-X-generic with a few modules, linux-image-extra-X-generic with most."""
+    kver = f"{version.rsplit('.', 1)[0]}-generic"
+    debs = [
+        build_deb(work, f"linux-image-{kver}", version, {
+            f"boot/vmlinuz-{kver}": b"MZ xenial " + version.encode(),
+            f"boot/config-{kver}": b"CONFIG_VETH=m\n",
+            f"lib/modules/{kver}/kernel/fs/ext4/ext4.ko": b"\x7fELF ext4",
+            f"usr/share/doc/linux-image-{kver}/changelog.Debian.gz":
+                _changelog(version, "xenial", ["Xenial update: v4.4.302 upstream stable release (LP: #9)"])}),
+        build_deb(work, f"linux-image-extra-{kver}", version, {
+            f"lib/modules/{kver}/kernel/drivers/net/veth.ko": b"\x7fELF veth (extra)"}),
+    ]
+    return {**{d.name: d.read_bytes() for d in debs}, **_noise(version, kver)}
+
+
+def _bionic_debs(work: Path, version: str) -> dict[str, bytes]:
+    """A bionic upload whose recent updates are unnumbered stable patchsets (history in .old.gz)."""
+    kver = f"{version.rsplit('.', 1)[0]}-generic"
+    doc = f"usr/share/doc/linux-modules-{kver}/"
+    recent = _changelog(version, "bionic", [
+        "Bionic update: upstream stable patchset 2020-01-13 (LP: #1859712)",
+        "Bionic update: upstream stable patchset 2019-12-16 (LP: #1856702)"])
+    older = gzip.compress(
+        f"linux (4.15.0-72.81) bionic; urgency=medium\n\n"
+        f"  * Bionic update: upstream stable patchset 2019-11-01 (LP: #3)\n\n{ENTRY_END}\n"
+        f"linux (4.15.0-24.26) bionic; urgency=medium\n\n"
+        f"  * Bionic update: v4.15.18 upstream stable release (LP: #4)\n\n{ENTRY_END}\n"
+        f"linux (4.15.0-22.24) bionic; urgency=medium\n\n"
+        f"  * Bionic update: v4.15.17 upstream stable release (LP: #5)\n\n{ENTRY_END}".encode())
+    debs = [
+        build_deb(work, f"linux-image-unsigned-{kver}", version, {f"boot/vmlinuz-{kver}": b"MZ bionic"}),
+        build_deb(work, f"linux-modules-{kver}", version, {
+            f"lib/modules/{kver}/kernel/drivers/net/veth.ko": b"\x7fELF veth",
+            doc + "changelog.Debian.gz": recent, doc + "changelog.Debian.old.gz": older}),
+    ]
     return {d.name: d.read_bytes() for d in debs}
 
 
-class FakeLaunchpad(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    pool: dict[str, bytes] = {}
-    published: dict[str, list[dict]] = {}  # version -> binaries meta
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        parts = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        base = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        path = parts.path
-        if path == "/api/1.0/ubuntu/+archive/primary" and query.get("ws.op") == "getPublishedSources":
-            assert query["source_name"] == "linux" and query["exact_match"] == "true"
-            rows = [{"source_package_name": "linux", "source_package_version": v, "pocket": p,
-                     "status": "Published", "self_link": f"{base}api/1.0/ubuntu/+archive/primary/+sourcepub/{i}"}
-                    for i, (v, p, _) in enumerate(UPLOADS)]
-            if "version" in query:
-                rows = [r for r in rows if r["source_package_version"] == query["version"]]
-            elif query.get("distro_series") != f"{base}api/1.0/ubuntu/focal":
-                rows = []
-            start = int(query.get("ws.start", "0"))
-            page = {"start": start, "total_size": len(rows), "entries": rows[start:start + 3]}
-            if start + 3 < len(rows):
-                nxt = dict(query, **{"ws.start": str(start + 3)})
-                page["next_collection_link"] = f"{base}api/1.0/ubuntu/+archive/primary?" + \
-                    "&".join(f"{k}={v}" for k, v in nxt.items())
-            self._send(200, json.dumps(page).encode())
-        elif path.startswith("/api/1.0/ubuntu/+archive/primary/+sourcepub/") and query.get("ws.op") == "binaryFileUrls":
-            version = UPLOADS[int(path.rsplit("/", 1)[1])][0]
-            meta = [{"url": f"{base}ubuntu/+archive/primary/+files/{name}", "size": len(data),
-                     "sha1": hashlib.sha1(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest()}
-                    for name, data in self.files.items() if f"_{version}_" in name]
-            self._send(200, json.dumps(meta).encode())
-        elif path.startswith("/ubuntu/+archive/primary/+files/"):
-            name = path.rsplit("/", 1)[1]
-            self._send(200, self.files[name], "application/octet-stream") if name in self.files else \
-                self._send(404, b"nope", "text/plain")
-        elif path.startswith("/ubuntu/pool/main/l/linux/"):
-            name = path.rsplit("/", 1)[1]
-            if name in self.pool:
-                self._send(200, self.pool[name], "application/octet-stream")
-            else:
-                self._send(404, b"not in the archive any more", "text/plain")
-        else:
-            self._send(404, b"{}")
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory) -> FakeLaunchpad:
+    work = tmp_path_factory.mktemp("ubuntu-debs")
+    d26_30 = _focal_debs(work, "5.4.0-26.30", "5.4.30")
+    d26_31 = _focal_debs(work, "5.4.0-26.31", "5.4.30")
+    d77 = _focal_debs(work, "5.4.0-77.86", "5.4.119")
+    d100 = _focal_debs(work, "5.4.0-100.113", "5.4.170")
+    xenial = _xenial_debs(work, "4.4.0-210.242")
+    bionic = _bionic_debs(work, "4.15.0-76.86")
+    uploads = [
+        Upload("5.4.0-26.30", pocket="Release", status="Published", debs=d26_30),
+        Upload("5.4.0-26.30", pocket="Security", status="Superseded", debs=d26_30),
+        Upload("5.4.0-26.31", pocket="Proposed", status="Deleted", debs=d26_31),  # pulled from -proposed
+        Upload("5.4.0-77.86", pocket="Updates", status="Superseded", debs=d77),  # gone from the pool
+        Upload("5.4.0-99.112", pocket="Proposed", status="Obsolete"),
+        Upload("5.4.0-100.113", pocket="Updates", status="Published", debs=d100),  # pool copy tampered
+        Upload("not-a-version", pocket="Release"),
+        Upload("5.8.0-50.56~20.04.1", source="linux-hwe-5.8"),  # another source: exact_match keeps it out
+        Upload("4.4.0-210.242", series="xenial", debs=xenial),
+        Upload("4.15.0-76.86", series="bionic", debs=bionic),
+    ]
+    pool = {**d26_30, **d26_31, **xenial, **bionic}
+    pool.update({name: data[:-10] + b"x" * 10 for name, data in d100.items()})
+    return FakeLaunchpad(uploads, pool=pool, page_size=2)
 
 
 @pytest.fixture(scope="module")
-def launchpad(tmp_path_factory):
-    work = tmp_path_factory.mktemp("ubuntu-debs")
-    files: dict[str, bytes] = {}
-    pool: dict[str, bytes] = {}
-    for version, upstream, where in [("5.4.0-26.30", "5.4.30", "pool"), ("5.4.0-77.86", "5.4.119", "files-only"),
-                                     ("5.4.0-100.113", "5.4.170", "tampered"), ("5.4.0-26.31", "5.4.30", "pool")]:
-        debs = _ubuntu_debs(work, version, upstream)
-        files.update(debs)
-        if where == "pool":
-            pool.update(debs)
-        elif where == "tampered":
-            for name, data in debs.items():
-                pool[name] = data[:-10] + b"x" * 10  # the archive copy differs from what Launchpad publishes
-    FakeLaunchpad.files, FakeLaunchpad.pool = files, pool
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeLaunchpad)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def launchpad(fake) -> str:
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with fake.serve() as url:
+        yield url
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -130,38 +134,142 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=120)
 
 
-def test_ubuntu_list_orders_uploads(launchpad, kbisect_home):
+def _sha(fake: FakeLaunchpad, name: str) -> str:
+    return hashlib.sha256(fake.librarian[name]).hexdigest()
+
+
+def test_the_fake_answers_like_the_real_api(launchpad):
+    """Guards the fake itself: it must never drift back to handing hashes to a source publication."""
+    sources = f"{launchpad}api/devel/ubuntu/+archive/primary?ws.op=getPublishedSources&source_name=linux" \
+              "&exact_match=true&version=5.4.0-77.86"
+    source_pub = requests.get(sources, timeout=10).json()["entries"][0]["self_link"]
+    with_meta = requests.get(f"{source_pub}?ws.op=binaryFileUrls&include_meta=true", timeout=10)
+    assert with_meta.status_code == 400 and "include_meta" in with_meta.text
+    plain = requests.get(f"{source_pub}?ws.op=binaryFileUrls", timeout=10).json()
+    assert plain and all(isinstance(u, str) and "/launchpad/ubuntu/+archive/primary/+files/" in u for u in plain)
+    # getPublishedBinaries hides a Superseded upload's binaries unless active_binaries_only=false
+    assert requests.get(f"{source_pub}?ws.op=getPublishedBinaries", timeout=10).json()["entries"] == []
+    page = requests.get(f"{source_pub}?ws.op=getPublishedBinaries&active_binaries_only=false", timeout=10).json()
+    assert len(page["entries"]) == 2 and page["total_size"] == 5 and "next_collection_link" in page
+    binary = page["entries"][0]["self_link"]
+    meta = requests.get(f"{binary}?ws.op=binaryFileUrls&include_meta=true", timeout=10).json()
+    assert set(meta[0]) == {"url", "size", "sha1", "sha256"}
+    # binaryFileUrls on a binary publication exists only in devel
+    old = binary.replace("/api/devel/", "/api/1.0/")
+    assert requests.get(f"{old}?ws.op=binaryFileUrls&include_meta=true", timeout=10).status_code == 400
+    # through kbisect's own HTTP layer an include_meta on a source publication is a one-line error
+    from orchestrator import cache
+
+    with pytest.raises(KbisectError, match="HTTP 400"):
+        cache.http_get_json(f"{source_pub}?ws.op=binaryFileUrls&include_meta=true")
+
+
+def test_ubuntu_list_statuses_and_paging(launchpad, fake, kbisect_home):
+    fake.requests.clear()
     result = _cli(kbisect_home, "kernels", "list", "--source", "ubuntu", "--mirror", launchpad, "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [r["version"] for r in rows] == ["5.4.0-26.30", "5.4.0-26.31", "5.4.0-77.86", "5.4.0-100.113"]
+    assert [r["version"] for r in rows] == ["5.4.0-26.30", "5.4.0-26.31", "5.4.0-77.86", "5.4.0-99.112",
+                                            "5.4.0-100.113"]
     by = {r["version"]: r for r in rows}
     assert by["5.4.0-26.30"]["pockets"] == ["Release", "Security"] and by["5.4.0-26.30"]["series"] == "focal"
+    assert by["5.4.0-26.30"]["available"] and by["5.4.0-26.30"]["status"] == "Published"
+    assert by["5.4.0-77.86"]["available"] and by["5.4.0-77.86"]["status"] == "Superseded"
+    assert not by["5.4.0-26.31"]["available"] and by["5.4.0-26.31"]["reason"] == "Launchpad status Deleted"
+    assert not by["5.4.0-99.112"]["available"] and by["5.4.0-99.112"]["reason"] == "Launchpad status Obsolete"
+    # seven focal publications of linux, in pages of two: every page was followed, all on the devel API
+    listing = [r for r in fake.requests if "getPublishedSources" in r]
+    assert len(listing) == 4 and all(r.startswith("/api/devel/") for r in fake.requests)
     ranged = get_source("ubuntu", launchpad).list("5.4.0-26.31", "5.4.0-77.86")
     assert [e.version for e in ranged] == ["5.4.0-26.31", "5.4.0-77.86"]
 
 
-def test_ubuntu_fetch_from_pool_records_upstream(launchpad, kbisect_home):
+def test_ubuntu_fetch_verifies_sha256_from_binary_publications(launchpad, fake, kbisect_home):
+    fake.requests.clear()
     kernel = fetch("ubuntu:5.4.0-26.30", launchpad)
     assert kernel.kver == "5.4.0-26-generic"
     assert kernel.vmlinuz.read_bytes() == b"MZ ubuntu 5.4.0-26.30"
     assert (kernel.modules / "kernel/drivers/net/veth.ko").exists()
     assert (kernel.modules / "kernel/drivers/net/extra-thing.ko").exists()  # modules-extra too
     assert kernel.extra["upstream"] == "5.4.30"
-    assert all(f["url"].startswith(launchpad + "ubuntu/pool/") for f in kernel.extra["files"])
-
-
-def test_ubuntu_falls_back_to_launchpad_files(launchpad, kbisect_home):
-    kernel = fetch("ubuntu:5.4.0-77.86", launchpad)
-    assert kernel.extra["upstream"] == "5.4.119" and kernel.vmlinuz.read_bytes().endswith(b"5.4.0-77.86")
+    files = kernel.extra["files"]
+    assert [f["package"] for f in files] == ["linux-image-unsigned-5.4.0-26-generic", "linux-modules-5.4.0-26-generic",
+                                             "linux-modules-extra-5.4.0-26-generic"]
+    assert all(f["url"] == f"{launchpad}ubuntu/pool/main/l/linux/{f['name']}" for f in files)
+    assert all(f["sha256"] == _sha(fake, f["name"]) for f in files)
+    assert all(f["mirrors"] == [f"{launchpad}launchpad/ubuntu/+archive/primary/+files/{f['name']}"] for f in files)
+    # the hashes came the devel way, never from a source publication
+    assert any("/+sourcepub/" in r and "getPublishedBinaries" in r and "active_binaries_only=false" in r
+               for r in fake.requests)
+    meta_calls = [r for r in fake.requests if "include_meta=true" in r]
+    assert len(meta_calls) == 3 and all(r.startswith("/api/devel/") and "/+binarypub/" in r for r in meta_calls)
+    assert not any("arm64" in r or "linux-headers" in r for r in fake.requests)
 
 
 def test_ubuntu_tampered_pool_file_is_refused(launchpad, kbisect_home):
     result = _cli(kbisect_home, "kernels", "fetch", "ubuntu:5.4.0-100.113", "--mirror", launchpad)
     assert result.returncode != 0 and "sha256 mismatch" in result.stderr and result.stderr.count("\n") == 1
     assert not list((kbisect_home / "downloads" / "ubuntu").glob("*.deb"))
+    assert not (kbisect_home / "kernels" / "ubuntu" / "5.4.0-100.113").exists()
+
+
+def test_ubuntu_falls_back_to_launchpad_files_through_the_cli(launchpad, fake, kbisect_home):
+    fake.requests.clear()
+    result = _cli(kbisect_home, "kernels", "fetch", "ubuntu:5.4.0-77.86", "--mirror", launchpad)
+    assert result.returncode == 0, result.stderr
+    root = Path(result.stdout.strip())
+    record = json.loads((root / "kernel.json").read_text())
+    assert root == kbisect_home / "kernels" / "ubuntu" / "5.4.0-77.86"
+    assert record["extra"]["upstream"] == "5.4.119" and (root / "vmlinuz").read_bytes().endswith(b"5.4.0-77.86")
+    assert any(r.startswith("/launchpad/ubuntu/+archive/primary/+files/linux-modules-5.4.0-77-generic_")
+               for r in fake.requests)
+
+
+def test_ubuntu_deleted_and_obsolete_uploads_are_refused(launchpad, kbisect_home):
+    with pytest.raises(UnavailableError, match="Launchpad status Deleted"):
+        fetch("ubuntu:5.4.0-26.31", launchpad)
+    result = _cli(kbisect_home, "kernels", "fetch", "ubuntu:5.4.0-99.112", "--mirror", launchpad)
+    assert result.returncode != 0 and "Launchpad status Obsolete" in result.stderr
+    assert result.stderr.count("\n") == 1
     with pytest.raises(UnavailableError, match="no upload"):
         fetch("ubuntu:5.4.0-999.999", launchpad)
+    assert not list((kbisect_home / "downloads" / "ubuntu").glob("*.deb"))
+
+
+def test_ubuntu_xenial_unpacks_linux_image_extra(launchpad, kbisect_home):
+    kernel = fetch("ubuntu:4.4.0-210.242", launchpad)
+    assert kernel.kver == "4.4.0-210-generic" and kernel.vmlinuz.read_bytes() == b"MZ xenial 4.4.0-210.242"
+    assert (kernel.modules / "kernel/fs/ext4/ext4.ko").exists()  # from the image package
+    assert (kernel.modules / "kernel/drivers/net/veth.ko").read_bytes() == b"\x7fELF veth (extra)"
+    assert [f["package"] for f in kernel.extra["files"]] == ["linux-image-4.4.0-210-generic",
+                                                             "linux-image-extra-4.4.0-210-generic"]
+    assert kernel.extra["upstream"] == "4.4.302"
+
+
+def test_ubuntu_upstream_patchsets_after_the_last_numbered_base(launchpad, kbisect_home):
+    kernel = fetch("ubuntu:4.15.0-76.86", launchpad)
+    assert kernel.extra["upstream"] == "4.15.18"
+    assert kernel.extra["upstream_patchsets"] == 3 and kernel.extra["upstream_newest_patchset"] == "2020-01-13"
+    assert kernel.extra["upstream_note"] == \
+        "upstream base 4.15.18 plus 3 upstream stable patchsets (the newest 2020-01-13)"
+
+
+def test_ubuntu_mirror_stands_for_all_three_hosts(monkeypatch):
+    monkeypatch.setenv("KBISECT_UBUNTU_MIRROR", "http://127.0.0.1:9/m")
+    ends = UbuntuSource().endpoints
+    assert ends == Endpoints("http://127.0.0.1:9/m/api/devel/",
+                             "http://127.0.0.1:9/m/launchpad/ubuntu/+archive/primary/+files/",
+                             "http://127.0.0.1:9/m/ubuntu/")
+    monkeypatch.setenv("KBISECT_UBUNTU_ARCHIVE", "http://127.0.0.1:9/archive")
+    public = Endpoints.for_mirror(None)
+    assert public.api.startswith("https://") and public.api.endswith("/devel/")
+    assert public.files.endswith("/ubuntu/+archive/primary/+files/") and public.archive == "http://127.0.0.1:9/archive/"
+
+
+def test_listing_only_fake_for_the_differential_tests(kbisect_home):
+    with serve_launchpad({"focal": ["5.4.0-26.30", "5.4.0-33.37"], "jammy": ["5.15.0-25.25"]}) as url:
+        assert [e.version for e in get_source("ubuntu", url).list()] == ["5.4.0-26.30", "5.4.0-33.37"]
+        assert [e.version for e in UbuntuSource(url, series="jammy").list()] == ["5.15.0-25.25"]
 
 
 # ------------------------------------------------------------------------------ local

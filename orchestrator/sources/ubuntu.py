@@ -1,20 +1,36 @@
 """Ubuntu distro kernel uploads (e.g. focal's 5.4.0-N.M), for comparing a distro lineage with mainline.
 
-Listing reads Launchpad's published-sources API for the `linux` source package in one
-series. Fetching asks Launchpad for the upload's binary files with their SHA-256
-(`binaryFileUrls?include_meta=true`) and downloads the unsigned image, the modules and the
-modules-extra packages from the archive pool, falling back to Launchpad's `+files` link
-for builds the archive no longer carries. The upstream stable base an upload carries is
-read from its changelog ("vX.Y.Z upstream stable release") and recorded in kernel.json.
+Launchpad is asked the way it really answers (see /work/shared/real-layouts.md, and the
+Launchpad source `lib/lp/soyuz/interfaces/publishing.py`):
 
-`--mirror URL` replaces both the API and the archive base (`URL/api/1.0/`, `URL/ubuntu/`),
-which is how the tests serve a fake.
+- listing: the primary archive's `getPublishedSources` for the `linux` source package in one
+  series, a paged collection (`entries`, `next_collection_link`). Only Published and Superseded
+  publications were real uploads; Deleted and Obsolete ones (pulled from -proposed, say) are
+  listed as unavailable with their status as the reason.
+- hashes: a *source* publication's `binaryFileUrls()` gives bare URLs, so the SHA-256 of each
+  binary comes from the source publication's `getPublishedBinaries`, then the *binary*
+  publication's `binaryFileUrls(include_meta=true)`, which exists only in the `devel` web
+  service. That is why the API root is always `<api>/devel/`.
+- files: the amd64 generic image (`linux-image-unsigned-…`, or `linux-image-…` up to xenial),
+  `linux-modules-…`, `linux-modules-extra-…` and, on xenial (4.4), `linux-image-extra-…` where
+  most modules live. They come from the archive pool, falling back to Launchpad's `+files`
+  link for builds the archive no longer carries; every one is checked against its SHA-256.
+- upstream base: read from the changelog ("vX.Y.Z upstream stable release", plus the
+  unnumbered "upstream stable patchset" merges once a stable line ended) into kernel.json.
+
+A mirror (`--mirror`, `--distro-mirror`, $KBISECT_UBUNTU_MIRROR) stands for all three hosts:
+`URL/api/` is the API root (`URL/api/devel/…`), `URL/ubuntu/` the archive and `URL/launchpad/`
+stands for launchpad.net (`URL/launchpad/ubuntu/+archive/primary/+files/<deb>`). Without one,
+the public Launchpad hosts are used and the archive is the one this machine's apt uses.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import tarfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -23,19 +39,46 @@ from orchestrator.errors import KbisectError, UnavailableError
 from orchestrator.kernel import MANIFEST, UnpackedKernel
 from orchestrator.sources import KernelEntry, KernelFile, Source
 from orchestrator.versions import (
+    ChangelogUpstream,
     UbuntuVersion,
     parse_ubuntu_version,
     parse_version,
-    upstream_from_changelog,
+    upstream_stable_from_changelog,
 )
 
-API = "https://api.launchpad.net/1.0/"
+# Public hosts, used only without a mirror. The web-service version is appended to the API root.
+PUBLIC_API_ROOT = "https://api.launchpad.net/"
+PUBLIC_LAUNCHPAD = "https://launchpad.net/"
+WS_VERSION = "devel"  # binaryFileUrls(include_meta) on binary publications exists only here
+FILES_PATH = "ubuntu/+archive/primary/+files/"
+POOL_DIR = "l/linux/"  # pool/<component>/l/linux/ for everything the `linux` source builds
+
 UBUNTU_CODENAMES = {"xenial", "bionic", "focal", "jammy", "noble", "oracular", "plucky", "questing"}
 FLAVOUR = "generic"
+ARCH = "amd64"
 # the series whose master kernel is X.Y (a `--from`/`--to` bound picks the series)
 SERIES_OF_BASE = {"4.4": "xenial", "4.15": "bionic", "5.4": "focal", "5.15": "jammy", "6.8": "noble"}
 DEFAULT_SERIES = "focal"
-MAX_PAGES = 50
+USABLE_STATUSES = ("Published", "Superseded")  # preferred first
+POCKET_ORDER = ("Release", "Security", "Updates", "Proposed", "Backports")
+PAGE_SIZE = 300  # large batches, fewer round trips for long histories (the server caps the size itself)
+MAX_PAGES = 200
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where each of the three Ubuntu hosts is reached (all under one mirror in tests)."""
+
+    api: str  # the web-service root with its version: ".../devel/"
+    files: str  # Launchpad's +files directory for the primary archive
+    archive: str | None  # the archive base holding pool/; None: +files only
+
+    @classmethod
+    def for_mirror(cls, mirror: str | None) -> Endpoints:
+        if not mirror:
+            return cls(PUBLIC_API_ROOT + WS_VERSION + "/", PUBLIC_LAUNCHPAD + FILES_PATH, _machine_archive())
+        base = mirror if mirror.endswith("/") else mirror + "/"
+        return cls(f"{base}api/{WS_VERSION}/", f"{base}launchpad/{FILES_PATH}", f"{base}ubuntu/")
 
 
 class UbuntuSource(Source):
@@ -44,12 +87,11 @@ class UbuntuSource(Source):
     def __init__(self, mirror: str | None = None, series: str | None = None) -> None:
         mirror = mirror or os.environ.get("KBISECT_UBUNTU_MIRROR") or None
         super().__init__(mirror)
-        if mirror:
-            base = mirror if mirror.endswith("/") else mirror + "/"
-            self.api, self.archive = base + "api/1.0/", base + "ubuntu/"
-        else:
-            self.api, self.archive = API, _machine_archive()
+        self.endpoints = Endpoints.for_mirror(mirror)
+        self.api, self.archive = self.endpoints.api, self.endpoints.archive
         self.series = series or os.environ.get("KBISECT_UBUNTU_SERIES") or None
+
+    # -- Launchpad ------------------------------------------------------------------------
 
     def _series_for(self, *versions: str | None) -> str:
         if self.series:
@@ -67,79 +109,94 @@ class UbuntuSource(Source):
             raise KbisectError(f"no Ubuntu series known for {text} (set KBISECT_UBUNTU_SERIES)")
         return DEFAULT_SERIES
 
-    def _published(self, **params: str) -> list[dict]:
-        query = {"ws.op": "getPublishedSources", "source_name": "linux", "exact_match": "true", **params}
-        url: str | None = f"{self.api}ubuntu/+archive/primary?{urlencode(query)}"
-        entries: list[dict] = []
-        for _ in range(MAX_PAGES):
-            if not url:
-                break
-            page = cache.http_get_json(url)
-            if not isinstance(page, dict):
-                raise KbisectError(f"Launchpad answered nothing usable for {url}")
-            entries.extend(page.get("entries") or [])
-            url = page.get("next_collection_link")
-        return entries
+    def _series_link(self, series: str) -> str:
+        return f"{self.api}ubuntu/{series}"
+
+    def _published_sources(self, **params: str) -> list[dict]:
+        """Every publication of the `linux` source matching `params`, all statuses, all pages."""
+        query = {"ws.op": "getPublishedSources", "source_name": "linux", "exact_match": "true",
+                 "ws.size": str(PAGE_SIZE), **params}
+        entries = _collection(f"{self.api}ubuntu/+archive/primary?{urlencode(query)}")
+        return [e for e in entries if e.get("source_package_name", "linux") == "linux"]
 
     def list(self, lo: str | None = None, hi: str | None = None) -> list[KernelEntry]:
         series = self._series_for(lo, hi)
-        entries = self._published(distro_series=f"{self.api}ubuntu/{series}")
-        low = _bound(lo)
-        high = _bound(hi)
-        seen: dict[UbuntuVersion, KernelEntry] = {}
-        for pub in entries:
+        low, high = _bound(lo), _bound(hi)
+        grouped: dict[UbuntuVersion, list[dict]] = {}
+        for pub in self._published_sources(distro_series=self._series_link(series)):
             try:
                 version = parse_ubuntu_version(pub.get("source_package_version", ""))
             except KbisectError:
                 continue
             if low and version < low or high and version > high:
                 continue
-            if version in seen:
-                seen[version].extra["pockets"].append(pub.get("pocket"))
-                continue
-            seen[version] = KernelEntry(self.name, str(version), True, None, [], version.sort_key,
-                                        {"series": series, "status": pub.get("status"),
-                                         "pockets": [pub.get("pocket")]})
-        return sorted(seen.values(), key=lambda e: e.sort_key)
+            grouped.setdefault(version, []).append(pub)
+        return [_entry(self.name, series, version, pubs) for version, pubs in sorted(grouped.items())]
 
-    def files(self, version: UbuntuVersion) -> list[KernelFile]:
-        """The amd64 generic image, modules and modules-extra packages of one upload, with SHA-256."""
-        pubs = self._published(version=str(version))
+    def _source_publication(self, version: UbuntuVersion) -> dict:
+        """The publication of `version` to take binaries from; refuses Deleted/Obsolete uploads."""
+        params = {"version": str(version)}
+        if self.series:
+            params["distro_series"] = self._series_link(self.series)
+        pubs = [p for p in self._published_sources(**params) if p.get("source_package_version") == str(version)]
         if not pubs:
             raise UnavailableError(f"ubuntu:{version}: Launchpad has no upload of linux {version}")
-        link = pubs[0].get("self_link")
-        if not link:
+        usable = sorted((p for p in pubs if p.get("status") in USABLE_STATUSES),
+                        key=lambda p: USABLE_STATUSES.index(p["status"]))
+        if not usable:
+            raise UnavailableError(f"ubuntu:{version}: {_status_reason(pubs)}: not a real upload, not fetched")
+        if not usable[0].get("self_link"):
             raise KbisectError(f"ubuntu:{version}: Launchpad entry without self_link")
+        return usable[0]
+
+    def _binaries(self, version: UbuntuVersion, source_pub: dict) -> dict[str, dict]:
+        """The amd64 binary publications this upload built, by package name.
+
+        `active_binaries_only=false`: by default Launchpad returns only Published and Pending
+        binary publications, which would hide every binary of a Superseded upload.
+        """
+        query = {"ws.op": "getPublishedBinaries", "active_binaries_only": "false", "ws.size": str(PAGE_SIZE)}
+        found: dict[str, dict] = {}
+        for pub in _collection(f"{source_pub['self_link']}?{urlencode(query)}"):
+            if (pub.get("binary_package_version") != str(version) or pub.get("status") not in USABLE_STATUSES
+                    or not str(pub.get("distro_arch_series_link", "")).rstrip("/").endswith(f"/{ARCH}")):
+                continue
+            name = pub.get("binary_package_name")
+            if name and (name not in found or pub["status"] == "Published"):
+                found[name] = pub
+        return found
+
+    def _file_meta(self, version: UbuntuVersion, binary_pub: dict, deb: str) -> dict:
+        """url, size, sha1 and sha256 of one binary publication's .deb (devel-only include_meta)."""
+        link = binary_pub.get("self_link")
+        if not link:
+            raise KbisectError(f"ubuntu:{version}: Launchpad binary entry without self_link")
         meta = cache.http_get_json(f"{link}?{urlencode({'ws.op': 'binaryFileUrls', 'include_meta': 'true'})}")
-        if not isinstance(meta, list):
-            raise UnavailableError(f"ubuntu:{version}: Launchpad lists no binaries for linux {version}")
-        by_name: dict[str, dict] = {}
-        for item in meta:
-            url = item.get("url") if isinstance(item, dict) else item
-            if url:
-                by_name[url.rsplit("/", 1)[-1]] = item if isinstance(item, dict) else {"url": url}
-        abi = f"{version.abi_name}-{FLAVOUR}"
-        suffix = f"_{version}_amd64.deb"
-        image = next((n for n in (f"linux-image-unsigned-{abi}{suffix}", f"linux-image-{abi}{suffix}")
-                      if n in by_name), None)
-        if image is None:
-            raise UnavailableError(f"ubuntu:{version}: no amd64 {FLAVOUR} image among the upload's binaries")
-        wanted = [image]
-        for name in (f"linux-modules-{abi}{suffix}", f"linux-modules-extra-{abi}{suffix}"):
-            if name in by_name:
-                wanted.append(name)
-        if image.startswith("linux-image-unsigned-") and len(wanted) == 1:
-            raise UnavailableError(f"ubuntu:{version}: no linux-modules package for {abi}")
-        files = []
-        for name in wanted:
-            item = by_name[name]
-            if not item.get("sha256"):
-                raise UnavailableError(f"ubuntu:{version}: Launchpad gives no SHA-256 for {name}")
-            pool = f"{self.archive}pool/main/l/linux/{name}" if self.archive else None
-            files.append(KernelFile(name=name, url=pool or item["url"], sha256=item["sha256"],
-                                    size=item.get("size"), package=name.split("_", 1)[0],
-                                    package_version=str(version), mirrors=[item["url"]] if pool else []))
-        return files
+        for item in meta if isinstance(meta, list) else []:
+            if isinstance(item, dict) and str(item.get("url", "")).rsplit("/", 1)[-1] == deb:
+                if not item.get("sha256"):
+                    break
+                return item
+        raise UnavailableError(f"ubuntu:{version}: Launchpad gives no SHA-256 for {deb}")
+
+    def files(self, version: UbuntuVersion) -> list[KernelFile]:
+        """The amd64 generic image and module packages of one upload, each with its SHA-256."""
+        binaries = self._binaries(version, self._source_publication(version))
+        return [self._kernel_file(version, name, binaries[name]) for name in _wanted(version, binaries)]
+
+    def _kernel_file(self, version: UbuntuVersion, package: str, binary_pub: dict) -> KernelFile:
+        deb = f"{package}_{version}_{ARCH}.deb"
+        meta = self._file_meta(version, binary_pub, deb)
+        fallback = self.endpoints.files + deb
+        archive = self.endpoints.archive
+        component = binary_pub.get("component_name") or "main"
+        pool = f"{archive}pool/{component}/{POOL_DIR}{deb}" if archive else None
+        size = meta.get("size")
+        return KernelFile(name=deb, url=pool or fallback, sha256=str(meta["sha256"]).lower(),
+                          size=size if isinstance(size, int) else None, package=package,
+                          package_version=str(version), mirrors=[fallback] if pool else [])
+
+    # -- fetch ----------------------------------------------------------------------------
 
     def fetch(self, version: str) -> UnpackedKernel:
         parsed = parse_ubuntu_version(version)
@@ -149,10 +206,58 @@ class UbuntuSource(Source):
         files = self.files(parsed)
         debs = [cache.download([f.url, *f.mirrors], cache.downloads_dir(self.name) / f.name, f.sha256, f.size)
                 for f in files]
-        upstream = changelog_upstream(debs)
-        extra = {"upstream": str(upstream) if upstream else None, "abi": parsed.abi_name,
-                 "files": [f.to_dict() for f in files]}
+        extra = {"abi": parsed.abi_name, "files": [f.to_dict() for f in files],
+                 **_upstream_extra(changelog_upstream(debs))}
         return cache.unpack_debs(debs, target, f"ubuntu:{parsed}", extra)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _collection(url: str) -> list[dict]:
+    """All entries of a Launchpad collection, following `next_collection_link` page by page."""
+    entries: list[dict] = []
+    next_url: str | None = url
+    for _ in range(MAX_PAGES):
+        if not next_url:
+            return entries
+        page = cache.http_get_json(next_url)
+        if not isinstance(page, dict) or not isinstance(page.get("entries", []), list):
+            raise KbisectError(f"Launchpad answered nothing usable for {cache._short(next_url)}")
+        entries.extend(e for e in page.get("entries") or [] if isinstance(e, dict))
+        next_url = page.get("next_collection_link")
+    raise KbisectError(f"Launchpad collection longer than {MAX_PAGES} pages at {cache._short(url)}")
+
+
+def _status_reason(pubs: list[dict]) -> str:
+    statuses = sorted({str(p.get("status") or "unknown") for p in pubs})
+    return "Launchpad status " + ", ".join(statuses)
+
+
+def _entry(source: str, series: str, version: UbuntuVersion, pubs: list[dict]) -> KernelEntry:
+    """One listed upload: available when any of its publications was a real upload."""
+    statuses = [p.get("status") for p in pubs]
+    best = next((s for s in USABLE_STATUSES if s in statuses), None)
+    pockets = sorted({p.get("pocket") or "?" for p in pubs},
+                     key=lambda p: (POCKET_ORDER.index(p) if p in POCKET_ORDER else len(POCKET_ORDER), p))
+    extra = {"series": series, "status": best or statuses[0], "statuses": sorted({str(s) for s in statuses}),
+             "pockets": pockets}
+    return KernelEntry(source, str(version), best is not None, None if best else _status_reason(pubs),
+                       [], version.sort_key, extra)
+
+
+def _wanted(version: UbuntuVersion, binaries: dict[str, dict]) -> list[str]:
+    """The packages to unpack: the image, then whichever module packages the upload built."""
+    abi = f"{version.abi_name}-{FLAVOUR}"
+    image = next((n for n in (f"linux-image-unsigned-{abi}", f"linux-image-{abi}") if n in binaries), None)
+    if image is None:
+        raise UnavailableError(f"ubuntu:{version}: no {ARCH} {FLAVOUR} image among the upload's binaries")
+    # linux-image-extra: xenial (4.4) keeps most modules there and has no linux-modules package
+    modules = [n for n in (f"linux-modules-{abi}", f"linux-modules-extra-{abi}", f"linux-image-extra-{abi}")
+               if n in binaries]
+    if image.startswith("linux-image-unsigned-") and f"linux-modules-{abi}" not in modules:
+        raise UnavailableError(f"ubuntu:{version}: no linux-modules package for {abi}")
+    return [image, *modules]
 
 
 def _machine_archive() -> str | None:
@@ -179,25 +284,54 @@ def _bound(text: str | None) -> UbuntuVersion | None:
         return UbuntuVersion(base, 0, "0") if text == str(base) else parse_ubuntu_version(text)
 
 
-def changelog_upstream(debs: list[Path]):
-    """The newest "vX.Y.Z upstream stable release" any of the packages' changelogs names."""
-    from debian.debfile import DebFile
+# ------------------------------------------------------------------------------ changelog
 
-    best = None
-    for deb in debs:
+_CHANGELOGS = ("changelog.Debian.gz", "changelog.Debian.old.gz")  # newest first, then the history
+
+
+def _upstream_extra(found: ChangelogUpstream | None) -> dict:
+    """kernel.json fields for the upstream base (and the patchsets merged on top of it)."""
+    if found is None:
+        return {"upstream": None}
+    extra: dict = {"upstream": str(found.base) if found.base else None}
+    if found.patchsets:
+        extra.update(upstream_patchsets=len(found.patchsets), upstream_newest_patchset=found.patchsets[0],
+                     upstream_note=found.note)
+    return extra
+
+
+def _changelog_text(deb: Path) -> str | None:
+    """A package's changelog followed by its history (`changelog.Debian.old.gz`), or None."""
+    data, scratch = cache._open_data(deb, deb.parent)
+    parts: dict[str, str] = {}
+    try:
+        for member in data:
+            name = "/" + str(member.name).lstrip("./")
+            base = name.rsplit("/", 1)[-1]
+            if member.isfile() and name.startswith("/usr/share/doc/") and base in _CHANGELOGS and base not in parts:
+                handle = data.extractfile(member)
+                if handle is not None:
+                    parts[base] = gzip.decompress(handle.read()).decode("utf-8", "replace")
+    finally:
+        data.close()
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
+    return "\n".join(parts[n] for n in _CHANGELOGS if n in parts) if parts else None
+
+
+def changelog_upstream(debs: list[Path]) -> ChangelogUpstream | None:
+    """What the upload's changelog says about its upstream stable base.
+
+    The packages of one upload share one changelog, so the smallest package that carries it is
+    read (the modules packages are hundreds of MB). A changelog is a nice-to-have: a package
+    that cannot be read here is skipped, and unpacking reports real damage.
+    """
+    for deb in sorted(debs, key=lambda d: d.stat().st_size):
         try:
-            data = DebFile(str(deb)).data.tgz()
-            for member in data:
-                name = str(member.name)
-                if member.isfile() and "/usr/share/doc/" in "/" + name.lstrip("./") and \
-                        name.endswith(("changelog.Debian.gz", "changelog.gz")):
-                    handle = data.extractfile(member)
-                    if handle is None:
-                        continue
-                    text = gzip.decompress(handle.read()).decode("utf-8", "replace")
-                    found = upstream_from_changelog(text)
-                    if found and (best is None or found > best):
-                        best = found
-        except Exception:  # noqa: BLE001 - a changelog is a nice-to-have; unpack reports real damage
+            text = _changelog_text(deb)
+        except (KbisectError, tarfile.TarError, OSError, EOFError, zlib.error):
             continue
-    return best
+        found = upstream_stable_from_changelog(text) if text else None
+        if found is not None:
+            return found
+    return None
