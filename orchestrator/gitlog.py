@@ -267,3 +267,82 @@ def merge_differential(stable: list[Commit], upstream: list[Commit]) -> list[Com
     rest = [c for c in upstream + stable if id(c) not in seen]
     rest.sort(key=lambda c: (-c.score, c.subject))
     return head + rest
+
+
+# --------------------------------------------------------------------------- without a clone
+
+_SHORTLOG_AUTHOR = re.compile(r"^(?P<author>\S.*?) \((?P<count>\d+)\):\s*$")
+
+
+@dataclass(frozen=True)
+class ShortlogEntry:
+    """One subject of a `git shortlog` (a mainline build's CHANGES), with its author and build."""
+
+    build: str  # the build whose CHANGES listed it: "5.7-rc5"
+    author: str
+    subject: str
+
+
+def parse_shortlog(text: str, build: str) -> list[ShortlogEntry]:
+    """`git shortlog A..B` output: "Author (N):" then the subjects indented, blank lines between."""
+    entries: list[ShortlogEntry] = []
+    author = ""
+    for line in (text or "").splitlines():
+        m = _SHORTLOG_AUTHOR.match(line)
+        if m:
+            author = m.group("author")
+        elif line.strip() and line[:1].isspace() and author:
+            entries.append(ShortlogEntry(build, author, line.strip()))
+    return entries
+
+
+def _path_words(paths: Iterable[str]) -> dict[str, str]:
+    """Words a subject uses for a path: the file's stem and its directory (net/ipv4/ip_tunnel.c ->
+    ip_tunnel, ipv4). Subjects name their subsystem by such prefixes ("ip_tunnel: ...")."""
+    words: dict[str, str] = {}
+    for path in paths:
+        parts = [p for p in path.rstrip("/").split("/") if p]
+        if not parts:
+            continue
+        stem = parts[-1].rsplit(".", 1)[0]
+        for word in (stem, *parts[-2:-1]):
+            if len(word) > 2 and word not in ("net", "include", "linux", "drivers", "core"):
+                words.setdefault(word.lower(), path)
+    return words
+
+
+def score_subject(entry: ShortlogEntry, keywords: list[str], paths: list[str]) -> Commit:
+    """The keyword and path rules of score_commit, on a subject alone (no body, files or Fixes:)."""
+    c = Commit(sha="", subject=entry.subject)
+    for kw in keywords:
+        if _hits(kw, entry.subject):
+            c.score += W_SUBJECT
+            c.reasons.append(f"keyword {kw!r} in subject")
+    prefix = entry.subject.split(":", 1)[0].lower() if ":" in entry.subject else ""
+    named = [path for word, path in _path_words(paths).items()
+             if re.search(r"(?<![a-z0-9_])" + re.escape(word) + r"(?![a-z0-9_])", prefix)]
+    if named:
+        c.score += W_PATH
+        c.reasons.append(f"subject prefix {prefix!r} names {named[0]}")
+    if entry.subject.startswith(("Merge ", "Linux ")):
+        c.score -= P_MERGE
+        c.reasons.append("merge or release commit (demoted)")
+    if re.match(r"^(docs?|Documentation)\b", entry.subject, re.I):
+        c.score -= P_DOCS
+        c.reasons.append("documentation (demoted)")
+    arch = re.match(r"^(?:arch/)?([a-z0-9]+)[:/]", entry.subject)
+    if arch and arch.group(1) in OTHER_ARCHES:
+        c.score -= P_ARCH
+        c.reasons.append(f"other architecture: {arch.group(1)} (demoted)")
+    return c
+
+
+def rank_changes(changes: dict[str, str], keywords: list[str], paths: list[str], *,
+                 limit: int = 50) -> list[tuple[Commit, ShortlogEntry]]:
+    """Rank the subjects of several builds' CHANGES (build -> text): a first answer for users of
+    prebuilt kernels who have no Linux clone. Only subjects that score are kept."""
+    scored = [(score_subject(e, keywords, paths), e)
+              for build, text in changes.items() for e in parse_shortlog(text, build)]
+    scored = [item for item in scored if item[0].score > 0]
+    scored.sort(key=lambda item: (-item[0].score, item[0].subject))
+    return scored[:limit]

@@ -93,3 +93,50 @@ def test_candidates_command_json(hist, kbisect_home) -> None:
     data = json.loads(result.stdout)
     assert data["candidates"][0]["sha"] == hist.culprit
     assert data["candidates"][1]["upstream"] == hist.culprit
+
+
+def test_candidates_resolve_mainline_versions_through_commit_files(hist, kbisect_home, tmp_path) -> None:
+    """With --mirror, `--good 5.4.40` is the commit the 5.4.40 build's COMMIT names, not a guessed tag
+    (the clone has no tag called 5.4.40, so a guess would fail)."""
+    import git
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from tests.mainline_mirror import Build, Release, abi, placeholder_debs, write_release, write_top
+    from tests.test_mirror import serve
+
+    repo = git.Repo(hist.path)
+    root = tmp_path / "www" / "mainline"
+    rels = []
+    for label, (major, minor, patch) in (("5.4.40", (5, 4, 40)), ("5.4.41", (5, 4, 41))):
+        stamp = "202005141133"
+        rels.append(Release(f"v{label}", [Build(stamp, placeholder_debs(abi(major, minor, patch, None), stamp))],
+                            commit=(f"v{label}", repo.commit(f"v{label}").hexsha)))
+        write_release(root, rels[-1])
+    write_top(root, rels)
+    args = ["candidates", "--repo", str(hist.path), "--good", "5.4.40", "--bad", "5.4.41", "--bug", "gretap-ecn",
+            "--json"]
+    guessed = CliRunner().invoke(cli, args)
+    assert isinstance(guessed.exception, KbisectError) and "unknown revision '5.4.40'" in str(guessed.exception)
+    with serve(tmp_path / "www") as url:
+        result = CliRunner().invoke(cli, [*args, "--mirror", url])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["candidates"][0]["sha"] == hist.backport
+
+
+def test_shortlog_subjects_are_scored_by_the_same_rules() -> None:
+    from orchestrator.gitlog import parse_shortlog, rank_changes
+
+    text = ("Alice Example (2):\n      tunnel: Propagate ECT(1) when decapsulating as recommended by RFC6040\n"
+            "      docs: describe ECN\n\nBob Example (1):\n      ip_tunnel: fix a silent thing\n\n"
+            "Carol Example (1):\n      arm64: ECN for nobody\n")
+    entries = parse_shortlog(text, "5.7-rc5")
+    assert [(e.author, e.build) for e in entries][:1] == [("Alice Example", "5.7-rc5")] and len(entries) == 4
+    ranked = rank_changes({"5.7-rc5": text}, GRETAP_KEYWORDS, GRETAP_PATHS)
+    subjects = [c.subject for c, _ in ranked]
+    assert subjects[0] == CULPRIT_SUBJECT
+    # a subsystem prefix naming a bug path scores without any keyword; docs and other arches rank below
+    assert "ip_tunnel: fix a silent thing" in subjects
+    assert subjects.index("ip_tunnel: fix a silent thing") < subjects.index("docs: describe ECN") \
+        if "docs: describe ECN" in subjects else True
+    assert "arm64: ECN for nobody" not in subjects[:2]

@@ -735,3 +735,23 @@ def test_rebuilt_failure_and_republished_build_are_seen(tmp_path, home):
         assert all("202308041557" in f.name for f in second["6.4.6"].files)
         kernel = fetch("mainline:6.4.6", url)
         assert kernel.vmlinuz.read_bytes().endswith(b"6.4.6 202308041557\n")
+
+
+def test_candidates_from_changes_without_a_clone(mirror, home):
+    """`candidates` over mainline versions with no --repo ranks the builds' CHANGES subjects."""
+    result = run_cli("candidates", "--bug", "gretap-ecn", "--good", "5.7-rc4", "--bad", "5.7-rc5", "--mirror", mirror,
+                     "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    top = data["candidates"][0]
+    assert top["subject"] == "tunnel: Propagate ECT(1) when decapsulating as recommended by RFC6040"
+    assert top["build"] == "5.7-rc5" and top["author"] == "Toke Hoiland-Jorgensen" and top["sha"] is None
+    assert data["basis"] == "changes-subjects" and "subjects only" in data["notes"][0]
+    # 5.7-rc4's own CHANGES (what rc4 added) is outside 5.7-rc4..5.7-rc5
+    assert all(c["build"] == "5.7-rc5" for c in data["candidates"])
+    text = run_cli("candidates", "--bug", "gretap-ecn", "--good", "5.7-rc4", "--bad", "5.7-rc5", "--mirror", mirror,
+                   home=home)
+    assert text.returncode == 0 and "subjects only" in text.stderr and "Propagate ECT(1)" in text.stdout
+    wrong = run_cli("candidates", "--bug", "gretap-ecn", "--good", "5.7-rc5", "--bad", "5.7-rc4", "--mirror", mirror,
+                    home=home)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "not older" in wrong.stderr
