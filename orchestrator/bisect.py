@@ -106,6 +106,9 @@ class Probe:
             "reason": self.reason,
             "phase": self.phase,
             "origins": sorted(set(self.origins)),
+            # a verdict on a kernel fetched without checksums (--allow-unverified) says so
+            "unverified": any(r.unverified for r in self.records),
+            "upstream_commit": next((r.upstream_commit for r in self.records if r.upstream_commit), None),
         }
 
 

@@ -20,6 +20,13 @@ mainline 5.4 turns out good, so the 5.4 the user ran was not mainline 5.4. kbise
     ``distro`` (only distro kernels show it: a distro-only patch), or ``stable-only`` (a stable
     line shows it but no mainline release after the base does: a stable-specific breakage).
 
+Skips never decide anything. An origin is named only when the kernels that decide it were really
+probed good or bad: a mainline release that was unavailable or skipped may be the very release that
+went bad (a regression fixed by the next release looks like a gap followed by good releases), so
+"no mainline release shows it" needs every release after the base probed good. When unavailable or
+skipped kernels leave the answer open, the result says ``inconclusive``, ``origin`` stays None, the
+kernels are listed in ``undecided`` and ``advice`` says how to decide them (``ADVICE``).
+
 Everything here is pure: the kernel listings arrive as entries and the probe function is
 injected, so the differential is tested with replayed verdicts on a generated mirror.
 """
@@ -59,6 +66,8 @@ DISTRO_SERIES = {
     "debian": {"buster": "4.19", "bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"},
 }
 MAX_WALK = 40  # mainline releases walked forward from the base before giving up
+ADVICE = ("to decide, try another --mirror, --allow-unverified for builds without CHECKSUMS, "
+          "or give verdicts for the undecided kernels with --verdicts")
 
 
 @dataclass
@@ -243,6 +252,48 @@ class Stage:
 
 
 @dataclass
+class Undecided:
+    """A kernel whose verdict the answer needed but never got (why the result is not `found`)."""
+
+    kernel: str  # label, as `kernels list` prints it
+    spec: str
+    why: str  # unavailable | skip | not listed | not walked
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kernel} ({self.why}{': ' + self.reason if self.reason else ''})"
+
+    def to_json(self) -> dict[str, str]:
+        return {"kernel": self.kernel, "spec": self.spec, "why": self.why, "reason": self.reason}
+
+
+@dataclass
+class Walk:
+    """What the mainline walk saw: the newest good release before the first bad one, and the
+    releases that could not speak (gaps: unavailable or skipped; unwalked: past `max_walk`)."""
+
+    last_good: Kernel
+    first_bad: Kernel | None = None
+    good: list[Kernel] = field(default_factory=list)
+    gaps: list[Kernel] = field(default_factory=list)
+    unwalked: list[Kernel] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every listed release after the base, up to the newest, was probed good."""
+        return self.first_bad is None and bool(self.good) and not self.gaps and not self.unwalked
+
+
+@dataclass
+class BadEnd:
+    """The bad-end search over a line: the line cut at the chosen bad end, and what it skipped."""
+
+    line: list[Kernel]
+    newest: Kernel
+    skipped: list[Kernel] = field(default_factory=list)
+
+
+@dataclass
 class DiffResult:
     """What the user asked for: where it broke, in which lineage, and where it came from."""
 
@@ -262,6 +313,9 @@ class DiffResult:
     confidence: float = 0.0
     stopped: str = ""
     notes: list[str] = field(default_factory=list)
+    undecided: list[Undecided] = field(default_factory=list)  # kernels the answer is missing
+    origin_undecided: str = ""  # why no origin is named, when one would have been
+    advice: str = ""  # what to do about `undecided`
     stages: list[Stage] = field(default_factory=list)
     probes: list[Any] = field(default_factory=list)  # bisect.Probe, every one in order
 
@@ -306,6 +360,11 @@ class DiffResult:
             "flagged": self.flagged,
             "stopped": self.stopped,
             "notes": self.notes,
+            "undecided": [u.to_json() for u in self.undecided],
+        })
+        if self.advice:
+            data["advice"] = self.advice
+        data.update({
             "stages": [s.to_json() for s in self.stages],
             "probes": [p.to_json() for p in self.probes],
         })
@@ -340,12 +399,43 @@ class Differential:
         self.known.update(engine.verdicts)
         self.res.probes.extend(result.probes)
         self.res.stages.append(Stage(name, result))
+        if result.status == INCONCLUSIVE:
+            # suspects end with the oldest kernel probed bad; the ones before it never spoke
+            self._undecide(k for k in map(self._kernel, result.suspects[:-1]) if k is not None)
         return result
 
+    def _kernel(self, cand: Candidate) -> Kernel | None:
+        return self.index.by_spec.get(cand.spec)
+
+    def _undecide(self, kernels: Iterable[Kernel], why: str = "", reason: str = "") -> None:
+        """Record kernels the answer needed but could not get a verdict for (once each)."""
+        seen = {u.spec for u in self.res.undecided}
+        for k in kernels:
+            if k.spec in seen:
+                continue
+            seen.add(k.spec)
+            if why:
+                self.res.undecided.append(Undecided(k.label, k.spec, why, reason))
+            elif not k.available:
+                self.res.undecided.append(Undecided(k.label, k.spec, "unavailable", k.reason))
+            else:
+                self.res.undecided.append(Undecided(k.label, k.spec, "skip", self._skip_reason(k)))
+
+    def _skip_reason(self, kernel: Kernel) -> str:
+        """The reason the probe gave for its skip (the first run that gave one)."""
+        for p in self.res.probes:
+            if p.kernel == kernel.spec and p.verdict is Verdict.SKIP and "known" not in p.origins:
+                return p.reason or "the probe said skip"
+        return "the probe said skip"
+
     def _judge(self, kernel: Kernel, stage: Stage) -> Verdict:
-        """One verdict outside a bisection (ends of the differential, the mainline walk)."""
+        """One verdict outside a bisection (ends of the differential, the mainline walk). An
+        unavailable kernel is never probed: it is a skip, recorded as unavailable."""
         if kernel.spec in self.known:
             return self.known[kernel.spec]
+        if not kernel.available:
+            stage.walk.append((kernel.label, "unavailable"))
+            return Verdict.SKIP
         engine = Engine([kernel.candidate()], self.probe, policy=self.policy, lineage=kernel.lineage,
                         verify=0, on_probe=self.on_probe)
         probe = engine.judge(kernel.candidate(), "walk")
@@ -376,7 +466,8 @@ class Differential:
             distro_lineage(distro)  # validate early: one clear line
 
         if g.lineage == b.lineage:
-            r = self._engine("given range", self.index.between(g.lineage, g, b), g.lineage)
+            given = self.index.between(g.lineage, g, b)
+            r = self._engine("given range", given, g.lineage)
             if r.status in (FOUND, INCONCLUSIVE, UNSTABLE):
                 self._take(r, g.lineage)
                 if g.lineage == "mainline":
@@ -393,12 +484,22 @@ class Differential:
                     return self._finish([r])
                 # a stable/distro range: find where mainline got it (step b)
                 return self._upstream(b.base, [r], carrier=self._carrier(g.lineage))
+            moved = self._moved_over(r, given)
+            self._undecide(moved)
             if r.status == ENDS_DISAGREE and r.disagreeing_end == "good":
-                return self._stop(r, f"good end {r.good_end.label if r.good_end else g.label} is already bad: "
+                end = r.good_end.label if r.good_end else g.label
+                if moved:
+                    return self._stop(r, f"--good {g.label} could not be tested and the next testable kernel, {end}, "
+                                         "is already bad: the first bad is it or an untested kernel before it")
+                return self._stop(r, f"good end {end} is already bad: "
                                      "the regression is older than the range; give an older --good")
             if r.status == ENDS_DISAGREE and r.disagreeing_end == "bad" and b.lineage == "mainline":
+                seen = (f"mainline {b.label} is good" if not moved else
+                        f"mainline {b.label} could not be tested and {r.bad_end.label if r.bad_end else '?'} "
+                        f"before it is good")
                 res.notes.append(
-                    f"mainline {b.label} is good, so the bad {b.label} the user ran was not mainline {b.label}: "
+                    f"{seen}, so the bad {b.label} the user ran was {'probably ' if moved else ''}not "
+                    f"mainline {b.label}: "
                     f"it was a stable or distro kernel built on {b.label}. Taking the "
                     + (f"{distro} series" if distro else f"newest available stable-{b.base} release")
                     + " as the bad kernel and comparing lineages (write-up's case).")
@@ -412,7 +513,8 @@ class Differential:
         walk = Stage("base check")
         res.stages.append(walk)
         if root is not None and root.available and g.lineage == "mainline" and g.sort_key < root.sort_key:
-            if self._judge(root, walk) is Verdict.BAD:
+            verdict = self._judge(root, walk)
+            if verdict is Verdict.BAD:
                 res.notes.append(f"mainline {root.label} (the base of {b.label}) is already bad: "
                                  f"the regression is in mainline; bisecting mainline {g.label}..{root.label}")
                 r = self._engine("mainline", self.index.between("mainline", g, root), "mainline")
@@ -421,8 +523,12 @@ class Differential:
                     res.origin = "mainline"
                     return self._finish([r])
                 return self._stop(r, r.stopped)
-            res.notes.append(f"mainline {root.label} (the base of {b.label}) is good: "
-                             f"bisecting the {b.lineage} lineage, then finding where mainline went bad")
+            if verdict is Verdict.GOOD:
+                res.notes.append(f"mainline {root.label} (the base of {b.label}) is good: "
+                                 f"bisecting the {b.lineage} lineage, then finding where mainline went bad")
+            else:
+                res.notes.append(f"mainline {root.label} (the base of {b.label}) could not be tested: "
+                                 f"bisecting the {b.lineage} lineage, but whether mainline had it already stays open")
         if b.lineage.startswith("stable-") or (distro is None and b.source in ("ubuntu", "debian")):
             return self._differential(b.base, None if b.lineage.startswith("stable-") else f"{b.source}:{b.base}",
                                       b, [])
@@ -430,6 +536,23 @@ class Differential:
 
     def _carrier(self, lineage: str) -> str:
         return "stable" if lineage.startswith("stable-") else "distro"
+
+    @staticmethod
+    def _moved_over(r: BisectResult, kernels: Sequence[Kernel], pick: BadEnd | None = None) -> list[Kernel]:
+        """The untestable kernels the engine stepped over at the end that disagreed. The end the
+        user named may be any of them, so the disagreement is not established: it stays open.
+        With a picked bad end (`pick`), the unavailable kernels past the newest available one are
+        no such end: the newest available kernel stood in for "the line" from the start."""
+        if r.status != ENDS_DISAGREE:
+            return []
+        end = r.good_end if r.disagreeing_end == "good" else r.bad_end
+        specs = [k.spec for k in kernels]
+        if end is None or end.spec not in specs:
+            return []
+        i = specs.index(end.spec)
+        if r.disagreeing_end == "good":
+            return list(kernels[:i])
+        return [k for k in kernels[i + 1:] if pick is None or k.sort_key <= pick.newest.sort_key]
 
     def _differential(self, base: KernelVersion, distro: str | None, bad: Kernel | None,
                       done: list[BisectResult]) -> DiffResult:
@@ -454,10 +577,13 @@ class Differential:
             res.status = NO_CANDIDATES
             res.stopped = f"the {lineage} lineage has fewer than two available kernels: nothing to compare"
             return self._finish(done)
-        if bad is None:
-            line = self._pick_bad_end(line, lineage)
+        pick = self._pick_bad_end(line, lineage) if bad is None else None
+        if pick is not None:
+            line = pick.line
         r = self._engine("lineage of the bad kernel", line, lineage)
         if r.status in (ENDS_DISAGREE, NO_CANDIDATES):
+            moved = self._moved_over(r, line, pick)
+            self._undecide(moved + (pick.skipped if pick and r.disagreeing_end == "bad" else []))
             if r.disagreeing_end == "bad":
                 msg = (f"no kernel of {lineage} up to {r.bad_end.label if r.bad_end else '?'} shows the bug either; "
                        "cannot tell which kernel was bad"
@@ -467,45 +593,93 @@ class Differential:
                        "the distro carried it from its first upload")
                 if distro:
                     # the whole series is bad: still compare with mainline to name the origin
-                    res.lineage = lineage
-                    res.first_bad = r.good_end.label if r.good_end else None
-                    res.notes.append(msg)
+                    self._whole_series_bad(r, lineage, moved, msg)
                     return self._upstream(base, done + [r], carrier="distro", allow_partial=True)
             else:
                 msg = r.stopped
             return self._stop(r, msg)
         self._take(r, lineage)
-        carrier = self._carrier(lineage)
+        carrier: str | None = self._carrier(lineage)
         if distro and r.status in (FOUND, INCONCLUSIVE, UNSTABLE):
-            stable = self._stable_behind_distro(base)
+            carrier, stable = self._stable_behind_distro(base)
             if stable is not None:
                 done = done + [stable]
-                carrier = "stable"
         return self._upstream(base, done + [r], carrier=carrier)
 
-    def _stable_behind_distro(self, base: KernelVersion) -> BisectResult | None:
+    def _whole_series_bad(self, r: BisectResult, lineage: str, moved: list[Kernel], msg: str) -> None:
+        """The distro series is bad from its oldest testable upload. If older uploads could not be
+        tested, the first bad is that upload or one of them: inconclusive, not a guess."""
+        res = self.res
+        res.lineage = lineage
+        res.notes.append(msg)
+        oldest = r.good_end.label if r.good_end else None
+        if moved:
+            res.status = INCONCLUSIVE
+            res.suspects = [k.label for k in moved] + ([oldest] if oldest else [])
+            res.notes.append("first bad could be any of " + ", ".join(res.suspects))
+        else:
+            res.first_bad = oldest
+
+    def _stable_behind_distro(self, base: KernelVersion) -> tuple[str | None, BisectResult | None]:
         """Did the distro get it through a stable update? (The write-up's Ubuntu kernel had taken
         stable 5.4.41.) If the stable line of the same base shows the bug, bisect it too and
-        report its first bad release beside the distro's; else the distro took it on its own."""
+        report its first bad release beside the distro's; else the distro took it on its own.
+
+        Returns the carrier and the stable bisection to count in the result. The carrier is
+        "stable" when the stable line was probed bad, "distro" only when it was really probed good
+        (`_line_clean`), and None when unavailable or skipped kernels left it undecided: then the
+        distro may have taken the change itself or through stable, and the result does not say which."""
         res = self.res
         line = self.index.stable_line(base)
         if len([k for k in line if k.available]) < 2:
-            res.notes.append(f"no stable-{base} kernels listed: cannot tell whether the distro got it via stable")
-            return None
+            self._undecide(k for k in line if not k.available)
+            res.notes.append(f"stable-{base} has fewer than two available kernels: cannot tell whether the distro "
+                             "got it via stable or took it itself")
+            return None, None
         saved = (res.lineage, res.last_good, res.first_bad, list(res.suspects))
-        line = self._pick_bad_end(line, f"stable-{base}")
-        r = self._engine("stable line behind the distro", line, f"stable-{base}")
+        pick = self._pick_bad_end(line, f"stable-{base}")
+        r = self._engine("stable line behind the distro", pick.line, f"stable-{base}")
         res.lineage, res.last_good, res.first_bad, res.suspects = saved
-        if r.status in (FOUND, UNSTABLE) and r.first_bad is not None:
-            res.stable_last_good = r.last_good.label if r.last_good else None
+        if r.status in (FOUND, UNSTABLE, INCONCLUSIVE):
+            return "stable", self._stable_shows(base, r)
+        if r.status == ENDS_DISAGREE and r.disagreeing_end == "good" and r.good_end is not None:
+            self._undecide(self._moved_over(r, pick.line))
+            res.stable_first_bad = r.good_end.label
+            res.notes.append(f"stable-{base} is bad from its oldest testable kernel, {r.good_end.label}: "
+                             "the distro took it with a stable update")
+            return "stable", None
+        if self._line_clean(r, pick):
+            res.notes.append(f"stable-{base} does not show it ({r.stopped}): the distro took the change itself")
+            return "distro", None
+        untested = pick.skipped + self._moved_over(r, pick.line, pick)
+        self._undecide(untested)
+        res.notes.append(f"stable-{base} is undecided ({r.stopped}; untested: "
+                         + (", ".join(k.label for k in untested) or "its ends")
+                         + "): cannot tell whether the distro got it with a stable update or on its own")
+        return None, None
+
+    def _stable_shows(self, base: KernelVersion, r: BisectResult) -> BisectResult:
+        """The stable line is bad at its bad end: report where it went bad, or the suspects."""
+        res = self.res
+        res.stable_last_good = r.last_good.label if r.last_good else None
+        if r.first_bad is not None:
             res.stable_first_bad = r.first_bad.label
             res.notes.append(f"stable-{base} shows it too, from {r.first_bad.label}: the distro took it "
                              "with a stable update")
-            return r
-        res.notes.append(f"stable-{base} does not show it ({r.stopped}): the distro took the change itself")
-        return None
+        else:
+            res.notes.append(f"stable-{base} shows it too ({r.stopped}): the distro took it with a stable update")
+        return r
 
-    def _pick_bad_end(self, line: list[Kernel], lineage: str, samples: int = 8) -> list[Kernel]:
+    @staticmethod
+    def _line_clean(r: BisectResult, pick: BadEnd) -> bool:
+        """May "this line does not show it" be said? Only when the line's newest release and every
+        sampled release were probed good: the engine's bad end is the newest available kernel
+        (not a neighbour it fell back to) and the bad-end search met no skip. A skipped sample
+        may be exactly the bad window (gretap-ecn: 5.4.41 .. 5.4.137)."""
+        return (r.status == ENDS_DISAGREE and r.disagreeing_end == "bad" and not pick.skipped
+                and r.bad_end is not None and r.bad_end.spec == pick.newest.spec)
+
+    def _pick_bad_end(self, line: list[Kernel], lineage: str, samples: int = 8) -> BadEnd:
         """The user named only a base ("bad 5.4"): which kernel of its line did they run?
 
         The newest available release is the first guess (what an up-to-date machine runs). If
@@ -513,69 +687,136 @@ class Differential:
         5.4.138 good again), so up to `samples` evenly spaced releases are probed, oldest first,
         and the first bad one becomes the bad end. Bisecting from the line's root to that kernel
         then finds the first bad release. If no sample is bad the line is returned unchanged and
-        the engine reports the disagreement."""
+        the engine reports the disagreement. A skipped newest release is sampled past like a good
+        one; every skip is returned, so an unheard line is never mistaken for a good one."""
         available = [k for k in line if k.available]
         newest = available[-1]
+        out = BadEnd(line, newest)
         stage = Stage("bad-end search")
         self.res.stages.append(stage)
-        if self._judge(newest, stage) is not Verdict.GOOD:
+        verdict = self._judge(newest, stage)
+        if verdict is Verdict.BAD:
             self.res.notes.append(f"bad end of {lineage}: newest available release, {newest.label}")
-            return [x for x in line if x.sort_key <= newest.sort_key]
+            out.line = [x for x in line if x.sort_key <= newest.sort_key]
+            return out
+        if verdict is Verdict.SKIP:
+            out.skipped.append(newest)
         inner = available[1:-1]
         if not inner:
-            return line
+            return out
         step = max(1, len(inner) // samples)
         picks = inner[step - 1::step][:samples]
         for k in picks:
-            if self._judge(k, stage) is Verdict.BAD:
+            verdict = self._judge(k, stage)
+            if verdict is Verdict.BAD:
                 self.res.notes.append(
-                    f"newest {lineage} release {newest.label} is good (fixed since?); sampled the line and "
-                    f"took {k.label}, the oldest bad sample, as the bad end")
-                return [x for x in line if x.sort_key <= k.sort_key]
-        self.res.notes.append(f"newest {lineage} release {newest.label} and {len(picks)} sampled releases are good")
-        return line
+                    f"newest {lineage} release {newest.label} is "
+                    + ("skipped" if newest in out.skipped else "good (fixed since?)")
+                    + f"; sampled the line and took {k.label}, the oldest bad sample, as the bad end")
+                out.line = [x for x in line if x.sort_key <= k.sort_key]
+                return out
+            if verdict is Verdict.SKIP:
+                out.skipped.append(k)
+        good = len(picks) + 1 - len(out.skipped)
+        self.res.notes.append(f"newest {lineage} release {newest.label} and {len(picks)} sampled releases: "
+                              f"{good} good" + (f", {len(out.skipped)} skipped" if out.skipped else ""))
+        return out
 
-    def _upstream(self, base: KernelVersion | None, done: list[BisectResult], *, carrier: str,
+    def _upstream(self, base: KernelVersion | None, done: list[BisectResult], *, carrier: str | None,
                   allow_partial: bool = False) -> DiffResult:
-        """Walk mainline releases forward from `base` to the first bad one; bisect its rc's."""
+        """Walk mainline releases forward from `base` to the first bad one; bisect its rc's.
+
+        `carrier` is the line that carries the change ("stable" or "distro"), None when the
+        stable line behind a distro kernel was left undecided."""
         res = self.res
         if base is None:
             res.origin = None
             return self._finish(done)
-        walk = Stage("mainline walk")
-        res.stages.append(walk)
+        stage = Stage("mainline walk")
+        res.stages.append(stage)
         prev = self.index.mainline_release(base)
         if prev is None:
-            res.notes.append(f"mainline {base} is not listed: cannot walk mainline from it")
-            return self._finish(done)
-        if self._judge(prev, walk) is Verdict.BAD:
+            res.undecided.append(Undecided(str(base), f"mainline:{base}", "not listed"))
+            return self._origin_open(done, f"mainline {base} is not listed: cannot tell whether mainline "
+                                           "had it already")
+        verdict = self._judge(prev, stage)
+        if verdict is Verdict.BAD:
             # should not happen after the checks above; say so rather than guess
             res.notes.append(f"mainline {prev.label} is bad: the regression is in mainline, not a backport")
             res.origin = "mainline"
             return self._finish(done)
+        if verdict is not Verdict.GOOD:
+            self._undecide([prev])
+            return self._origin_open(done, f"mainline {prev.label} could not be tested: cannot tell whether "
+                                           "mainline had it already (origin mainline) or got it later")
         self.on_event(f"[mainline walk] forward from {prev.label}")
-        first_bad_release: Kernel | None = None
-        for i, rel in enumerate(self.index.releases_after(base)):
+        walk = self._walk(base, prev, stage)
+        if walk.first_bad is None:
+            return self._no_bad_release(base, walk, done, carrier)
+        return self._upstream_window(walk.last_good, walk.first_bad, done, carrier)
+
+    def _walk(self, base: KernelVersion, prev: Kernel, stage: Stage) -> Walk:
+        """Judge mainline releases after `base`, oldest first, up to the first bad one.
+
+        An unavailable or skipped release is stepped over but never counted as good: it is kept
+        as a gap, because it may be the first bad release (the bug may be fixed by the next
+        release, as gretap-ecn was by 5.14). Past `max_walk` releases the rest are unwalked."""
+        walk = Walk(prev)
+        releases = self.index.releases_after(base)
+        for i, rel in enumerate(releases):
             if i >= self.max_walk:
-                res.notes.append(f"stopped walking mainline after {self.max_walk} releases")
+                walk.unwalked = releases[i:]
+                self.res.notes.append(f"stopped walking mainline after {self.max_walk} releases")
                 break
-            if not rel.available:
-                walk.walk.append((rel.label, "unavailable"))
-                continue
-            verdict = self._judge(rel, walk)
+            verdict = self._judge(rel, stage)
             if verdict is Verdict.GOOD:
-                prev = rel
+                walk.last_good = rel
+                walk.good.append(rel)
             elif verdict is Verdict.BAD:
-                first_bad_release = rel
+                walk.first_bad = rel
                 break
-        if first_bad_release is None:
+            else:
+                walk.gaps.append(rel)
+        return walk
+
+    def _no_bad_release(self, base: KernelVersion, walk: Walk, done: list[BisectResult],
+                        carrier: str | None) -> DiffResult:
+        """No walked mainline release is bad. Is that "stable-only" / "distro"?
+
+        Those origins claim that mainline never got the change, so the rule is strict: every
+        mainline release listed after the base, up to the newest listed one, was probed GOOD;
+        no release was unavailable or skipped and the walk did not stop at `max_walk`. With
+        --distro the carrier must be decided too (stable-only vs distro). Anything less leaves
+        the origin open: inconclusive, origin None, the gaps listed as undecided."""
+        res = self.res
+        if walk.complete and carrier is not None:
             res.origin = "distro" if carrier == "distro" else "stable-only"
             res.notes.append(
-                f"no mainline release after {base} up to {prev.label} shows the bug: "
+                f"no mainline release after {base} up to {walk.last_good.label} shows the bug "
+                f"({len(walk.good)} releases, all probed good): "
                 + ("a distro-only patch" if carrier == "distro" else
                    "a stable-specific breakage (or a mainline bug fixed before its release)"))
             return self._finish(done)
-        r = self._engine("upstream rc's", self.index.release_window(prev, first_bad_release), "mainline")
+        self._undecide(walk.gaps)
+        self._undecide(walk.unwalked, "not walked", f"beyond the walk limit of {self.max_walk} releases")
+        if walk.complete:
+            why = (f"no mainline release after {base} shows the bug, but whether stable-{base} does is "
+                   "undecided: distro or stable-only")
+        elif not (walk.good or walk.gaps):
+            why = f"no mainline release after {base} is listed: nothing shows whether mainline ever got it"
+        else:
+            open_ = walk.gaps + walk.unwalked
+            why = (f"no mainline release after {base} was probed bad, but {len(open_)} could not be tested "
+                   f"({', '.join(k.label for k in open_[:6])}{', ...' if len(open_) > 6 else ''}) "
+                   "and any of them may be the first bad one")
+        return self._origin_open(done, why)
+
+    def _upstream_window(self, prev: Kernel, release: Kernel, done: list[BisectResult],
+                         carrier: str | None) -> DiffResult:
+        """prev release probed good, `release` probed bad: the origin is a backport of a later
+        mainline change; bisect the rc's between them for the upstream range."""
+        res = self.res
+        r = self._engine("upstream rc's", self.index.release_window(prev, release), "mainline")
         res.origin = "stable-backport"
         res.carrier = carrier
         if r.status in (FOUND, UNSTABLE):
@@ -587,11 +828,13 @@ class Differential:
             res.upstream_first_bad = r.suspects[-1].label if r.suspects else None
             res.notes.append("upstream boundary " + r.stopped)
         else:
-            res.upstream_last_good, res.upstream_first_bad = prev.label, first_bad_release.label
+            res.upstream_last_good, res.upstream_first_bad = prev.label, release.label
             res.notes.append(f"upstream rc bisection did not settle ({r.stopped}); "
-                             f"upstream range is the release pair {prev.label}..{first_bad_release.label}")
+                             f"upstream range is the release pair {prev.label}..{release.label}")
+        got = res.first_bad or ("one of " + ", ".join(res.suspects) if res.suspects else "?")
+        via = f"via the {carrier} line" if carrier else "via a line left undecided (stable or the distro itself)"
         res.notes.append(f"mainline went bad between {res.upstream_last_good} and {res.upstream_first_bad}; "
-                         f"{res.lineage} got it at {res.first_bad}: origin stable-backport via the {carrier} line")
+                         f"{res.lineage} got it at {got}: origin stable-backport {via}")
         return self._finish(done + [r])
 
     # -- result assembly ------------------------------------------------------------------
@@ -605,12 +848,30 @@ class Differential:
             res.notes.append(r.stopped)
         res.notes.extend(n for n in r.notes if n not in res.notes)
 
+    def _origin_open(self, done: list[BisectResult], why: str) -> DiffResult:
+        """Untested kernels would decide the origin: name none, say why and what to do."""
+        res = self.res
+        res.status = INCONCLUSIVE
+        res.origin = None
+        res.carrier = None
+        res.origin_undecided = why
+        res.notes.append(f"origin undecided: {why}")
+        return self._finish(done)
+
     def _stop(self, r: BisectResult, why: str) -> DiffResult:
-        self.res.status = r.status
-        self.res.stopped = why
-        self.res.notes.append(why)
-        self.res.confidence = r.confidence
-        return self.res
+        """Stop at an engine result. A disagreement that untested kernels could explain (an end
+        moved past unavailable or skipped kernels, a skipped sample) is not established: it is
+        reported as inconclusive, with those kernels."""
+        res = self.res
+        res.status = INCONCLUSIVE if r.status == ENDS_DISAGREE and res.undecided else r.status
+        res.stopped = why
+        res.notes.append(why)
+        res.confidence = r.confidence
+        if res.undecided:
+            res.stopped += f"; untested: {', '.join(u.kernel for u in res.undecided)}"
+            res.advice = ADVICE
+            res.notes.append(ADVICE)
+        return res
 
     def _finish(self, results: list[BisectResult]) -> DiffResult:
         res = self.res
@@ -625,13 +886,27 @@ class Differential:
             else:
                 res.status = NO_CANDIDATES
         res.confidence = functools.reduce(lambda a, r: a * r.confidence, results, 1.0) if results else 0.0
+        if res.undecided:
+            res.advice = ADVICE
+            res.notes.append(f"undecided: {', '.join(str(u) for u in res.undecided)}; {ADVICE}")
+        if not res.stopped:
+            res.stopped = self._summary_line() or (results[-1].stopped if results else "nothing to bisect")
+        return res
+
+    def _summary_line(self) -> str:
+        """The one-line answer: boundary, origin (or why it is open), upstream range."""
+        res = self.res
         parts = []
         if res.first_bad:
             parts.append(f"{res.lineage}: {res.last_good} good, {res.first_bad} bad")
+        elif res.suspects:
+            parts.append(f"{res.lineage}: {res.last_good} good, first bad one of {', '.join(res.suspects)}")
         if res.origin:
             parts.append(f"origin {res.origin}")
+        elif res.origin_undecided:
+            parts.append(f"origin undecided: {res.origin_undecided}")
         if res.upstream_first_bad:
             parts.append(f"upstream {res.upstream_last_good} good, {res.upstream_first_bad} bad")
-        if not res.stopped:
-            res.stopped = "; ".join(parts) or (results[-1].stopped if results else "nothing to bisect")
-        return res
+        if res.undecided:
+            parts.append(ADVICE)
+        return "; ".join(parts)

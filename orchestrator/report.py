@@ -35,7 +35,8 @@ code { font-size: 95%; }
 <tr><th>lineage</th><td>{{ r.lineage }}</td></tr>
 <tr><th>last good</th><td>{{ r.last_good }}</td></tr>
 <tr><th>first bad</th><td>{{ r.first_bad }}{% if r.suspects %} (one of: {{ r.suspects|join(", ") }}){% endif %}</td></tr>
-<tr><th>origin</th><td>{{ r.origin }}{% if r.carrier %} (via the {{ r.carrier }} line){% endif %}</td></tr>
+<tr><th>origin</th><td>{{ r.origin or ("undecided" if r.status == "inconclusive" else "") }}{% if r.carrier %} (via the {{ r.carrier }} line){% endif %}</td></tr>
+{% if r.undecided %}<tr><th>undecided</th><td class="skip">{% for u in r.undecided %}{{ u.kernel }} ({{ u.why }}{% if u.reason %}: {{ u.reason }}{% endif %}){% if not loop.last %}, {% endif %}{% endfor %}{% if r.advice %}<br>{{ r.advice }}{% endif %}</td></tr>{% endif %}
 {% if r.upstream_first_bad %}<tr><th>upstream</th><td>{{ r.upstream_last_good }} good, {{ r.upstream_first_bad }} bad</td></tr>{% endif %}
 <tr><th>confidence</th><td>{{ "%.3f"|format(r.confidence) }}</td></tr>
 <tr><th>stopped</th><td>{{ r.stopped }}</td></tr>
@@ -52,7 +53,7 @@ code { font-size: 95%; }
 <table><tr><th>#</th><th>kernel</th><th>phase</th><th>verdict</th><th>runs</th><th>seconds</th><th>from</th><th>reason</th></tr>
 {% for p in r.probes %}<tr class="{{ p.verdict }}"><td>{{ loop.index }}</td><td><code>{{ p.kernel }}</code></td><td>{{ p.phase }}</td>
 <td>{{ p.verdict }}</td><td>{{ p.runs }}{% if p.runs > 1 %} ({{ p.bad_runs }} bad){% endif %}</td><td>{{ p.seconds }}</td>
-<td>{{ p.origins|join(", ") }}</td><td>{{ p.reason }}</td></tr>
+<td>{{ p.origins|join(", ") }}</td><td>{% if p.unverified %}<strong>UNVERIFIED kernel</strong> (no CHECKSUMS) {% endif %}{{ p.reason }}</td></tr>
 {% if p.console_excerpt %}<tr><td></td><td colspan="7"><pre>{{ p.console_excerpt }}</pre></td></tr>{% endif %}
 {% endfor %}</table>
 {% if r.candidates %}<h2>Candidate commits</h2>

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.bisect import clean_bound
+from orchestrator.cli.bisect import EXIT_INCONCLUSIVE, exit_code
 from orchestrator.differential import Differential, KernelIndex, make_kernel
 from orchestrator.errors import KbisectError
 from orchestrator.verdict import Verdict
+from orchestrator.versions import parse_version
 from tests.bisect_mirror import build_mirror, serve
 from tests.gretap_history import K, UNAVAILABLE, mainline_versions, verdict, verdicts
 
@@ -60,6 +62,7 @@ def test_pure_differential_follows_the_write_up() -> None:
     outside = [c for c, p in zip(probe.calls, res.probes) if p.phase != "verify"]
     assert len(outside) == len(set(outside))
     assert res.confidence == 1.0
+    assert res.undecided == [] and not res.advice
 
 
 def test_stable_bad_end_given_explicitly() -> None:
@@ -83,10 +86,63 @@ def test_good_end_bad_is_said_plainly() -> None:
     assert "good end 5.8 is already bad" in res.stopped
 
 
+def stable_only(label: str) -> str:
+    """stable-5.4 broke at 5.4.30 on its own; no mainline kernel ever shows it."""
+    return "bad" if label.startswith("5.4.") and int(label.split(".")[2]) >= 30 else "good"
+
+
+def releases_after_5_4() -> list[str]:
+    return [v for v in mainline_versions() if "-rc" not in v and v.count(".") == 1
+            and parse_version(v) > parse_version("5.4")]
+
+
 def test_stable_only_breakage_is_not_blamed_on_mainline() -> None:
-    table = lambda label: "bad" if label.startswith("5.4.") and int(label.split(".")[2]) >= 30 else "good"
-    res = Differential("x", index(), Replay(table), verify=0, max_walk=5).run("4.15", "5.4")
-    assert res.first_bad == "5.4.30" and res.origin == "stable-only"
+    # the positive evidence the rule asks for: every mainline release after 5.4 was probed good
+    res = Differential("x", index(), Replay(stable_only), verify=0).run("4.15", "5.4")
+    assert (res.status, res.first_bad, res.origin) == ("found", "5.4.30", "stable-only")
+    walk = [s for s in res.stages if s.name == "mainline walk"][0]
+    assert walk.walk == [(v, "good") for v in releases_after_5_4()]
+    assert res.undecided == [] and res.to_json()["undecided"] == [] and "advice" not in res.to_json()
+
+
+def test_a_skipped_release_in_the_walk_leaves_the_origin_open() -> None:
+    # 5.9 could not be tested: it may be the first bad release (fixed again by 5.10), so "no
+    # mainline release shows it" is not established and stable-only is not said
+    table = lambda label: "skip" if label == "5.9" else stable_only(label)
+    res = Differential("x", index(), Replay(table), verify=0).run("4.15", "5.4")
+    assert (res.status, res.origin, res.carrier) == ("inconclusive", None, None)
+    assert (res.lineage, res.last_good, res.first_bad) == ("stable-5.4", "5.4.29", "5.4.30")  # still reported
+    data = res.to_json()
+    assert data["origin"] is None and data["status"] == "inconclusive"
+    assert [(u["kernel"], u["why"]) for u in data["undecided"]] == [("5.9", "skip")]
+    assert "--verdicts" in data["advice"] and "--mirror" in data["advice"] and "--allow-unverified" in data["advice"]
+    assert "origin undecided" in res.stopped and "5.9" in res.stopped
+
+
+def test_an_unavailable_base_release_leaves_the_origin_open() -> None:
+    # mainline 5.4 itself could not be tested: whether mainline had it already is unknown
+    table = lambda label: "skip" if label == "5.4" else verdict(label)
+    res = Differential("gretap-ecn", index(), Replay(table), verify=0).run("4.15", "5.4.60")
+    assert (res.status, res.origin, res.first_bad) == ("inconclusive", None, "5.4.41")
+    assert [(u.kernel, u.why) for u in res.undecided] == [("5.4", "skip")]
+    assert not any("5.4 (the base of 5.4.60) is good" in n for n in res.notes)
+
+
+def test_an_untestable_bad_end_is_not_called_good() -> None:
+    # --bad 5.4 itself is skipped: the engine falls back to 5.4-rc7 (good), which does not make
+    # mainline 5.4 good; the stable line is still bisected, the origin stays open
+    table = lambda label: "skip" if label == "5.4" else verdict(label)
+    res = Differential("gretap-ecn", index(), Replay(table), verify=0).run("4.15", "5.4")
+    assert (res.status, res.origin, res.first_bad) == ("inconclusive", None, "5.4.41")
+    assert [(u.kernel, u.why) for u in res.undecided] == [("5.4", "skip")]
+    assert not any(n.startswith("mainline 5.4 is good") for n in res.notes)
+
+
+def test_the_walk_limit_is_not_evidence() -> None:
+    res = Differential("x", index(), Replay(stable_only), verify=0, max_walk=5).run("4.15", "5.4")
+    assert (res.status, res.origin) == ("inconclusive", None)
+    assert [u.kernel for u in res.undecided] == releases_after_5_4()[5:]
+    assert {u.why for u in res.undecided} == {"not walked"}
 
 
 def test_bad_input_is_one_line() -> None:
@@ -144,6 +200,47 @@ def test_done_when_command_on_a_mirror(mirror, tmp_path) -> None:
     # progress went to stderr, not stdout
     assert "boundary found: 5.4.40 good, 5.4.41 bad" in proc.stderr
     (tmp_path / "done-when.json").write_text(proc.stdout)
+
+
+def test_unavailable_mainline_releases_give_no_origin_through_the_cli(tmp_path) -> None:
+    # the listing says every mainline release after 5.4 is unavailable: the walk hears nothing,
+    # so the answer is inconclusive with no origin, not "stable-only" with status found
+    gone = set(releases_after_5_4())
+    root = build_mirror(tmp_path / "mirror" / "mainline", mainline_versions(), UNAVAILABLE | gone)
+    vfile = tmp_path / "verdicts.json"
+    vfile.write_text(json.dumps(verdicts(), indent=1))
+    env = _env(tmp_path)
+    args = ["bisect", "--bug", "gretap-ecn", "--good", "4.15", "--bad", "5.4", "--verdicts", str(vfile)]
+    with serve(root) as url:
+        proc = _kbisect([*args, "--mirror", url, "--json"], env)
+        text = _kbisect([*args, "--mirror", url], env)
+    assert proc.returncode == EXIT_INCONCLUSIVE, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)  # printed before exiting
+    assert (data["status"], data["origin"]) == ("inconclusive", None)
+    assert (data["lineage"], data["last_good"], data["first_bad"]) == ("stable-5.4", "5.4.40", "5.4.41")
+    assert [u["kernel"] for u in data["undecided"]] == releases_after_5_4()
+    assert {u["why"] for u in data["undecided"]} == {"unavailable"}
+    assert "--verdicts" in data["advice"] and "--mirror" in data["advice"]
+    assert "stable-only" not in proc.stdout and "distro-only" not in proc.stdout
+    assert json.loads(Path(data["report"]).with_name("result.json").read_text())["origin"] is None
+    html = Path(data["report"]).read_text()
+    assert "<th>undecided</th>" in html and "5.5 (unavailable" in html and "to decide, try another --mirror" in html
+    # the text answer says the same: status, the undecided kernels, what to do
+    assert text.returncode == EXIT_INCONCLUSIVE, text.stderr[-3000:]
+    assert "status: inconclusive" in text.stdout and "origin: undecided" in text.stdout
+    assert "undecided kernels (12):" in text.stdout and "  5.5 (unavailable" in text.stdout
+    assert "next: to decide, try another --mirror" in text.stdout
+
+
+def test_exit_codes_are_documented() -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    assert (exit_code("found"), exit_code("inconclusive")) == (0, EXIT_INCONCLUSIVE) == (0, 4)
+    assert {exit_code(s) for s in ("ends-disagree", "no-candidates", "unstable")} == {3}
+    out = CliRunner().invoke(cli, ["bisect", "--help"]).output
+    assert "4  inconclusive" in out and "0  found" in out and "3  ends-disagree" in out
 
 
 def test_cli_errors_are_one_line(mirror, tmp_path) -> None:
@@ -321,11 +418,47 @@ def test_distro_only_patch() -> None:
             return "bad" if int(label.split("-")[1].split(".")[0]) >= 40 else "good"
         return "good"  # mainline never shows it
 
-    res = Differential("x", focal_index(), Replay(table), verify=0, max_walk=8).run(
-        "4.15", "ubuntu:5.4.0-50.54")
-    assert (res.lineage, res.first_bad, res.origin) == ("ubuntu:5.4", "5.4.0-40.44", "distro")
+    res = Differential("x", focal_index(), Replay(table), verify=0).run("4.15", "ubuntu:5.4.0-50.54")
+    assert (res.status, res.lineage, res.first_bad, res.origin) == ("found", "ubuntu:5.4", "5.4.0-40.44", "distro")
     assert res.upstream_first_bad is None
     assert any("distro-only patch" in n for n in res.notes)
+
+
+def focal_bad_from_33(label: str) -> str | None:
+    if label.startswith("5.4.0-"):
+        return "bad" if int(label.split("-")[1].split(".")[0]) >= 33 else "good"
+    return None
+
+
+def stable_unheard(label: str) -> str | None:
+    """stable-5.4's would-be bad window cannot be tested (skips), the rest of the line is good."""
+    if label.startswith("5.4."):
+        return "skip" if 41 <= int(label.split(".")[2]) < 138 else "good"
+    return None
+
+
+def test_distro_with_an_undecided_stable_line_names_no_carrier() -> None:
+    # mainline got it (5.7-rc4), so the origin is a backport either way; but the stable line's
+    # samples were skipped, so "the distro took the change itself" would be a guess
+    table = lambda label: focal_bad_from_33(label) or stable_unheard(label) or verdict(label)
+    res = Differential("gretap-ecn", focal_index(), Replay(table), verify=0).run("4.15", "5.4", distro="ubuntu:focal")
+    assert (res.first_bad, res.origin, res.carrier) == ("5.4.0-33.37", "stable-backport", None)
+    assert res.upstream_first_bad == f"5.7-rc{K}"
+    assert not any("took the change itself" in n for n in res.notes)
+    assert any("stable-5.4 is undecided" in n for n in res.notes)
+    undecided = res.to_json()["undecided"]
+    assert undecided and all(u["why"] == "skip" and 41 <= int(u["kernel"].split(".")[2]) < 138 for u in undecided)
+    assert "carrier" not in res.to_json()
+
+
+def test_distro_only_needs_the_stable_line_probed_good() -> None:
+    # no mainline kernel shows it; "distro" (not stable-only) would rest on the skipped stable samples
+    table = lambda label: focal_bad_from_33(label) or stable_unheard(label) or "good"
+    res = Differential("x", focal_index(), Replay(table), verify=0).run("4.15", "5.4", distro="ubuntu:focal")
+    assert (res.status, res.origin, res.first_bad) == ("inconclusive", None, "5.4.0-33.37")
+    assert res.to_json()["origin"] is None and res.undecided
+    assert not any("distro-only patch" in n or "took the change itself" in n for n in res.notes)
+    assert "origin undecided" in res.stopped and "stable-5.4" in res.stopped
 
 
 def test_debian_lineages_and_a_patched_variant_end() -> None:
@@ -350,7 +483,7 @@ def test_debian_lineages_and_a_patched_variant_end() -> None:
 
 
 def test_distro_differential_through_the_cli_on_a_fake_launchpad(mirror, tmp_path) -> None:
-    from tests.bisect_mirror import serve_launchpad
+    from tests.fake_launchpad import serve_launchpad
 
     table = {f"ubuntu:{v}": ("bad" if int(v.split("-")[1].split(".")[0]) >= 33 else "good") for v in FOCAL}
     vfile = tmp_path / "verdicts.json"

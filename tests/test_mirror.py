@@ -755,3 +755,17 @@ def test_candidates_from_changes_without_a_clone(mirror, home):
     wrong = run_cli("candidates", "--bug", "gretap-ecn", "--good", "5.7-rc5", "--bad", "5.7-rc4", "--mirror", mirror,
                     home=home)
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "not older" in wrong.stderr
+
+
+def test_bisect_passes_verification_options_to_every_mainline_source(mirror, home, monkeypatch):
+    """bisect sets KBISECT_ALLOW_UNVERIFIED / KBISECT_MAINLINE_KEYRING for its listing and every
+    probe's fetch; a source built from the environment honours them, and a bad --keyring stops
+    the command before anything is listed."""
+    monkeypatch.setenv("KBISECT_ALLOW_UNVERIFIED", "1")
+    entry = {e.version: e for e in get_source("mainline", mirror).list("3.19", "3.19")}["3.19"]
+    assert entry.available and entry.extra["unverified"] is True
+    monkeypatch.delenv("KBISECT_ALLOW_UNVERIFIED")
+    assert not get_source("mainline", mirror).list("3.19", "3.19")[0].available
+    bad = run_cli("bisect", "--bug", "gretap-ecn", "--good", "4.3", "--bad", "4.15", "--mirror", mirror,
+                  "--keyring", "/nonexistent/ring.gpg", home=home)
+    assert bad.returncode == 2 and bad.stderr == "kbisect: error: --keyring /nonexistent/ring.gpg: no such file\n"

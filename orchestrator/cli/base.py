@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -13,6 +14,23 @@ from orchestrator.errors import KbisectError
 @click.version_option(package_name="kbisect")
 def cli() -> None:
     """kbisect: find which kernel version broke a reproducer, and why."""
+
+
+def mainline_options(command):
+    """--allow-unverified and --keyring: how far a mainline build's packages must be verified."""
+    command = click.option("--keyring", default=None, type=click.Path(dir_okay=False),
+                           help="Verify mainline CHECKSUMS.gpg with gpgv against this keyring before trusting "
+                                "any hash (default $KBISECT_MAINLINE_KEYRING).")(command)
+    return click.option("--allow-unverified", is_flag=True,
+                        help="Offer mainline builds published without CHECKSUMS (before March 2015), marked "
+                             "unverified (default $KBISECT_ALLOW_UNVERIFIED=1).")(command)
+
+
+def check_keyring(keyring: str | None) -> str | None:
+    """The keyring path, checked before anything is listed or fetched."""
+    if keyring and not Path(keyring).is_file():
+        raise KbisectError(f"--keyring {keyring}: no such file")
+    return keyring
 
 
 def main(argv: list[str] | None = None) -> None:

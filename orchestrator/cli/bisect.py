@@ -8,13 +8,14 @@ on stderr, writes the report and, with --repo, narrows the boundary to commits (
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from orchestrator.cli.base import cli
+from orchestrator.cli.base import check_keyring, cli, mainline_options
 from orchestrator.errors import KbisectError
 
 
@@ -182,14 +183,28 @@ def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
 
 # -- commands ---------------------------------------------------------------------------------
 
+# Exit statuses of `kbisect bisect`; the result is printed (and with --json as JSON) before any of them.
+EXIT_FOUND = 0  # boundary found; an origin is named only when the kernels deciding it were probed
+EXIT_NOT_FOUND = 3  # ends-disagree, no-candidates, unstable
+EXIT_INCONCLUSIVE = 4  # unavailable or skipped kernels left the boundary or the origin undecided
+
+
+def exit_code(status: str) -> int:
+    """The process exit status for a result status (see EXIT_*)."""
+    from orchestrator.bisect import FOUND, INCONCLUSIVE
+
+    return {FOUND: EXIT_FOUND, INCONCLUSIVE: EXIT_INCONCLUSIVE}.get(status, EXIT_NOT_FOUND)
+
+
 @cli.command("bisect")
 @click.option("--bug", "bug_id", required=True, help="Reproducer id (catalog) or directory.")
 @click.option("--good", required=True, help="A good kernel: 4.15, mainline:5.6, ubuntu:5.4.0-26.30 ...")
 @click.option("--bad", required=True, help="A bad kernel (the one you saw the bug on).")
 @click.option("--mirror", default=None, help="Mainline mirror base URL (default: the public one).")
 @click.option("--distro", default=None, help="Distro series to compare with mainline: ubuntu:focal, debian:bookworm.")
-@click.option("--distro-mirror", default=None, help="Base URL for the distro source (Ubuntu: Launchpad API "
-              "and archive as URL/api/1.0/ and URL/ubuntu/).")
+@click.option("--distro-mirror", default=None, help="Base URL standing for the distro source's hosts (Ubuntu: "
+              "URL/api/ the Launchpad API root, used as URL/api/devel/; URL/ubuntu/ the archive; URL/launchpad/ "
+              "for Launchpad's +files).")
 @click.option("--verdicts", "verdicts_file", type=click.Path(path_type=Path), default=None,
               help="YAML/JSON object of known verdicts ('mainline:5.7-rc5': bad); the rest are probed.")
 @click.option("--repo", type=click.Path(path_type=Path), default=None,
@@ -201,11 +216,24 @@ def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
 @click.option("--fresh", is_flag=True, help="Ignore stored verdicts (new ones replace them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@mainline_options
 def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str | None,
                distro_mirror: str | None, verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
-               fresh: bool, as_json: bool, quiet: bool) -> None:
+               fresh: bool, as_json: bool, quiet: bool, allow_unverified: bool, keyring: str | None) -> None:
     """Find the first bad kernel between GOOD and BAD, and whether it came from mainline, a stable
-    backport or a distro patch."""
+    backport or a distro patch.
+
+    Unavailable or skipped kernels never decide anything: when they leave the boundary or the
+    origin open, the result is `inconclusive`, the origin is null, the untested kernels are
+    listed as undecided and the result says what to try next. The result is printed in every
+    status (with --json as JSON on stdout); then the exit status is:
+
+    \b
+      0  found
+      4  inconclusive: unavailable or skipped kernels left the answer undecided
+      3  ends-disagree, no-candidates or unstable
+      2  bad input or an error (one line on stderr)
+    """
     from orchestrator import catalog, report
     from orchestrator.differential import Differential, canonical, distro_lineage
     from orchestrator.store import ResumingProbe, Store, load_replay
@@ -213,6 +241,11 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     bug = catalog.resolve(bug_id)
     if distro:
         distro_lineage(distro)
+    # the listing and every probe's fetch build their mainline source from the environment
+    if allow_unverified:
+        os.environ["KBISECT_ALLOW_UNVERIFIED"] = "1"
+    if check_keyring(keyring):
+        os.environ["KBISECT_MAINLINE_KEYRING"] = str(Path(keyring).resolve())
     replay = load_replay(verdicts_file) if verdicts_file else {}
     if repo is not None and not Path(repo).exists():
         raise KbisectError(f"--repo {repo}: no such directory")
@@ -243,14 +276,26 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
         click.echo(json.dumps(data, indent=2))
     else:
         _summary(data)
-    if data["status"] not in ("found",):
-        sys.exit(3)
+    code = exit_code(data["status"])
+    if code:
+        sys.exit(code)
 
 
 def _summary(data: dict[str, Any]) -> None:
+    """The text answer: what was found, and when something is open, which kernels and what to do."""
     click.echo(f"{data['bug']}: {data['stopped']}")
+    click.echo(f"status: {data['status']}")
     if data.get("origin"):
         click.echo(f"origin: {data['origin']}")
+    elif data["status"] == "inconclusive":
+        click.echo("origin: undecided")
+    undecided = data.get("undecided") or []
+    if undecided:
+        click.echo(f"undecided kernels ({len(undecided)}):")
+        for u in undecided:
+            click.echo(f"  {u['kernel']} ({u['why']}{': ' + u['reason'] if u.get('reason') else ''})")
+    if data.get("advice"):
+        click.echo(f"next: {data['advice']}")
     if data.get("upstream_first_bad"):
         click.echo(f"upstream: {data['upstream_last_good']} good, {data['upstream_first_bad']} bad")
     click.echo(f"confidence: {data['confidence']}{' (LOW)' if data.get('flagged') else ''}")
@@ -299,40 +344,3 @@ def _verify_revert(repo: str, result, candidates: list[dict[str, Any]], bug, pro
     confirmed = all(v is Verdict.GOOD for v in verdicts)
     return {"status": "confirmed" if confirmed else "not-confirmed", "sha": sha, "kernel": variant.spec,
             "verdicts": [v.value for v in verdicts]}
-
-
-@cli.command("candidates")
-@click.option("--repo", type=click.Path(path_type=Path), required=True, help="A Linux git clone.")
-@click.option("--good", required=True, help="Last good revision (tag or sha), e.g. v5.4.40.")
-@click.option("--bad", required=True, help="First bad revision, e.g. v5.4.41.")
-@click.option("--bug", "bug_id", required=True, help="Reproducer id or directory (keywords and paths).")
-@click.option("--upstream-good", default=None, help="For a stable/distro range: the upstream last good rev.")
-@click.option("--upstream-bad", default=None, help="For a stable/distro range: the upstream first bad rev.")
-@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print {\"candidates\": [...]} on stdout.")
-def candidates_cmd(repo: Path, good: str, bad: str, bug_id: str, upstream_good: str | None,
-                   upstream_bad: str | None, limit: int, as_json: bool) -> None:
-    """Rank the commits of GOOD..BAD that most likely caused the bug (git log --grep per keyword,
-    restricted to the reproducer's paths); stable/distro backports are mapped to upstream."""
-    from orchestrator import catalog
-    from orchestrator.gitlog import find_candidates, merge_differential
-
-    bug = catalog.resolve(bug_id)
-    if not bug.keywords and not bug.paths:
-        raise KbisectError(f"bug {bug.id} has neither keywords nor paths to search for")
-    if bool(upstream_good) != bool(upstream_bad):
-        raise KbisectError("--upstream-good and --upstream-bad go together")
-    cands = find_candidates(repo, good, bad, bug.keywords, bug.paths, limit=limit)
-    if upstream_good:
-        cands = merge_differential(cands, find_candidates(repo, upstream_good, upstream_bad, bug.keywords,
-                                                          bug.paths, limit=limit))
-    cands = cands[:limit]
-    if as_json:
-        click.echo(json.dumps({"candidates": [c.to_json() for c in cands]}, indent=2))
-        return
-    if not cands:
-        click.echo(f"no candidates in {good}..{bad}")
-    for c in cands:
-        up = f"  (upstream {c.upstream[:12]})" if c.upstream else ""
-        click.echo(f"{c.score:6.1f}  {c.sha[:12]}  {c.subject}{up}")
-        click.echo(f"        {'; '.join(c.reasons)}")

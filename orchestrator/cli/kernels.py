@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from orchestrator import cache
-from orchestrator.cli.base import cli
+from orchestrator.cli.base import check_keyring, cli, mainline_options
 from orchestrator.errors import KbisectError
 from orchestrator.kernel import MANIFEST, UnpackedKernel
 from orchestrator.versions import SOURCES, parse_spec
@@ -26,24 +25,12 @@ def kernels() -> None:
     """List, fetch and inspect kernels from the mainline, ubuntu, debian and local sources."""
 
 
-def _mainline_options(command):
-    """--allow-unverified and --keyring: how far a mainline build's packages must be verified."""
-    command = click.option("--keyring", default=None, type=click.Path(dir_okay=False),
-                           help="Verify mainline CHECKSUMS.gpg with gpgv against this keyring first "
-                                "(default $KBISECT_MAINLINE_KEYRING).")(command)
-    return click.option("--allow-unverified", is_flag=True,
-                        help="Offer mainline builds published without CHECKSUMS (before March 2015), "
-                             "marked unverified.")(command)
-
-
 def _source_options(source: str, allow_unverified: bool, keyring: str | None) -> dict:
     if source != "mainline":
         if allow_unverified or keyring:
             raise KbisectError("--allow-unverified and --keyring apply to the mainline source only")
         return {}
-    if keyring and not Path(keyring).is_file():
-        raise KbisectError(f"--keyring {keyring}: no such file")
-    return {"allow_unverified": allow_unverified, "keyring": keyring}
+    return {"allow_unverified": allow_unverified, "keyring": check_keyring(keyring)}
 
 
 @kernels.command("list")
@@ -54,7 +41,7 @@ def _source_options(source: str, allow_unverified: bool, keyring: str | None) ->
 @click.option("--to", "hi", default=None, help="Highest version to list (inclusive).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @click.option("--refresh", is_flag=True, help="Read every directory again (mainline keeps good builds between listings).")
-@_mainline_options
+@mainline_options
 def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as_json: bool, refresh: bool,
              allow_unverified: bool, keyring: str | None) -> None:
     """List a source's kernels in ascending order, with availability."""
@@ -85,7 +72,7 @@ def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as
 @kernels.command("fetch")
 @click.argument("spec")
 @click.option("--mirror", default=None, help="Override the source's base URL (or directory for local).")
-@_mainline_options
+@mainline_options
 def fetch_cmd(spec: str, mirror: str | None, allow_unverified: bool, keyring: str | None) -> None:
     """Download, verify and unpack SOURCE:VERSION; print the unpacked directory."""
     from orchestrator.sources import fetch
