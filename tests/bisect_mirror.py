@@ -10,13 +10,13 @@ every 5.8-rc are per-arch. The formats themselves are written by tests/mainline_
 from __future__ import annotations
 
 import http.server
-import threading
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Iterator
 
 from orchestrator.versions import KernelVersion, parse_version
+from tests.localhttp import serve_handler
 from tests.mainline_mirror import Build, Release, abi, placeholder_debs, write_release, write_top
 
 
@@ -57,11 +57,5 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @contextmanager
 def serve(root: Path) -> Iterator[str]:
     """Serve `root` on 127.0.0.1 (an ephemeral port); yields the base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_handler(partial(_Quiet, directory=str(root))) as url:
+        yield url

@@ -35,11 +35,13 @@ import hashlib
 import http.server
 import json
 import re
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
+
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.localhttp import serve_handler
 
 ACTIVE = ("Published", "Pending")  # what getPublishedBinaries returns by default
 WS_VERSIONS = ("devel", "1.0")
@@ -80,15 +82,8 @@ class FakeLaunchpad:
 
         URL/api/ is the API root, URL/ubuntu/ the archive, URL/launchpad/ stands for launchpad.net.
         """
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.fake = self  # type: ignore[attr-defined]
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/"
-        finally:
-            server.shutdown()
-            server.server_close()
+        with serve_handler(_Handler, fake=self) as url:
+            yield url
 
 
 @contextmanager

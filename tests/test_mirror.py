@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -32,6 +31,7 @@ from orchestrator.errors import ChecksumError, KbisectError, UnavailableError
 from orchestrator.kernel import UnpackedKernel
 from orchestrator.sources import fetch, get_source
 from orchestrator.versions import KernelVersion, parse_version
+from tests.localhttp import serve_handler
 from tests.mainline_mirror import Build, Release, SigningKey, write_release, write_top
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,14 +244,8 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
 
 @contextmanager
 def serve(root: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(MirrorHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/mainline/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_handler(partial(MirrorHandler, directory=str(root)), "mainline/") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
