@@ -6,7 +6,7 @@
 Both sides boot the same kernel with the same initramfs, root image (through a fresh overlay)
 and modules disk, and run the same reproducer script:
 
-- kbisect: `orchestrator.probe.run_probe_kernel` (libvirt domain, SSH readiness, SFTP upload,
+- kbisect: `orchestrator.adapters.guest.probe.run_probe_kernel` (libvirt domain, SSH readiness, SFTP upload,
   run over SSH, artefact + dmesg collection, destroy), caches warm;
 - floor: `qemu-system-x86_64 -kernel … -initrd …` started directly; the guest init runs the
   script it receives through fw_cfg right after bringing the network up (no sshd, no libvirt,
@@ -29,10 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import accel as accelmod  # noqa: E402
-from orchestrator import bootfiles, image, probe, ssh  # noqa: E402
-from orchestrator import vm as vmmod  # noqa: E402
-from orchestrator.catalog import Bug  # noqa: E402
+from orchestrator.adapters.guest import accel as accelmod
+from orchestrator.adapters.guest import bootfiles, image, probe, ssh
+from orchestrator.adapters.guest import vm as vmmod
+from orchestrator.app.kernels import fetch_kernel
+from orchestrator.core.bug import Bug
 
 SCRIPT = """\
 set -e
@@ -85,7 +86,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
 
-    kernel = probe.fetch_kernel(args.kernel)
+    kernel = fetch_kernel(args.kernel)
     img = image.ensure()
     boot = bootfiles.ensure(kernel)
     acc = accelmod.resolve(args.accel, boot.vmlinuz, boot.initrd)

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator
 
-from orchestrator.versions import KernelVersion, parse_version
+from orchestrator.core.versions import KernelVersion, parse_version
 from tests.localhttp import serve_handler
 from tests.mainline_mirror import Build, Release, abi, placeholder_debs, write_release, write_top
 

@@ -8,7 +8,7 @@ Stable 5.6: bad from 5.6.13 (belief; bugs.md says "a 5.6.y").
 
 from __future__ import annotations
 
-from orchestrator.versions import KernelVersion, parse_version
+from orchestrator.core.versions import KernelVersion, parse_version
 
 K = 4  # v5.7-rcK is the upstream first bad
 FIRST_BAD = KernelVersion(5, 7, 0, K)

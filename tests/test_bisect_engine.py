@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from orchestrator.bisect import (
+from orchestrator.core.engine import (
     ENDS_DISAGREE,
     FOUND,
     INCONCLUSIVE,
@@ -19,8 +19,8 @@ from orchestrator.bisect import (
     clean_bound,
     decide,
 )
-from orchestrator.catalog import RepeatPolicy
-from orchestrator.verdict import ProbeRecord, Verdict
+from orchestrator.core.bug import RepeatPolicy
+from orchestrator.core.verdict import ProbeRecord, Verdict
 
 G, B, S = Verdict.GOOD, Verdict.BAD, Verdict.SKIP
 

@@ -46,9 +46,9 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def _lineage_ends() -> tuple[str, str]:
     """The catalog's control base (the issue's CI kernel, debian:6.1.0-54-cloud-amd64) and the
     stock kernel the Debian source lists just before it in the same lineage."""
-    from orchestrator.catalog import resolve
-    from orchestrator.differential import make_kernel
-    from orchestrator.sources import get_source
+    from orchestrator.adapters.catalog import resolve
+    from orchestrator.core.differential import make_kernel
+    from orchestrator.adapters.sources import get_source
 
     control = resolve("gretap-ecn").control(VARIANT)
     assert control is not None, "the catalog lost the gretap-ecn positive control"

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import catalog, config
+from orchestrator.adapters import catalog, config
+from orchestrator.core.bug import DEFAULT_LINES, RepeatPolicy
 from orchestrator.cli import main as cli_main
 from orchestrator.cli.bugs import Row, markdown_table, pick_line_kernels, plan_rows, run_rows
-from orchestrator.errors import KbisectError
-from orchestrator.verdict import ProbeRecord, Verdict
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.verdict import ProbeRecord, Verdict
 
 SEED_IDS = ["gretap-ecn", "gro-inner-th", "ipvs-gue-mtu", "rp-filter-lo", "veth-csum"]
 REPRO = config.REPO_ROOT / "reproducers"
@@ -183,16 +184,16 @@ def test_unparseable_files_fail_with_one_line(tmp_path, text, words):
 def test_valid_minimal_file_gets_defaults(tmp_path):
     bug = catalog.load(make_bug(tmp_path, MINIMAL))
     assert bug.entry == "run.sh" and bug.isolate is False
-    assert bug.repeat == catalog.RepeatPolicy(runs=1, bad_needed=1, flaky=False)
+    assert bug.repeat == RepeatPolicy(runs=1, bad_needed=1, flaky=False)
     assert bug.history.fixed[0].version == "v6.0"
-    assert bug.controls == [] and bug.verify.lines == list(catalog.DEFAULT_LINES)
+    assert bug.controls == [] and bug.verify.lines == list(DEFAULT_LINES)
 
 
 def test_flaky_policy_and_controls_load(tmp_path):
     data = with_(repeat={"runs": 5, "bad_needed": 2, "flaky": True}, isolate=True,
                  controls=[{"patch": "controls/revert-abc1234.patch", "base": "debian:6.1", "note": "n"}])
     bug = catalog.load(make_bug(tmp_path, data, files={"controls/revert-abc1234.patch": "--- a/x\n+++ b/x\n"}))
-    assert bug.repeat == catalog.RepeatPolicy(runs=5, bad_needed=2, flaky=True)
+    assert bug.repeat == RepeatPolicy(runs=5, bad_needed=2, flaky=True)
     assert bug.isolate is True
     assert bug.control("revert-abc1234").base == "debian:6.1"
     assert bug.control("nope") is None

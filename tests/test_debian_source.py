@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.kernel import UnpackedKernel
-from orchestrator.sources import fetch, get_source
-from orchestrator.sources.debian import machine_repos, sources_list
-from orchestrator.versions import parse_debian_kernel
+from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.adapters.sources import fetch, get_source
+from orchestrator.adapters.sources.debian import machine_repos, sources_list
+from orchestrator.core.versions import parse_debian_kernel
 
 pytestmark = pytest.mark.registry
 

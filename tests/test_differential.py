@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bisect import clean_bound
+from orchestrator.core.engine import clean_bound
 from orchestrator.cli.bisect import EXIT_INCONCLUSIVE, exit_code
-from orchestrator.differential import Differential, KernelIndex, make_kernel
-from orchestrator.errors import KbisectError
-from orchestrator.verdict import Verdict
-from orchestrator.versions import parse_version
+from orchestrator.core.differential import Differential, KernelIndex, make_kernel
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.verdict import Verdict
+from orchestrator.core.versions import parse_version
 from tests.bisect_mirror import build_mirror, serve
 from tests.gretap_history import K, UNAVAILABLE, mainline_versions, verdict, verdicts
 
@@ -259,7 +259,7 @@ def test_cli_errors_are_one_line(mirror, tmp_path) -> None:
 
 FAKE = textwrap.dedent("""
     import sys, time, json
-    from orchestrator.verdict import ProbeRecord, Verdict
+    from orchestrator.core.verdict import ProbeRecord, Verdict
     from tests.gretap_history import verdict
     import orchestrator.cli.bisect as cb
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from orchestrator.errors import KbisectError
-from orchestrator.gitlog import find_candidates, map_upstream, merge_differential
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.gitlog import find_candidates, map_upstream, merge_differential
 from tests.gitlog_history import CULPRIT_SUBJECT, GRETAP_KEYWORDS, GRETAP_PATHS, build
 
 
@@ -125,7 +125,7 @@ def test_candidates_resolve_mainline_versions_through_commit_files(hist, kbisect
 
 
 def test_shortlog_subjects_are_scored_by_the_same_rules() -> None:
-    from orchestrator.gitlog import parse_shortlog, rank_changes
+    from orchestrator.adapters.gitlog import parse_shortlog, rank_changes
 
     text = ("Alice Example (2):\n      tunnel: Propagate ECT(1) when decapsulating as recommended by RFC6040\n"
             "      docs: describe ECN\n\nBob Example (1):\n      ip_tunnel: fix a silent thing\n\n"

@@ -26,11 +26,11 @@ from typing import Iterator
 
 import pytest
 
-from orchestrator import cache
-from orchestrator.errors import ChecksumError, KbisectError, UnavailableError
-from orchestrator.kernel import UnpackedKernel
-from orchestrator.sources import fetch, get_source
-from orchestrator.versions import KernelVersion, parse_version
+from orchestrator.adapters import cache
+from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
+from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.adapters.sources import fetch, get_source
+from orchestrator.core.versions import KernelVersion, parse_version
 from tests.localhttp import serve_handler
 from tests.mainline_mirror import Build, Release, SigningKey, write_release, write_top
 
@@ -335,7 +335,7 @@ def test_list_json_order_and_availability(mirror, home):
 
 def test_status_files_read_as_published():
     """The parsers against the exact file contents of real-layouts.md."""
-    from orchestrator.sources.mainline import arch_status, built_status, header_opinion, parse_commit
+    from orchestrator.adapters.sources.mainline import arch_status, built_status, header_opinion, parse_commit
 
     assert arch_status("0\n").ok is True
     assert arch_status("2\n").reason == "amd64 build failed: build failure (amd64/status 2)"
@@ -503,7 +503,7 @@ def test_interrupted_unpack_is_redone(mirror, home):
 
 
 def test_concurrent_fetches_share_one_download(mirror, home):
-    code = ("import sys; from orchestrator.sources import fetch; print(fetch('mainline:5.7', sys.argv[1]).root)")
+    code = ("import sys; from orchestrator.adapters.sources import fetch; print(fetch('mainline:5.7', sys.argv[1]).root)")
     env = {**os.environ, "KBISECT_HOME": str(home)}
     procs = [subprocess.Popen([sys.executable, "-c", code, mirror], cwd=REPO, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
@@ -560,21 +560,23 @@ def test_not_a_deb_is_one_line(tmp_path, home):
 # ------------------------------------------------------------------------------ variants hook
 
 
-def test_variant_spec_uses_prebuilt_dir_or_hook(home, monkeypatch):
+def test_variant_spec_uses_prebuilt_dir_or_the_builder(home):
+    """The kernel provider serves a built variant from the cache and builds a missing one; the
+    sources alone refuse to (they know nothing of variants)."""
+    from orchestrator.app.kernels import KernelProvider
+
     prebuilt = home / "kernels" / "mainline" / "5.4.41+revert-227adfb2b1df"
     prebuilt.mkdir(parents=True)
     (prebuilt / "vmlinuz").write_bytes(b"MZ")
     UnpackedKernel("mainline:5.4.41+revert-227adfb2b1df", prebuilt, "5.4.41-050441-generic").save()
-    assert fetch("mainline:5.4.41+revert-227adfb2b1df").root == prebuilt
-
-    import types
-
-    calls = []
-    fake = types.ModuleType("orchestrator.variants")
-    fake.build_on_demand = lambda spec: calls.append(spec) or "built"
-    monkeypatch.setitem(sys.modules, "orchestrator.variants", fake)
-    assert fetch("debian:6.1.0-54-cloud-amd64+revert-abc") == "built"
-    assert calls == ["debian:6.1.0-54-cloud-amd64+revert-abc"]
+    built = []
+    provider = KernelProvider(build_variant=lambda spec: built.append(spec) or "built",
+                              fetch_source=lambda spec, mirror: pytest.fail("no source fetch for a variant"))
+    assert provider.get("mainline:5.4.41+revert-227adfb2b1df").root == prebuilt
+    assert provider.get("debian:6.1.0-54-cloud-amd64+revert-abc") == "built"
+    assert built == ["debian:6.1.0-54-cloud-amd64+revert-abc"]
+    with pytest.raises(KbisectError, match="is not built"):
+        fetch("debian:6.1.0-54-cloud-amd64+revert-abc")
 
 
 def test_second_listing_reuses_good_builds_only(mirror, home):
@@ -598,7 +600,7 @@ def test_second_listing_reuses_good_builds_only(mirror, home):
 
 def test_absolute_links_in_index_pages(tmp_path, home):
     """Index pages that link with absolute paths (`/mainline/v5.4/`) are read the same way."""
-    from orchestrator.sources.mainline import links
+    from orchestrator.adapters.sources.mainline import links
 
     page = ('<a href="?C=N;O=D">Name</a><a href="/">Parent Directory</a><a href="/mainline/v5.4/">v5.4/</a>'
             '<a href="v5.5/">v5.5/</a><a href="https://elsewhere.invalid/x/">x</a><a href="v4.4-rc2%2Bcod1/">odd</a>')

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.catalog import Bug
-from orchestrator.verdict import Verdict
+from orchestrator.core.bug import Bug
+from orchestrator.core.verdict import Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = {
@@ -57,7 +57,7 @@ def _domains() -> list[tuple[str, str]]:
     """(name, description) of every kbisect domain on the URI."""
     import libvirt
 
-    from orchestrator import vm
+    from orchestrator.adapters.guest import vm
 
     conn = vm.connect(URI)
     try:
@@ -76,7 +76,7 @@ def _domains() -> list[tuple[str, str]]:
 def _ours_or_orphaned() -> list[str]:
     """kbisect domains owned by this process or by a dead one (other live runs on a shared host
     are not ours to judge)."""
-    from orchestrator import vm
+    from orchestrator.adapters.guest import vm
 
     bad = []
     for name, desc in _domains():
@@ -89,7 +89,7 @@ def _ours_or_orphaned() -> list[str]:
 def _base_image_fingerprint() -> tuple[str, str] | None:
     import hashlib
 
-    from orchestrator import image
+    from orchestrator.adapters.guest import image
 
     img = image.cached()
     if img is None:
@@ -105,7 +105,7 @@ def _base_image_fingerprint() -> tuple[str, str] | None:
 def _no_leaks(shared_home):
     before = _base_image_fingerprint()
     yield
-    from orchestrator import vm as vmmod
+    from orchestrator.adapters.guest import vm as vmmod
 
     # Every VM wrote to its own overlay: the shared base image is byte-for-byte unchanged.
     after = _base_image_fingerprint()
@@ -130,18 +130,19 @@ def _run_owner(run_dir: Path) -> tuple[int, int | None]:
 
 
 def _kernel(spec: str):
-    from orchestrator import sources
+    from orchestrator.adapters import sources
 
     return sources.fetch(spec)
 
 
 def _probe(kernel_spec_or_obj, bug: Bug, **kw):
-    from orchestrator import probe
+    from orchestrator.adapters.guest import probe
+    from orchestrator.app import run
 
     kw.setdefault("uri", URI)
     kw.setdefault("progress", False)
     if isinstance(kernel_spec_or_obj, str):
-        return probe.run_probe(kernel_spec_or_obj, bug, **kw)
+        return run.run_probe(kernel_spec_or_obj, bug, **kw)
     return probe.run_probe_kernel(kernel_spec_or_obj, bug, **kw)
 
 
@@ -223,7 +224,7 @@ def test_hang_is_skip_after_timeout(shared_home, tmp_path):
 
 
 def test_corrupt_vmlinuz_is_boot_failure(shared_home, tmp_path):
-    from orchestrator.kernel import UnpackedKernel
+    from orchestrator.adapters.kernel import UnpackedKernel
 
     good = _kernel(KERNELS["6.1"])
     root = tmp_path / "corrupt"
@@ -244,7 +245,7 @@ def test_corrupt_vmlinuz_is_boot_failure(shared_home, tmp_path):
 
 
 def _wait_for_domain(prefix_pid: int, timeout: float = 120) -> str:
-    from orchestrator import vm
+    from orchestrator.adapters.guest import vm
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -331,7 +332,7 @@ def test_cli_repeat_aggregates_and_exits_bad(shared_home, tmp_path):
 def test_new_run_reaps_stale_domain_of_dead_process(shared_home, tmp_path):
     """A killed orchestrator's VM is destroyed by the next probe, without `kbisect gc`."""
     name = _domain_of_killed_run(shared_home, tmp_path)
-    from orchestrator import probe
+    from orchestrator.adapters.guest import probe
 
     probe._reaped.clear()  # this test process may have reaped already; a new run always does
     rec = _probe(KERNELS["6.1"], _bug(tmp_path, "quick", "echo fine\n"))

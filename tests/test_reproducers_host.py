@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import catalog, config
+from orchestrator.adapters import catalog, config
 
 REPRO = config.REPO_ROOT / "reproducers"
 IDS = sorted(p.name for p in REPRO.iterdir() if (p / "bug.yaml").is_file())

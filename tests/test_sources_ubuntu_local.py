@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.errors import KbisectError, UnavailableError
-from orchestrator.sources import fetch, get_source
-from orchestrator.sources.ubuntu import Endpoints, UbuntuSource
+from orchestrator.core.errors import KbisectError, UnavailableError
+from orchestrator.adapters.sources import fetch, get_source
+from orchestrator.adapters.sources.ubuntu import Endpoints, UbuntuSource
 from tests.fake_launchpad import FakeLaunchpad, Upload, serve_launchpad
 from tests.test_mirror import build_deb
 
@@ -158,7 +158,7 @@ def test_the_fake_answers_like_the_real_api(launchpad):
     old = binary.replace("/api/devel/", "/api/1.0/")
     assert requests.get(f"{old}?ws.op=binaryFileUrls&include_meta=true", timeout=10).status_code == 400
     # through kbisect's own HTTP layer an include_meta on a source publication is a one-line error
-    from orchestrator import cache
+    from orchestrator.adapters import cache
 
     with pytest.raises(KbisectError, match="HTTP 400"):
         cache.http_get_json(f"{source_pub}?ws.op=binaryFileUrls&include_meta=true")

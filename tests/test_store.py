@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.bisect import Candidate
-from orchestrator.catalog import resolve
-from orchestrator.errors import KbisectError
-from orchestrator.store import ResumingProbe, Store, load_replay, reproducer_hash
-from orchestrator.verdict import ProbeRecord, Verdict
-from orchestrator.differential import canonical
+from orchestrator.core.engine import Candidate
+from orchestrator.adapters.catalog import resolve
+from orchestrator.core.errors import KbisectError
+from orchestrator.app.prober import ResumingProbe, load_replay
+from orchestrator.adapters.store import Store, reproducer_hash
+from orchestrator.core.verdict import ProbeRecord, Verdict
+from orchestrator.core.differential import canonical
 
 
 def test_replay_files_yaml_and_json(tmp_path) -> None:
@@ -70,7 +71,7 @@ def test_resuming_probe_order_replay_store_real(kbisect_home) -> None:
 
 
 def test_reproducer_hash_changes_with_the_reproducer(tmp_path) -> None:
-    from orchestrator.catalog import Bug
+    from orchestrator.core.bug import Bug
 
     d = tmp_path / "r"
     d.mkdir()
@@ -81,7 +82,7 @@ def test_reproducer_hash_changes_with_the_reproducer(tmp_path) -> None:
 
 
 def test_a_kernel_that_cannot_be_fetched_is_a_skip_not_an_abort(kbisect_home) -> None:
-    from orchestrator.errors import UnavailableError
+    from orchestrator.core.errors import UnavailableError
 
     bug = resolve("gretap-ecn")
 
@@ -95,7 +96,7 @@ def test_a_kernel_that_cannot_be_fetched_is_a_skip_not_an_abort(kbisect_home) ->
 
 
 def test_two_runs_in_the_same_second_get_their_own_report(tmp_path) -> None:
-    from orchestrator import report
+    from orchestrator.adapters import report
 
     a, b = report.new_run_id("gretap-ecn", tmp_path), report.new_run_id("gretap-ecn", tmp_path)
     assert a != b and (tmp_path / a).is_dir() and (tmp_path / b).is_dir()

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import sweep
+from orchestrator.core import sweep
 from orchestrator.cli import main as cli_main
-from orchestrator.errors import KbisectError
-from orchestrator.store import Store, SweepLog
-from orchestrator.sweep import Cell, build_matrix, flag_cell, latest_decided, replay_history
-from orchestrator.verdict import ProbeRecord, Verdict
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.store import Store, SweepLog
+from orchestrator.core.sweep import Cell, build_matrix, flag_cell, latest_decided, replay_history
+from orchestrator.core.verdict import ProbeRecord, Verdict
 
 K55, K56, K57 = (f"debian:6.1.0-{n}-cloud-amd64" for n in (55, 56, 57))
 DAY = 86400.0
@@ -169,7 +169,7 @@ class World:
 
     def __init__(self, monkeypatch, tmp_path) -> None:
         import orchestrator.cli.sweep as sweep_cli
-        import orchestrator.lines as lines
+        import orchestrator.app.lines as lines
 
         self.listing = [_entry("5.10.0-46-cloud-amd64", "5.10.244"), _entry("6.1.0-55-cloud-amd64", "6.1.150")]
         self.verdicts: dict[tuple[str, str], Verdict | Exception] = {}
@@ -352,7 +352,7 @@ def test_a_night_where_nothing_was_decided_is_not_quiet(world, capsys) -> None:
     (["--json", "history"], "takes its own options after its name"),
 ])
 def test_bad_input_is_one_line_exit_2_before_any_listing(world, capsys, monkeypatch, args, message) -> None:
-    import orchestrator.lines as lines
+    import orchestrator.app.lines as lines
 
     def no_listing():
         raise AssertionError("listed Debian kernels before checking the input")
@@ -383,10 +383,12 @@ def test_real_sweep_two_reproducers_on_the_newest_6_1(shared_home, tmp_path) -> 
     """Two reproducers x the newest Debian 6.1 kernel through the CLI: both cells from real boots
     (--fresh), the matrix written with the kernel in the column header, then the same command
     again resumes the same sweep with every cell from the store and boots nothing."""
-    from orchestrator import lines
+    from orchestrator.app import lines
 
     env = dict(os.environ, KBISECT_HOME=str(shared_home), KBISECT_RESULTS=str(tmp_path / "results"))
-    kernel = lines.pick_line_kernels(lines.debian_entries(), ["6.1"])["6.1"]
+    from orchestrator.core.lines import pick_line_kernels
+
+    kernel = pick_line_kernels(lines.debian_entries(), ["6.1"])["6.1"]
     assert kernel and kernel.startswith("debian:6.1."), kernel
     args = ["sweep", "--line", "6.1", "--json"] + [a for b in REAL_BUGS for a in ("--bug", b)]
 

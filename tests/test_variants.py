@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import variants
-from orchestrator.errors import KbisectError
-from orchestrator.kernel import UnpackedKernel
+from orchestrator.adapters import variants
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.kernel import UnpackedKernel
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
@@ -491,7 +491,7 @@ def _base_kernel() -> UnpackedKernel:
     if (root / "kernel.json").exists():
         return UnpackedKernel.load(root)
     try:
-        have_debian_source = importlib.util.find_spec("orchestrator.sources.debian") is not None
+        have_debian_source = importlib.util.find_spec("orchestrator.adapters.sources.debian") is not None
     except ModuleNotFoundError:
         have_debian_source = False
     if not have_debian_source:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from orchestrator.errors import KbisectError
-from orchestrator.versions import (
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.versions import (
     DebianKernel,
     KernelSpec,
     KernelVersion,
@@ -87,7 +87,7 @@ def test_mainline_dirs(name, expected):
 
 def test_mainline_dir_preference():
     """The plain name beats every suffix; among suffixes the newest series wins."""
-    from orchestrator.versions import parse_mainline_dir_name
+    from orchestrator.core.versions import parse_mainline_dir_name
 
     names = ["v4.6-rc7-wily", "v4.6-rc7-yakkety", "v4.6-rc7"]
     dirs = [parse_mainline_dir_name(n) for n in names]

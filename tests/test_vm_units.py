@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from orchestrator import bootfiles, image, probe, vm
-from orchestrator.verdict import ProbeRecord, Verdict
+from orchestrator.adapters.guest import bootfiles, image, probe, vm
+from orchestrator.core.verdict import ProbeRecord, Verdict
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
@@ -193,8 +193,8 @@ def test_cli_run_bad_input_is_one_line(kbisect_home, tmp_path):
 
 
 def test_accel_override_needs_no_probe(kbisect_home):
-    from orchestrator import accel
-    from orchestrator.errors import KbisectError
+    from orchestrator.adapters.guest import accel
+    from orchestrator.core.errors import KbisectError
 
     assert accel.resolve("tcg") == "tcg"
     assert accel.resolve("kvm") == "kvm"
@@ -221,7 +221,7 @@ def test_gc_keeps_live_and_reaps_dead_run_dirs(kbisect_home):
 
 
 def _fake_kernel(root, module_bytes: bytes):
-    from orchestrator.kernel import UnpackedKernel
+    from orchestrator.adapters.kernel import UnpackedKernel
 
     (root / "modules" / "kernel" / "drivers" / "net").mkdir(parents=True)
     (root / "vmlinuz").write_bytes(b"\x00" * 64)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from orchestrator.cli.base import check_keyring, cli, mainline_options
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 
 def _console():
@@ -31,10 +31,10 @@ def _entries(source: str, mirror: str | None, lo: str | None = None, hi: str | N
              series: str | None = None) -> list[Any]:
     """Ask the sources layer for a listing; one clear line when it cannot be had."""
     try:
-        from orchestrator.sources import get_source
+        from orchestrator.adapters.sources import get_source
 
         if source == "ubuntu" and series:
-            from orchestrator.sources.ubuntu import UbuntuSource
+            from orchestrator.adapters.sources.ubuntu import UbuntuSource
 
             src = UbuntuSource(mirror, series=series)
         else:
@@ -47,7 +47,7 @@ def _entries(source: str, mirror: str | None, lo: str | None = None, hi: str | N
 def _ubuntu_series(distro: str | None, specs: list[Any]) -> str | None:
     """The Ubuntu series to list: named by --distro (ubuntu:focal), or the one whose kernels
     carry the base of an ubuntu spec (5.4 -> focal)."""
-    from orchestrator.differential import DISTRO_SERIES
+    from orchestrator.core.differential import DISTRO_SERIES
 
     by_base = {base: name for name, base in DISTRO_SERIES["ubuntu"].items()}
     if distro and distro.split(":", 1)[0].strip().lower() == "ubuntu":
@@ -67,8 +67,8 @@ def build_index(good: str, bad: str, distro: str | None, mirror: str | None,
     named on, and the distro sources; a source is only asked when a lineage of it is needed.
     Patched variants (`debian:6.1.0-54-cloud-amd64+revert-x`) are in no listing: they join the
     lineage of the kernel they were built from, right after it."""
-    from orchestrator.differential import KernelIndex, make_kernel
-    from orchestrator.versions import parse_spec
+    from orchestrator.core.differential import KernelIndex, make_kernel
+    from orchestrator.core.versions import parse_spec
 
     g, b = parse_spec(good), parse_spec(bad)
     bases = []
@@ -107,11 +107,8 @@ def _real_probe(bug, mirror: str | None):
     """The guest runtime, imported only when a verdict is not known already."""
 
     def probe(spec: str):
-        try:
-            from orchestrator.probe import run_probe
-        except ImportError:
-            raise KbisectError(f"no verdict for {spec} in --verdicts or the results database, and the "
-                               "guest runtime (orchestrator.probe) is not available") from None
+        from orchestrator.app.run import run_probe
+
         return run_probe(spec, bug, mirror=mirror)
 
     return probe
@@ -158,7 +155,7 @@ def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
     """Candidates for the result's ranges; the intersection first in a differential. A range the
     clone cannot resolve (no Ubuntu tags in a mainline clone, say) becomes a note, never a
     failure: the bisection's answer stands without it."""
-    from orchestrator.gitlog import find_candidates, merge_differential
+    from orchestrator.adapters.gitlog import find_candidates, merge_differential
 
     ranges = result.git_ranges()
     lineage = result.lineage
@@ -191,7 +188,7 @@ EXIT_INCONCLUSIVE = 4  # unavailable or skipped kernels left the boundary or the
 
 def exit_code(status: str) -> int:
     """The process exit status for a result status (see EXIT_*)."""
-    from orchestrator.bisect import FOUND, INCONCLUSIVE
+    from orchestrator.core.engine import FOUND, INCONCLUSIVE
 
     return {FOUND: EXIT_FOUND, INCONCLUSIVE: EXIT_INCONCLUSIVE}.get(status, EXIT_NOT_FOUND)
 
@@ -234,9 +231,10 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
       3  ends-disagree, no-candidates or unstable
       2  bad input or an error (one line on stderr)
     """
-    from orchestrator import catalog, report
-    from orchestrator.differential import Differential, canonical, distro_lineage
-    from orchestrator.store import ResumingProbe, Store, load_replay
+    from orchestrator.adapters import catalog, report
+    from orchestrator.core.differential import Differential, canonical, distro_lineage
+    from orchestrator.app.prober import ResumingProbe, load_replay
+    from orchestrator.adapters.store import Store
 
     bug = catalog.resolve(bug_id)
     if distro:
@@ -314,8 +312,8 @@ def _verify_revert(repo: str, result, candidates: list[dict[str, Any]], bug, pro
 
     import git
 
-    from orchestrator.bisect import Candidate, Engine
-    from orchestrator.verdict import Verdict
+    from orchestrator.core.engine import Candidate, Engine
+    from orchestrator.core.verdict import Verdict
 
     if not candidates or not result.first_bad:
         return {"status": "not-run", "reason": "no candidate or no first bad kernel"}
@@ -332,7 +330,7 @@ def _verify_revert(repo: str, result, candidates: list[dict[str, Any]], bug, pro
     patch.write_text(git.Repo(repo).git.diff(sha, f"{sha}^", "--", *files) + "\n")
     name = f"revert-{sha[:12]}"
     try:
-        from orchestrator.variants import build_variant
+        from orchestrator.adapters.variants import build_variant
 
         progress.event(f"building {first_bad_spec}+{name}")
         variant = build_variant(first_bad_spec, patch, name)

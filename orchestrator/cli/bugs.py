@@ -21,11 +21,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import catalog
-from orchestrator.catalog import Bug
+from orchestrator.adapters import catalog
+from orchestrator.core.bug import Bug
 from orchestrator.cli.base import cli
-from orchestrator.errors import KbisectError
-from orchestrator.lines import debian_entries, is_line, pick_line_kernels, ver_key
+from orchestrator.core.errors import KbisectError
+from orchestrator.app.lines import debian_entries
+from orchestrator.core.lines import is_line, pick_line_kernels, ver_key
 
 
 @cli.group()
@@ -119,7 +120,7 @@ def show_cmd(bug_id: str, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# verify: plan (pure, testable) and run (real boots through orchestrator.probe.run_probe).
+# verify: plan (pure, testable) and run (real boots through orchestrator.app.run.run_probe).
 
 
 @dataclass
@@ -264,7 +265,7 @@ def verify_cmd(bug_ids: tuple[str, ...], as_json: bool, markdown: str | None, pl
         available = {e.get("spec") or f"debian:{e['version']}" for e in entries if e.get("available")}
     rows = [row for bug in selected for row in plan_rows(bug, line_kernels, available)]
     if not plan_only:
-        from orchestrator.probe import run_probe
+        from orchestrator.app.run import run_probe
 
         def probe(spec: str, bug: Bug):
             return run_probe(spec, bug, progress=False, echo_output=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from orchestrator.cli.base import cli
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 
 @cli.command("candidates")
@@ -33,7 +33,7 @@ from orchestrator.errors import KbisectError
 def candidates_cmd(repo: Path | None, good: str, bad: str, bug_id: str, mirror: str | None,
                    upstream_good: str | None, upstream_bad: str | None, limit: int, as_json: bool) -> None:
     """Rank the commits of GOOD..BAD that most likely caused the bug."""
-    from orchestrator import catalog
+    from orchestrator.adapters import catalog
 
     bug = catalog.resolve(bug_id)
     if not bug.keywords and not bug.paths:
@@ -51,8 +51,8 @@ def candidates_cmd(repo: Path | None, good: str, bad: str, bug_id: str, mirror: 
 def _mainline_range(good: str, bad: str, mirror: str | None):
     """The mainline builds after GOOD up to BAD in BAD's lineage (each CHANGES covers the step
     from the previous tag), with the source that lists them."""
-    from orchestrator.sources.mainline import MainlineSource
-    from orchestrator.versions import parse_version
+    from orchestrator.adapters.sources.mainline import MainlineSource
+    from orchestrator.core.versions import parse_version
 
     lo, hi = parse_version(good), parse_version(bad)
     if not lo < hi:
@@ -64,8 +64,8 @@ def _mainline_range(good: str, bad: str, mirror: str | None):
 
 
 def _from_changes(good: str, bad: str, bug, mirror: str | None, limit: int, as_json: bool) -> None:
-    from orchestrator.gitlog import rank_changes
-    from orchestrator.versions import parse_version
+    from orchestrator.adapters.gitlog import rank_changes
+    from orchestrator.core.versions import parse_version
 
     source, builds = _mainline_range(good, bad, mirror)
     changes, missing = {}, []
@@ -96,8 +96,8 @@ def _from_changes(good: str, bad: str, bug, mirror: str | None, limit: int, as_j
 
 def _revision(text: str, mirror: str | None) -> str:
     """A mainline version given with --mirror becomes the exact commit its build was made from."""
-    from orchestrator.sources.mainline import MainlineSource
-    from orchestrator.versions import parse_version
+    from orchestrator.adapters.sources.mainline import MainlineSource
+    from orchestrator.core.versions import parse_version
 
     if mirror is None:
         return text
@@ -113,7 +113,7 @@ def _revision(text: str, mirror: str | None) -> str:
 
 def _from_repo(repo: Path, good: str, bad: str, bug, mirror: str | None, upstream_good: str | None,
                upstream_bad: str | None, limit: int, as_json: bool) -> None:
-    from orchestrator.gitlog import find_candidates, merge_differential
+    from orchestrator.adapters.gitlog import find_candidates, merge_differential
 
     good_rev, bad_rev = _revision(good, mirror), _revision(bad, mirror)
     cands = find_candidates(repo, good_rev, bad_rev, bug.keywords, bug.paths, limit=limit)

@@ -14,7 +14,7 @@ import sys
 import click
 
 from orchestrator.cli.base import cli
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 ABORT_BISECT = 128
 
@@ -45,7 +45,9 @@ class RunSetupError(KbisectError):
 def run_cmd(bug_ref, kernel_spec, repeat, as_json, accel, uri, memory_mb, cpus, boot_timeout, mirror, run_timeout,
             quiet) -> None:
     """Boot KERNEL in a throw-away VM, run the reproducer, exit 0 good / 1 bad / 125 skip."""
-    from orchestrator import catalog, probe
+    from orchestrator.adapters import catalog
+    from orchestrator.adapters.guest import probe
+    from orchestrator.app import run
 
     try:
         bug = catalog.resolve(bug_ref)
@@ -53,7 +55,7 @@ def run_cmd(bug_ref, kernel_spec, repeat, as_json, accel, uri, memory_mb, cpus, 
             bug.timeout = run_timeout
         n = repeat or bug.repeat.runs or 1
         with probe.terminate_as_interrupt():
-            verdict, records = probe.run_repeated(
+            verdict, records = run.run_repeated(
                 kernel_spec,
                 bug,
                 repeat=n,
@@ -90,7 +92,7 @@ def image_build(force: bool) -> None:
     """Build (or find) the root image for the recipe in images/ and print its path."""
     import shutil
 
-    from orchestrator import image
+    from orchestrator.adapters.guest import image
 
     if force:
         d = image.image_dir()
@@ -98,7 +100,7 @@ def image_build(force: bool) -> None:
 
         with FileLock(str(d.parent / f"{d.name}.lock")):
             shutil.rmtree(d, ignore_errors=True)
-    from orchestrator.probe import terminate_as_interrupt
+    from orchestrator.adapters.guest.probe import terminate_as_interrupt
 
     with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C: no half-built tree left
         img = image.ensure(progress=True)
@@ -108,7 +110,7 @@ def image_build(force: bool) -> None:
 @image_group.command("info")
 def image_info() -> None:
     """Recipe hash, whether it is built, and where."""
-    from orchestrator import image
+    from orchestrator.adapters.guest import image
 
     img = image.cached()
     rh = image.recipe_hash()
@@ -122,7 +124,7 @@ def image_info() -> None:
 @click.option("--connect", "uri", default="qemu:///system", show_default=True, help="libvirt URI.")
 def gc_cmd(uri: str) -> None:
     """Destroy kbisect VMs and overlays left by dead (e.g. killed) kbisect processes."""
-    from orchestrator import bootfiles, image, vm
+    from orchestrator.adapters.guest import bootfiles, image, vm
 
     removed = vm.gc(uri)
     removed += [f"build {p}" for p in image.gc_builds() + bootfiles.gc_builds()]

@@ -13,11 +13,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import cache
+from orchestrator.adapters import cache
 from orchestrator.cli.base import check_keyring, cli, mainline_options
-from orchestrator.errors import KbisectError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
-from orchestrator.versions import SOURCES, parse_spec
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.core.versions import SOURCES, parse_spec
 
 
 @cli.group()
@@ -45,7 +45,7 @@ def _source_options(source: str, allow_unverified: bool, keyring: str | None) ->
 def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as_json: bool, refresh: bool,
              allow_unverified: bool, keyring: str | None) -> None:
     """List a source's kernels in ascending order, with availability."""
-    from orchestrator.sources import get_source
+    from orchestrator.adapters.sources import get_source
 
     options = _source_options(source, allow_unverified, keyring)
     if source == "mainline":
@@ -75,7 +75,7 @@ def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as
 @mainline_options
 def fetch_cmd(spec: str, mirror: str | None, allow_unverified: bool, keyring: str | None) -> None:
     """Download, verify and unpack SOURCE:VERSION; print the unpacked directory."""
-    from orchestrator.sources import fetch
+    from orchestrator.adapters.sources import fetch
 
     kernel = fetch(spec, mirror, **_source_options(parse_spec(spec).source, allow_unverified, keyring))
     click.echo(str(kernel.root))
@@ -86,7 +86,7 @@ def fetch_cmd(spec: str, mirror: str | None, allow_unverified: bool, keyring: st
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_cmd(spec: str | None, as_json: bool) -> None:
     """What the cache holds for SOURCE:VERSION (or every cached kernel without SPEC)."""
-    from orchestrator.sources import cached
+    from orchestrator.adapters.sources import cached
 
     if spec:
         kernel = cached(spec)

@@ -23,7 +23,7 @@ from typing import Callable
 import click
 
 from orchestrator.cli.base import cli
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 
 def clock() -> float:
@@ -33,7 +33,7 @@ def clock() -> float:
 
 def real_probe(bug) -> Callable[[str], object]:
     """One real boot per call (tests replace this to inject a fake probe)."""
-    from orchestrator.probe import run_probe
+    from orchestrator.app.run import run_probe
 
     def probe(spec: str):
         return run_probe(spec, bug, progress=False, echo_output=False)
@@ -62,9 +62,9 @@ class Sweeper:
     def cell(self, bug, line: str, spec: str | None):
         from dataclasses import replace
 
-        from orchestrator.bisect import Candidate, Engine
-        from orchestrator.store import ResumingProbe
-        from orchestrator.sweep import Cell
+        from orchestrator.core.engine import Candidate, Engine
+        from orchestrator.app.prober import ResumingProbe
+        from orchestrator.core.sweep import Cell
 
         if bug.id not in self.probers:
             self.probers[bug.id] = ResumingProbe(bug, real_probe(bug), store=self.store, since=self.since)
@@ -90,8 +90,8 @@ class Sweeper:
 
 def _plan(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, ...]):
     """(bugs, requested lines, canonical pinned kernels); every input checked before any listing."""
-    from orchestrator import catalog
-    from orchestrator.sweep import column_of, requested_lines
+    from orchestrator.adapters import catalog
+    from orchestrator.core.sweep import column_of, requested_lines
 
     bugs = [catalog.resolve(b) for b in dict.fromkeys(bug_ids)] if bug_ids else catalog.all_bugs()
     if not bugs:
@@ -128,17 +128,18 @@ def sweep_cmd(ctx: click.Context, bug_ids: tuple[str, ...], lines: tuple[str, ..
 
 def run_sweep(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, ...],
               fresh: bool, as_json: bool, quiet: bool) -> int:
-    from orchestrator import config, report
-    from orchestrator import lines as debian_lines
-    from orchestrator.store import Store, SweepLog
-    from orchestrator.sweep import REGRESSION, build_matrix, resolve_columns, sort_columns, sweep_key, utc_day
+    from orchestrator.adapters import config, report
+    from orchestrator.app import lines as debian_lines
+    from orchestrator.core.lines import pick_line_kernels
+    from orchestrator.adapters.store import Store, SweepLog
+    from orchestrator.core.sweep import REGRESSION, build_matrix, resolve_columns, sort_columns, sweep_key, utc_day
 
     def echo(text: str) -> None:
         if not quiet:
             click.echo(text, err=True)
 
     bugs, wanted, pinned = _plan(bug_ids, lines, kernels)
-    picked = debian_lines.pick_line_kernels(debian_lines.debian_entries(), wanted) if wanted else {}
+    picked = pick_line_kernels(debian_lines.debian_entries(), wanted) if wanted else {}
     columns = resolve_columns(wanted, pinned, picked)
     order = sort_columns(columns)
     ids = [b.id for b in bugs]
@@ -198,8 +199,8 @@ def run_sweep(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[s
 @click.option("--json", "as_json", is_flag=True, help="Print the sweeps as JSON on stdout.")
 def history_cmd(as_json: bool) -> None:
     """Earlier sweeps, oldest first, with their regression counts (each against the sweeps before it)."""
-    from orchestrator.store import Store, SweepLog
-    from orchestrator.sweep import FLAGS, replay_history
+    from orchestrator.adapters.store import Store, SweepLog
+    from orchestrator.core.sweep import FLAGS, replay_history
 
     store = Store()
     log = SweepLog(store)

@@ -35,7 +35,7 @@ def patch_cmd(base_spec: str, patch_file: Path, name: str | None) -> None:
 
     Prints the new spec on stdout; progress goes to stderr.
     """
-    from orchestrator.variants import build_variant
+    from orchestrator.adapters.variants import build_variant
 
     kernel = build_variant(base_spec, patch_file, name)
     click.echo(f"{kernel.root}", err=True)

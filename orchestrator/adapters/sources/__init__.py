@@ -9,15 +9,14 @@ is an entry with `available=False` and a reason, because bisection must skip it,
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cache
-from orchestrator.errors import KbisectError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
-from orchestrator.versions import SOURCES, KernelSpec, parse_spec
+from orchestrator.adapters import cache
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.core.versions import SOURCES, KernelSpec, parse_spec
 
 
 @dataclass
@@ -99,19 +98,19 @@ def get_source(name: str, mirror: str | None = None, **mainline_options: Any) ->
     the one that publishes builds without checksums and signs its CHECKSUMS."""
     key = (name or "").strip().lower()
     if key == "mainline":
-        from orchestrator.sources.mainline import MainlineSource
+        from orchestrator.adapters.sources.mainline import MainlineSource
 
         return MainlineSource(mirror, **mainline_options)
     if key == "debian":
-        from orchestrator.sources.debian import DebianSource
+        from orchestrator.adapters.sources.debian import DebianSource
 
         return DebianSource(mirror)
     if key == "ubuntu":
-        from orchestrator.sources.ubuntu import UbuntuSource
+        from orchestrator.adapters.sources.ubuntu import UbuntuSource
 
         return UbuntuSource(mirror)
     if key == "local":
-        from orchestrator.sources.local import LocalSource
+        from orchestrator.adapters.sources.local import LocalSource
 
         return LocalSource(mirror)
     raise KbisectError(f"unknown kernel source {name!r} (known: {', '.join(SOURCES)})")
@@ -125,7 +124,7 @@ def cached(spec: str | KernelSpec) -> UnpackedKernel | None:
         return UnpackedKernel.load(root)
     if parsed.source == "debian" and parsed.variant is None:
         # "debian:6.1.0-54" means the default flavour
-        from orchestrator.sources.debian import full_name
+        from orchestrator.adapters.sources.debian import full_name
 
         root = cache.kernels_dir("debian") / full_name(parsed.version)
         if (root / MANIFEST).exists():
@@ -136,25 +135,15 @@ def cached(spec: str | KernelSpec) -> UnpackedKernel | None:
 def fetch(spec: str | KernelSpec, mirror: str | None = None, **mainline_options: Any) -> UnpackedKernel:
     """Return the unpacked kernel for `spec`, downloading, verifying and unpacking it if needed.
 
-    A `+variant` spec is a patched rebuild: it is served from the cache if built already,
-    otherwise built by `orchestrator.variants.build_on_demand(spec)` when that module exists.
+    A `+variant` spec is served only when it was built already: building one is the kernel
+    provider's job (orchestrator.app.kernels), which composes sources and variant builds.
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     done = cached(parsed)
     if done is not None:
         return done
     if parsed.variant:
-        try:
-            variants = importlib.import_module("orchestrator.variants")
-        except ModuleNotFoundError as exc:
-            if exc.name != "orchestrator.variants":
-                raise
-            raise KbisectError(f"{parsed}: variant {parsed.variant!r} is not built and this kbisect "
-                               "cannot build variants (no orchestrator.variants)") from None
-        hook = getattr(variants, "build_on_demand", None)
-        if hook is None:
-            raise KbisectError(f"{parsed}: orchestrator.variants has no build_on_demand()")
-        return hook(str(parsed))
+        raise KbisectError(f"{parsed}: variant {parsed.variant!r} is not built (build it with kbisect kernels patch)")
     return get_source(parsed.source, mirror, **mainline_options).fetch(parsed.version)
 
 

@@ -32,11 +32,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from orchestrator import catalog, config
-from orchestrator.catalog import Bug
-from orchestrator.errors import KbisectError
-from orchestrator.kernel import UnpackedKernel
-from orchestrator.verdict import ProbeRecord, Verdict
+from orchestrator.adapters import catalog, config
+from orchestrator.core.bug import Bug
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.core.verdict import ProbeRecord, Verdict
 
 REMOTE_DIR = "/root/repro"
 DMESG_FILE = "/root/.kbisect-dmesg"
@@ -217,7 +217,7 @@ _current_run = None
 def current_run():
     """This process's Run (state file + VM names); reaps dead runs' leftovers when created."""
     global _current_run
-    from orchestrator import vm as vmmod
+    from orchestrator.adapters.guest import vm as vmmod
 
     with _run_lock:
         if _current_run is None:
@@ -227,7 +227,7 @@ def current_run():
 
 
 def _close_run(run) -> None:
-    from orchestrator import vm as vmmod
+    from orchestrator.adapters.guest import vm as vmmod
 
     vmmod.wait_pending()
     vmmod._atexit_destroy()
@@ -239,7 +239,7 @@ _reaped: set[str] = set()
 
 def _reap_stale(uri: str | None) -> None:
     """Once per process and URI: destroy domains/overlays whose owner process is dead."""
-    from orchestrator import vm as vmmod
+    from orchestrator.adapters.guest import vm as vmmod
 
     key = uri or ""
     if key in _reaped:
@@ -251,39 +251,6 @@ def _reap_stale(uri: str | None) -> None:
         raise
     except Exception:
         pass
-
-
-def fetch_kernel(spec: str, mirror: str | None = None) -> UnpackedKernel:
-    """A kernel spec (`debian:6.1.0-54-cloud-amd64`) or an unpacked kernel directory."""
-    path = Path(spec)
-    if "/" in spec and path.is_dir():
-        return UnpackedKernel.load(path)
-    if ":" not in spec:
-        raise KbisectError(f"kernel must be SOURCE:VERSION (e.g. debian:6.1.0-54-cloud-amd64) or an unpacked kernel directory, not {spec!r}")
-    try:
-        from orchestrator import sources
-    except ImportError:
-        raise KbisectError("kernel sources are not available in this build (orchestrator.sources missing)") from None
-    fetch = getattr(sources, "fetch")
-    if mirror is not None:
-        try:
-            return fetch(spec, mirror=mirror)
-        except TypeError:
-            pass
-    return fetch(spec)
-
-
-def run_probe(kernel_spec: str, bug: Bug, *, mirror: str | None = None, accel: str | None = None, **opts) -> ProbeRecord:
-    """Fetch `kernel_spec` (any source) and probe it with `bug`; see run_probe_kernel."""
-    t0 = time.monotonic()
-    kernel = fetch_kernel(kernel_spec, mirror=mirror)
-    fetch_s = time.monotonic() - t0
-    rec = run_probe_kernel(kernel, bug, accel=accel, **opts)
-    rec.kernel = kernel_spec
-    rec.upstream_commit = kernel.extra.get("commit")
-    rec.unverified = bool(kernel.extra.get("unverified"))
-    rec.phases["prepare"] = round(rec.phases.get("prepare", 0.0) + fetch_s, 3)
-    return rec
 
 
 def run_probe_kernel(
@@ -299,7 +266,6 @@ def run_probe_kernel(
     progress: bool = True,
     echo_output: bool = True,
     on_output: Callable[[str, str], None] | None = None,
-    mirror: str | None = None,  # accepted for signature symmetry with run_probe
 ) -> ProbeRecord:
     """Boot `kernel` in a fresh VM, run `bug`'s reproducer, return the verdict record.
 
@@ -307,9 +273,9 @@ def run_probe_kernel(
     trouble that concerns the installation (no libvirt, cannot build the image) raises
     KbisectError, because retrying other kernels would fail the same way.
     """
-    from orchestrator import accel as accelmod
-    from orchestrator import bootfiles, image, ssh
-    from orchestrator import vm as vmmod
+    from orchestrator.adapters.guest import accel as accelmod
+    from orchestrator.adapters.guest import bootfiles, image, ssh
+    from orchestrator.adapters.guest import vm as vmmod
 
     if not (Path(bug.dir) / bug.entry).is_file():
         raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
@@ -590,22 +556,3 @@ def _probe_dir(results_dir: Path | None, run_id: str) -> Path:
     return d
 
 
-def run_repeated(kernel_spec: str, bug: Bug, repeat: int = 1, **opts) -> tuple[Verdict, list[ProbeRecord]]:
-    """`repeat` probes of one kernel (a fresh VM each); returns the aggregate and the records.
-
-    The kernel is fetched once. A BAD needs `bug.repeat.bad_needed` bad runs.
-    """
-    if repeat < 1:
-        raise KbisectError("--repeat must be at least 1")
-    mirror = opts.pop("mirror", None)
-    t0 = time.monotonic()
-    kernel = fetch_kernel(kernel_spec, mirror=mirror)
-    fetch_s = time.monotonic() - t0
-    records = []
-    for i in range(repeat):
-        rec = run_probe_kernel(kernel, bug, **opts)
-        rec.kernel = kernel_spec
-        if i == 0:
-            rec.phases["prepare"] = round(rec.phases.get("prepare", 0.0) + fetch_s, 3)
-        records.append(rec)
-    return aggregate(records, bug.repeat.bad_needed), records

@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import config
-from orchestrator.cache import sha256_file
-from orchestrator.errors import KbisectError
-from orchestrator.kernel import UnpackedKernel
+from orchestrator.adapters import config
+from orchestrator.adapters.cache import sha256_file
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.kernel import UnpackedKernel
 
 BUILD_VERSION = "1"
 INITRAMFS_INIT = config.REPO_ROOT / "images" / "initramfs-init"
@@ -307,7 +307,7 @@ def _initramfs(mods: list[Path]) -> bytes:
 
 def gc_builds() -> list[Path]:
     """Remove half-finished builds of dead processes."""
-    from orchestrator.image import _alive
+    from orchestrator.adapters.guest.image import _alive
 
     removed = []
     for d in config.subdir("bootfiles").glob("*.build-*"):

@@ -17,12 +17,12 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from orchestrator import catalog, config
-from orchestrator.catalog import Bug
-from orchestrator.sweep import utc_day
-from orchestrator.verdict import ProbeRecord, Verdict
+from orchestrator.adapters import catalog, config
+from orchestrator.core.bug import Bug
+from orchestrator.core.sweep import utc_day
+from orchestrator.core.verdict import ProbeRecord, Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes (
@@ -111,111 +111,6 @@ class Store:
         self.conn.close()
 
 
-# -- replay files and the resuming probe -------------------------------------------------------
-
-_WORDS = {"good": Verdict.GOOD, "bad": Verdict.BAD, "skip": Verdict.SKIP,
-          "0": Verdict.GOOD, "1": Verdict.BAD, "125": Verdict.SKIP}
-
-
-def _parse_verdict(value: object, where: str) -> list[Verdict]:
-    """`bad`, `good`, `skip`, an exit code (0/1/125), or a list of those (several runs)."""
-    from orchestrator.errors import KbisectError
-
-    if isinstance(value, list):
-        out: list[Verdict] = []
-        for item in value:
-            out.extend(_parse_verdict(item, where))
-        if not out:
-            raise KbisectError(f"{where}: empty list of verdicts")
-        return out
-    if isinstance(value, bool) or value is None:
-        raise KbisectError(f"{where}: verdict must be good, bad or skip, got {value!r}")
-    key = str(value).strip().lower()
-    if key not in _WORDS:
-        raise KbisectError(f"{where}: verdict must be good, bad or skip (or 0/1/125), got {value!r}")
-    return [_WORDS[key]]
-
-
-def load_replay(path: Path) -> dict[str, list[Verdict]]:
-    """Read a `--verdicts` file: a YAML or JSON object mapping kernel specs to verdicts
-    (ktest's BISECT_REPLAY, and how a user feeds in verdicts found by hand)."""
-    import yaml
-
-    from orchestrator.errors import KbisectError
-
-    path = Path(path)
-    if not path.is_file():
-        raise KbisectError(f"--verdicts {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        raise KbisectError(f"--verdicts {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise KbisectError(f"--verdicts {path}: expected an object mapping kernel to verdict")
-    return {str(k).strip(): _parse_verdict(v, f"--verdicts {path}: {k}") for k, v in data.items()}
-
-
-class ResumingProbe:
-    """The probe function handed to the engine: replay file first, then the database, then a VM.
-
-    Answers come in this order because a replayed verdict is the user's word (it never boots),
-    a stored one was already paid for, and only what is left costs a boot. Each real probe is
-    stored the moment it returns, so a kill loses at most the probe in flight. `fresh` ignores
-    stored verdicts (new ones still overwrite them); `since` ignores only those stored before that
-    time (a resumed `sweep --fresh` keeps what the killed attempt already booted afresh). `canon` maps a replay-file key to the spec
-    form the engine's candidates use, so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
-    """
-
-    def __init__(self, bug: Bug, real_probe: Callable[[str], ProbeRecord], *, store: Store | None = None,
-                 replay: dict[str, list[Verdict]] | None = None, fresh: bool = False,
-                 canon: Callable[[str], str] | None = None, repro_hash: str | None = None,
-                 since: float | None = None) -> None:
-        self.bug = bug
-        self.real_probe = real_probe  # (spec: str) -> ProbeRecord
-        self.store = store
-        self.fresh = fresh
-        self.since = since
-        self.canon = canon or (lambda s: s)
-        self.replay: dict[str, list[Verdict]] = {}
-        for key, verdicts in (replay or {}).items():
-            self.replay[self.canon(key)] = verdicts
-        self.repro_hash = repro_hash or reproducer_hash(bug)
-        self.seq: dict[str, int] = {}
-        self.counts = {"replay": 0, "store": 0, "probe": 0}
-
-    def __call__(self, cand: Any) -> Any:
-        """One run for the engine: a RunOutcome (replay, store or a real probe)."""
-        from orchestrator.bisect import RunOutcome
-
-        spec = cand.spec if hasattr(cand, "spec") else str(cand)
-        n = self.seq.get(spec, 0)
-        self.seq[spec] = n + 1
-        replayed = self.replay.get(self.canon(spec))
-        if replayed is not None:
-            self.counts["replay"] += 1
-            verdict = replayed[n % len(replayed)]
-            return RunOutcome(verdict, 0.0, "from --verdicts file", "replay")
-        if self.store is not None and not self.fresh:
-            record = self.store.get(self.bug.id, spec, self.repro_hash, n, self.since)
-            if record is not None:
-                self.counts["store"] += 1
-                return RunOutcome(record.verdict, record.seconds,
-                                  (record.reason + " (stored)").strip(), "store", record)
-        from orchestrator.errors import ChecksumError, UnavailableError
-
-        try:
-            record = self.real_probe(spec)
-        except (UnavailableError, ChecksumError) as exc:
-            # listed but cannot be had (gone, failed build, corrupt download): a skip, like a
-            # failed build in syzkaller; not stored, since it may be had next time
-            self.seq[spec] = n
-            return RunOutcome(Verdict.SKIP, 0.0, f"unavailable: {exc}", "probe")
-        if self.store is not None:
-            self.store.put(self.bug.id, spec, self.repro_hash, n, record)
-        self.counts["probe"] += 1
-        return RunOutcome(record.verdict, record.seconds, record.reason, "probe", record)
-
-
 # -- sweep history -----------------------------------------------------------------------------
 
 SWEEP_SCHEMA = """
@@ -294,7 +189,7 @@ class SweepLog:
     def cells(self, sweep_id: int | None = None, before: int | None = None) -> list[Any]:
         """`sweep.Cell`s, oldest sweep first: of one sweep, or of every sweep with an id below
         `before`, or all."""
-        from orchestrator.sweep import Cell
+        from orchestrator.core.sweep import Cell
 
         sql = ("SELECT c.bug, c.line, c.kernel, c.verdict, c.reason, c.seconds, c.source, c.runs, c.repro_hash, "
                "c.sweep_id, s.started_at FROM sweep_cells c JOIN sweeps s ON s.id = c.sweep_id")

@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-from orchestrator import config
-from orchestrator.cache import sha256_file
-from orchestrator.errors import KbisectError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters import config
+from orchestrator.adapters.cache import sha256_file
+from orchestrator.core.errors import KbisectError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SOURCE_EXTS = (".c", ".S")
@@ -471,7 +471,7 @@ def _apt_options_uncached() -> list[str]:
     """From the Debian source's helper (its private sources list covers bullseye..sid and the
     security suites); plain apt when that helper is absent (bookworm packages need nothing extra)."""
     try:
-        from orchestrator.sources import debian as deb_source  # type: ignore
+        from orchestrator.adapters.sources import debian as deb_source
     except Exception:
         return []
     for name in ("apt_options", "apt_opts", "apt_args"):
@@ -765,7 +765,7 @@ class _Spec:
 def _parse_spec(text: str) -> _Spec:
     """SOURCE:VERSION[+NAME], through the sources engineer's parser when it exists."""
     try:
-        from orchestrator.versions import parse_spec  # type: ignore
+        from orchestrator.core.versions import parse_spec
     except Exception:
         parse_spec = None
     if parse_spec is not None:
@@ -780,7 +780,7 @@ def _parse_spec(text: str) -> _Spec:
 def _fetch_base(spec: str) -> UnpackedKernel:
     """The unpacked base kernel, from the sources layer (or an existing unpack while it is absent)."""
     try:
-        from orchestrator.sources import fetch  # type: ignore
+        from orchestrator.adapters.sources import fetch
     except ImportError:
         fetch = None
     if fetch is not None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 UPSTREAM_PATTERNS = [
     re.compile(r"^\s*commit ([0-9a-f]{7,40}) upstream\.?", re.M | re.I),

@@ -26,9 +26,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-from orchestrator.catalog import DEFAULT_LINES
-from orchestrator.errors import KbisectError
-from orchestrator.lines import is_line, ver_key
+from orchestrator.core.bug import DEFAULT_LINES
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.lines import is_line, ver_key
 
 REGRESSION = "regression"
 FIXED = "fixed"
@@ -54,8 +54,8 @@ def column_of(spec: str) -> tuple[str, str]:
     ("debian:6.1.0-54-cloud-amd64" -> "6.1"), other sources keep their name ("mainline:5.4");
     a patched variant gets a column of its own ("6.1+revert-227adfb2b1df") so it is never
     compared with the stock kernels of its line."""
-    from orchestrator.differential import make_kernel
-    from orchestrator.versions import parse_spec
+    from orchestrator.core.differential import make_kernel
+    from orchestrator.core.versions import parse_spec
 
     parsed = parse_spec(spec)
     if parsed.source == "local":

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 MANIFEST = "kernel.json"
 

@@ -37,7 +37,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from orchestrator.bisect import (
+from orchestrator.core.engine import (
     ENDS_DISAGREE,
     FOUND,
     INCONCLUSIVE,
@@ -48,10 +48,10 @@ from orchestrator.bisect import (
     Engine,
     ProbeFn,
 )
-from orchestrator.catalog import RepeatPolicy
-from orchestrator.errors import KbisectError
-from orchestrator.verdict import Verdict
-from orchestrator.versions import (
+from orchestrator.core.bug import RepeatPolicy
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.verdict import Verdict
+from orchestrator.core.versions import (
     KernelSpec,
     KernelVersion,
     parse_debian_kernel,
@@ -321,7 +321,7 @@ class DiffResult:
 
     @property
     def flagged(self) -> bool:
-        from orchestrator.bisect import CONFIDENCE_THRESHOLD
+        from orchestrator.core.engine import CONFIDENCE_THRESHOLD
 
         return self.confidence < CONFIDENCE_THRESHOLD
 

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import config
-from orchestrator.errors import KbisectError
+from orchestrator.adapters import config
+from orchestrator.core.errors import KbisectError
 
 RECIPE_DIR = config.REPO_ROOT / "images"
 RECIPE_FILES = ("packages.txt", "init", "sshd_config")

@@ -1,4 +1,4 @@
-"""The reproducer catalog: `--bug ID` (or a directory path) resolves to a Bug.
+"""The reproducer record and its schema (pure): what a `bug.yaml` says, validated.
 
 A reproducer directory holds `bug.yaml` and the scripts that run inside the guest; the
 guest runs `cd /root/repro && timeout <timeout> bash <entry>` in a copy of the directory and
@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import config
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
@@ -114,22 +113,9 @@ class Bug:
     history: History = field(default_factory=History)
     controls: list[Control] = field(default_factory=list)
     verify: VerifyPlan = field(default_factory=VerifyPlan)
-
-    @property
-    def writeup_path(self) -> Path | None:
-        """The write-up file, when `writeup` names one that exists.
-
-        Written relative to the repository root (`../shared/seeds/…`, the shared notes beside the
-        repo) or to the reproducer directory; a bare name (a URL, a title) resolves to None.
-        """
-        if not self.writeup:
-            return None
-        path = Path(self.writeup)
-        candidates = [path] if path.is_absolute() else [config.REPO_ROOT / path, self.dir / path]
-        for cand in candidates:
-            if cand.is_file():
-                return cand.resolve()
-        return None
+    # the write-up file `writeup` names, when it exists (resolved by the catalog loader, which
+    # knows where the repository and the shared notes are)
+    writeup_path: Path | None = None
 
     def control(self, name: str) -> Control | None:
         """The control patch whose stem is `name` (the `+NAME` of a variant spec)."""
@@ -337,73 +323,3 @@ def parse(data: Any, root: Path, source: Path | None = None) -> Bug:
     )
 
 
-def load(path: Path) -> Bug:
-    """Load and validate `<path>/bug.yaml`."""
-    import yaml
-
-    path = Path(path)
-    source = path / "bug.yaml"
-    try:
-        text = source.read_text()
-    except OSError as exc:
-        raise KbisectError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise KbisectError(f"{source}:{where} not valid YAML: {problem}") from None
-    if data is None:
-        raise KbisectError(f"{source}: empty file")
-    return parse(data, path, source)
-
-
-def resolve(bug: str) -> Bug:
-    """A catalog id (`gretap-ecn`) or a path to a reproducer directory.
-
-    A directory with only a `run.sh` (an ad-hoc reproducer) is accepted with defaults, so a user
-    can bisect a script without writing a catalog entry first.
-    """
-    path = Path(bug)
-    candidate = config.reproducers_dir() / bug
-    if ID_RE.match(bug) and candidate.is_dir():
-        path = candidate  # a catalog id wins over a same-named directory in the cwd
-    if not path.is_dir():
-        known = ", ".join(ids()) or "none"
-        raise KbisectError(f"unknown bug {bug!r}: no reproducer directory of that name or path (known: {known})")
-    if (path / "bug.yaml").exists():
-        return load(path)
-    entry = path / "run.sh"
-    if not entry.exists():
-        raise KbisectError(f"{path} has neither bug.yaml nor run.sh")
-    return Bug(id=path.name, dir=path.resolve())
-
-
-def lib_dir() -> Path | None:
-    """Helpers every reproducer gets beside its own files in the guest (common.sh, packet.py).
-
-    Shared by upload rather than copied into each directory, so a fix reaches every reproducer;
-    ad-hoc reproducer directories (`--bug DIR`) get them too.
-    """
-    path = config.reproducers_dir() / "lib"
-    return path if path.is_dir() else None
-
-
-def guest_dirs(bug: Bug) -> list[Path]:
-    """What lands in the guest's reproducer directory, in upload order (later wins)."""
-    lib = lib_dir()
-    return ([lib] if lib is not None else []) + [Path(bug.dir)]
-
-
-def ids() -> list[str]:
-    """Ids of every catalog entry (directories holding a bug.yaml), sorted."""
-    root = config.reproducers_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "bug.yaml").is_file())
-
-
-def all_bugs() -> list[Bug]:
-    """Every catalog entry, loaded and validated (the first bad file raises)."""
-    return [load(config.reproducers_dir() / name) for name in ids()]

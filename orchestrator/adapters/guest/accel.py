@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator import config
-from orchestrator.errors import KbisectError
+from orchestrator.adapters import config
+from orchestrator.core.errors import KbisectError
 
 CHOICES = ("auto", "kvm", "tcg")
 QEMU = "qemu-system-x86_64"

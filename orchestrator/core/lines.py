@@ -1,19 +1,17 @@
-"""Debian kernel lines: which kernel is the newest of each line ("5.10", "6.1", "6.12", "newest").
+"""Debian kernel lines (pure): which kernel is the newest of each line ("5.10", "6.1", "newest").
 
 Shared by `kbisect bugs verify` (prove each reproducer on the newest kernel of every line) and
-`kbisect sweep` (every reproducer across those kernels, night after night). `pick_line_kernels` is
-pure; `debian_entries` asks the Debian source for its listing.
+`kbisect sweep` (every reproducer across those kernels, night after night).
 """
 
 from __future__ import annotations
 
+from debian.debian_support import Version
 
-def ver_key(version: str) -> tuple:
-    """Numeric sort key for Debian upstream versions ("6.12.117" > "6.12.9")."""
-    parts = []
-    for piece in version.replace("-", ".").replace("+", ".").split("."):
-        parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))
-    return tuple(parts)
+
+def ver_key(version: str) -> Version:
+    """Sort key for Debian upstream versions ("6.12.117" > "6.12.9"): dpkg's own ordering."""
+    return Version(version)
 
 
 def is_line(text: str) -> bool:
@@ -50,10 +48,3 @@ def pick_line_kernels(entries: list[dict], lines: list[str], flavour: str = "clo
             picked[line] = newest([e for e in usable
                                    if (e.get("upstream") or e["version"]).split(".")[:len(line.split("."))] == line.split(".")])
     return picked
-
-
-def debian_entries() -> list[dict]:
-    """The Debian source's listing as JSON records (refreshes kbisect's private apt lists when stale)."""
-    from orchestrator.sources import get_source
-
-    return [e.to_json() for e in get_source("debian").list()]

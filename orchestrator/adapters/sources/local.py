@@ -14,10 +14,10 @@ import os
 import re
 from pathlib import Path
 
-from orchestrator import cache, config
-from orchestrator.errors import KbisectError, UnavailableError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
-from orchestrator.sources import KernelEntry, KernelFile, Source
+from orchestrator.adapters import cache, config
+from orchestrator.core.errors import KbisectError, UnavailableError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
 
 
 def _natural(text: str) -> tuple:

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import config
-from orchestrator.errors import KbisectError
+from orchestrator.adapters import config
+from orchestrator.core.errors import KbisectError
 
 DEFAULT_URI = "qemu:///system"
 PREFIX = "kbisect-"

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urljoin
 
-from orchestrator import cache, config
-from orchestrator.errors import KbisectError, SignatureError, UnavailableError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
-from orchestrator.sources import KernelEntry, KernelFile, Source
-from orchestrator.versions import (
+from orchestrator.adapters import cache, config
+from orchestrator.core.errors import KbisectError, SignatureError, UnavailableError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
+from orchestrator.core.versions import (
     KernelVersion,
     MainlineDir,
     parse_mainline_dir_name,

@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 
-from orchestrator.errors import KbisectError
+from orchestrator.core.errors import KbisectError
 
 # --------------------------------------------------------------------------- upstream
 

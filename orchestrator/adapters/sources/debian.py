@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import cache, config
-from orchestrator.errors import ChecksumError, KbisectError, UnavailableError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
-from orchestrator.sources import KernelEntry, KernelFile, Source
-from orchestrator.versions import DebianKernel, KernelVersion, parse_debian_kernel, parse_version
+from orchestrator.adapters import cache, config
+from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
+from orchestrator.core.versions import DebianKernel, KernelVersion, parse_debian_kernel, parse_version
 
 SUITES = ("bullseye", "bookworm", "bookworm-backports", "trixie", "sid")
 SECURITY_SUITES = ("bullseye-security", "bookworm-security", "trixie-security")

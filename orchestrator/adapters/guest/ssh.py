@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import config
-from orchestrator.errors import KbisectError
+from orchestrator.adapters import config
+from orchestrator.core.errors import KbisectError
 
 HOST = "127.0.0.1"
 KEY_NAME = "id_ecdsa"

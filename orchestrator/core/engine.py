@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from orchestrator.catalog import RepeatPolicy
-from orchestrator.verdict import ProbeRecord, Verdict
+from orchestrator.core.bug import RepeatPolicy
+from orchestrator.core.verdict import ProbeRecord, Verdict
 
 CONFIDENCE_THRESHOLD = 0.66
 DEFAULT_VERIFY = 3

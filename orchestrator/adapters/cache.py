@@ -35,9 +35,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from orchestrator import config
-from orchestrator.errors import ChecksumError, KbisectError, UnavailableError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters import config
+from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 
 CHUNK = 1 << 20
 USER_AGENT = "kbisect/0.1 (kernel bisection)"

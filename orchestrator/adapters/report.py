@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import config
+from orchestrator.adapters import config
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-from orchestrator import cache
-from orchestrator.errors import KbisectError, UnavailableError
-from orchestrator.kernel import MANIFEST, UnpackedKernel
-from orchestrator.sources import KernelEntry, KernelFile, Source
-from orchestrator.versions import (
+from orchestrator.adapters import cache
+from orchestrator.core.errors import KbisectError, UnavailableError
+from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
+from orchestrator.core.versions import (
     ChangelogUpstream,
     UbuntuVersion,
     parse_ubuntu_version,
@@ -266,7 +266,7 @@ def _machine_archive() -> str | None:
     configured = os.environ.get("KBISECT_UBUNTU_ARCHIVE")
     if configured:
         return configured if configured.endswith("/") else configured + "/"
-    from orchestrator.sources.debian import machine_repos
+    from orchestrator.adapters.sources.debian import machine_repos
 
     for repo in machine_repos():
         if any(s.split("-")[0] in UBUNTU_CODENAMES for s in repo.suites) and "ports" not in repo.uri:

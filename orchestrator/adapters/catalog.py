@@ -1,0 +1,100 @@
+"""The reproducer catalog on disk: `reproducers/<id>/bug.yaml` loaded (PyYAML) and validated by
+the pure schema in orchestrator.core.bug, plus where the shared guest helpers live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.adapters import config
+from orchestrator.core.bug import ID_RE, Bug, parse
+from orchestrator.core.errors import KbisectError
+
+
+def writeup_path(bug: Bug) -> Path | None:
+    """The write-up file, when `writeup` names one that exists.
+
+    Written relative to the repository root (`../shared/seeds/…`, the shared notes beside the
+    repo) or to the reproducer directory; a bare name (a URL, a title) resolves to None.
+    """
+    if not bug.writeup:
+        return None
+    path = Path(bug.writeup)
+    candidates = [path] if path.is_absolute() else [config.REPO_ROOT / path, bug.dir / path]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    return None
+
+
+def load(path: Path) -> Bug:
+    """Load and validate `<path>/bug.yaml`."""
+    import yaml
+
+    path = Path(path)
+    source = path / "bug.yaml"
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise KbisectError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise KbisectError(f"{source}:{where} not valid YAML: {problem}") from None
+    if data is None:
+        raise KbisectError(f"{source}: empty file")
+    bug = parse(data, path, source)
+    bug.writeup_path = writeup_path(bug)
+    return bug
+
+
+def resolve(bug: str) -> Bug:
+    """A catalog id (`gretap-ecn`) or a path to a reproducer directory.
+
+    A directory with only a `run.sh` (an ad-hoc reproducer) is accepted with defaults, so a user
+    can bisect a script without writing a catalog entry first.
+    """
+    path = Path(bug)
+    candidate = config.reproducers_dir() / bug
+    if ID_RE.match(bug) and candidate.is_dir():
+        path = candidate  # a catalog id wins over a same-named directory in the cwd
+    if not path.is_dir():
+        known = ", ".join(ids()) or "none"
+        raise KbisectError(f"unknown bug {bug!r}: no reproducer directory of that name or path (known: {known})")
+    if (path / "bug.yaml").exists():
+        return load(path)
+    entry = path / "run.sh"
+    if not entry.exists():
+        raise KbisectError(f"{path} has neither bug.yaml nor run.sh")
+    return Bug(id=path.name, dir=path.resolve())
+
+
+def lib_dir() -> Path | None:
+    """Helpers every reproducer gets beside its own files in the guest (common.sh, packet.py).
+
+    Shared by upload rather than copied into each directory, so a fix reaches every reproducer;
+    ad-hoc reproducer directories (`--bug DIR`) get them too.
+    """
+    path = config.reproducers_dir() / "lib"
+    return path if path.is_dir() else None
+
+
+def guest_dirs(bug: Bug) -> list[Path]:
+    """What lands in the guest's reproducer directory, in upload order (later wins)."""
+    lib = lib_dir()
+    return ([lib] if lib is not None else []) + [Path(bug.dir)]
+
+
+def ids() -> list[str]:
+    """Ids of every catalog entry (directories holding a bug.yaml), sorted."""
+    root = config.reproducers_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "bug.yaml").is_file())
+
+
+def all_bugs() -> list[Bug]:
+    """Every catalog entry, loaded and validated (the first bad file raises)."""
+    return [load(config.reproducers_dir() / name) for name in ids()]

@@ -1,0 +1,48 @@
+"""Any kernel spec to an unpacked kernel: a directory, a source's kernel, or a patched variant.
+
+The provider composes the kernel sources and the variant builder so that neither imports the
+other (a variant is built from a source's kernel; a source knows nothing of variants).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.adapters import sources, variants
+from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.versions import KernelSpec, parse_spec
+
+
+def _fetch_source(spec: KernelSpec, mirror: str | None) -> UnpackedKernel:
+    return sources.fetch(spec, mirror)
+
+
+@dataclass
+class KernelProvider:
+    """`get(spec)` for every use case; tests pass fakes for the two collaborators."""
+
+    mirror: str | None = None
+    fetch_source: Callable[[KernelSpec, str | None], UnpackedKernel] = field(default=_fetch_source)
+    build_variant: Callable[[str], UnpackedKernel] = field(default=variants.build_on_demand)
+    cached: Callable[[KernelSpec], UnpackedKernel | None] = field(default=sources.cached)
+
+    def get(self, spec: str) -> UnpackedKernel:
+        path = Path(spec)
+        if "/" in spec and path.is_dir():
+            return UnpackedKernel.load(path)
+        if ":" not in spec:
+            raise KbisectError(f"kernel must be SOURCE:VERSION (e.g. debian:6.1.0-54-cloud-amd64) or an unpacked "
+                               f"kernel directory, not {spec!r}")
+        parsed = parse_spec(spec)
+        if parsed.variant:
+            done = self.cached(parsed)
+            return done if done is not None else self.build_variant(str(parsed))
+        return self.fetch_source(parsed, self.mirror)
+
+
+def fetch_kernel(spec: str, mirror: str | None = None) -> UnpackedKernel:
+    """The kernel `spec` names, fetched or built as needed."""
+    return KernelProvider(mirror).get(spec)

@@ -1,0 +1,116 @@
+"""Where a verdict comes from: the user's replay file, then the results database, then a real probe.
+
+The engine asks a probe function for each kernel; this is that function for every use case, so
+bisections and sweeps share one order of answers and one way of storing what was paid for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.adapters.store import Store, reproducer_hash
+from orchestrator.core.bug import Bug
+from orchestrator.core.verdict import ProbeRecord, Verdict
+
+_WORDS = {"good": Verdict.GOOD, "bad": Verdict.BAD, "skip": Verdict.SKIP,
+          "0": Verdict.GOOD, "1": Verdict.BAD, "125": Verdict.SKIP}
+
+
+def _parse_verdict(value: object, where: str) -> list[Verdict]:
+    """`bad`, `good`, `skip`, an exit code (0/1/125), or a list of those (several runs)."""
+    from orchestrator.core.errors import KbisectError
+
+    if isinstance(value, list):
+        out: list[Verdict] = []
+        for item in value:
+            out.extend(_parse_verdict(item, where))
+        if not out:
+            raise KbisectError(f"{where}: empty list of verdicts")
+        return out
+    if isinstance(value, bool) or value is None:
+        raise KbisectError(f"{where}: verdict must be good, bad or skip, got {value!r}")
+    key = str(value).strip().lower()
+    if key not in _WORDS:
+        raise KbisectError(f"{where}: verdict must be good, bad or skip (or 0/1/125), got {value!r}")
+    return [_WORDS[key]]
+
+
+def load_replay(path: Path) -> dict[str, list[Verdict]]:
+    """Read a `--verdicts` file: a YAML or JSON object mapping kernel specs to verdicts
+    (ktest's BISECT_REPLAY, and how a user feeds in verdicts found by hand)."""
+    import yaml
+
+    from orchestrator.core.errors import KbisectError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KbisectError(f"--verdicts {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise KbisectError(f"--verdicts {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise KbisectError(f"--verdicts {path}: expected an object mapping kernel to verdict")
+    return {str(k).strip(): _parse_verdict(v, f"--verdicts {path}: {k}") for k, v in data.items()}
+
+
+class ResumingProbe:
+    """The probe function handed to the engine: replay file first, then the database, then a VM.
+
+    Answers come in this order because a replayed verdict is the user's word (it never boots),
+    a stored one was already paid for, and only what is left costs a boot. Each real probe is
+    stored the moment it returns, so a kill loses at most the probe in flight. `fresh` ignores
+    stored verdicts (new ones still overwrite them); `since` ignores only those stored before that
+    time (a resumed `sweep --fresh` keeps what the killed attempt already booted afresh). `canon` maps a replay-file key to the spec
+    form the engine's candidates use, so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
+    """
+
+    def __init__(self, bug: Bug, real_probe: Callable[[str], ProbeRecord], *, store: Store | None = None,
+                 replay: dict[str, list[Verdict]] | None = None, fresh: bool = False,
+                 canon: Callable[[str], str] | None = None, repro_hash: str | None = None,
+                 since: float | None = None) -> None:
+        self.bug = bug
+        self.real_probe = real_probe  # (spec: str) -> ProbeRecord
+        self.store = store
+        self.fresh = fresh
+        self.since = since
+        self.canon = canon or (lambda s: s)
+        self.replay: dict[str, list[Verdict]] = {}
+        for key, verdicts in (replay or {}).items():
+            self.replay[self.canon(key)] = verdicts
+        self.repro_hash = repro_hash or reproducer_hash(bug)
+        self.seq: dict[str, int] = {}
+        self.counts = {"replay": 0, "store": 0, "probe": 0}
+
+    def __call__(self, cand: Any) -> Any:
+        """One run for the engine: a RunOutcome (replay, store or a real probe)."""
+        from orchestrator.core.engine import RunOutcome
+
+        spec = cand.spec if hasattr(cand, "spec") else str(cand)
+        n = self.seq.get(spec, 0)
+        self.seq[spec] = n + 1
+        replayed = self.replay.get(self.canon(spec))
+        if replayed is not None:
+            self.counts["replay"] += 1
+            verdict = replayed[n % len(replayed)]
+            return RunOutcome(verdict, 0.0, "from --verdicts file", "replay")
+        if self.store is not None and not self.fresh:
+            record = self.store.get(self.bug.id, spec, self.repro_hash, n, self.since)
+            if record is not None:
+                self.counts["store"] += 1
+                return RunOutcome(record.verdict, record.seconds,
+                                  (record.reason + " (stored)").strip(), "store", record)
+        from orchestrator.core.errors import ChecksumError, UnavailableError
+
+        try:
+            record = self.real_probe(spec)
+        except (UnavailableError, ChecksumError) as exc:
+            # listed but cannot be had (gone, failed build, corrupt download): a skip, like a
+            # failed build in syzkaller; not stored, since it may be had next time
+            self.seq[spec] = n
+            return RunOutcome(Verdict.SKIP, 0.0, f"unavailable: {exc}", "probe")
+        if self.store is not None:
+            self.store.put(self.bug.id, spec, self.repro_hash, n, record)
+        self.counts["probe"] += 1
+        return RunOutcome(record.verdict, record.seconds, record.reason, "probe", record)
