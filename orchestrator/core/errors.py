@@ -1,7 +1,9 @@
-"""One exception type for every failure a user can act on.
+"""Typed failures, and which of them concern one kernel rather than the whole run.
 
-The CLI turns a KbisectError into one line on stderr and a non-zero exit; anything
-else is a bug and keeps its traceback.
+The CLI turns a KbisectError into one line on stderr and a non-zero exit; anything else is a bug
+and keeps its traceback. Whether a failure skips the kernel or aborts the run is decided in one
+place (orchestrator.app.policy) from these types alone, so a bisection, a sweep and a proof run
+treat the same failure the same way (syzkaller's instance errors work the same way).
 """
 
 
@@ -11,12 +13,37 @@ class KbisectError(Exception):
     exit_code = 2
 
 
-class UnavailableError(KbisectError):
+class KernelTrouble(KbisectError):
+    """Trouble that concerns this kernel only: the kernel is a skip, the run goes on with others."""
+
+
+class UnavailableError(KernelTrouble):
     """The requested kernel exists in the listing but cannot be had (failed build, gone)."""
 
 
-class ChecksumError(KbisectError):
+class SourceUnreachable(KernelTrouble):
+    """The kernel's mirror did not answer: this kernel is undecided, another mirror may have it."""
+
+
+class ChecksumError(KernelTrouble):
     """A downloaded or cached file does not match its published checksum."""
+
+
+class VariantBuildError(KernelTrouble):
+    """A patched variant cannot be built (the patch does not apply, the build fails)."""
+
+
+class BootFailure(KernelTrouble):
+    """The kernel did not boot to SSH in its guest."""
+
+
+class GuestInfra(KernelTrouble):
+    """The guest booted but the probe could not run in it (upload, SSH session lost)."""
+
+
+class InstallationError(KbisectError):
+    """Trouble with this machine (no libvirt, no root image, no tool): every kernel would fail
+    the same way, so the run stops."""
 
 
 class SignatureError(KbisectError):
