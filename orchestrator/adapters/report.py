@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.adapters import config
+from orchestrator.adapters.fsutil import atomic_write
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -111,8 +112,8 @@ def write(result: dict[str, Any], run_id: str, consoles: dict[int, str] | None =
         p.setdefault("bad_runs", 0)
         p.setdefault("phase", "")
     view.setdefault("flagged", False)
-    _atomic_write(html_path, _render(TEMPLATE, r=view, run_id=run_id, when=_utc()))
-    _atomic_write(directory / "result.json", json.dumps(result, indent=2, sort_keys=False) + "\n")
+    atomic_write(html_path, _render(TEMPLATE, r=view, run_id=run_id, when=_utc()))
+    atomic_write(directory / "result.json", json.dumps(result, indent=2, sort_keys=False) + "\n")
     return directory
 
 
@@ -126,13 +127,6 @@ def _render(template: str, **context: Any) -> str:
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     return env.from_string(template).render(**context)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Readers (a browser, a cron mail) never see half a file: write beside it, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # -- the sweep matrix ---------------------------------------------------------------------------
@@ -201,6 +195,6 @@ def write_matrix(data: dict[str, Any], directory: Path) -> Path:
     for key in ("started", "finished"):
         at = sweep.get(f"{key}_at")
         sweep[key] = _utc(at) if at else "not finished"
-    _atomic_write(json_path, json.dumps(data, indent=2) + "\n")
-    _atomic_write(html_path, _render(MATRIX_TEMPLATE, s=view, rows=rows))
+    atomic_write(json_path, json.dumps(data, indent=2) + "\n")
+    atomic_write(html_path, _render(MATRIX_TEMPLATE, s=view, rows=rows))
     return html_path

@@ -111,6 +111,19 @@ UBUNTU_SERIES = (
     "disco", "eoan", "focal", "groovy", "hirsute", "impish", "jammy", "kinetic", "lunar", "mantic",
     "noble", "oracular", "plucky", "questing", "unstable",
 )
+# The distro series kbisect compares with mainline, and the upstream base their master kernels
+# carry (--distro ubuntu:focal means 5.4; an ubuntu:5.4.0-… spec lists focal). The one table.
+DISTRO_SERIES = {
+    "ubuntu": {"xenial": "4.4", "bionic": "4.15", "focal": "5.4", "jammy": "5.15", "noble": "6.8"},
+    "debian": {"buster": "4.19", "bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"},
+}
+
+
+def series_of_base(distro: str, base: str) -> str | None:
+    """The series of `distro` whose kernels are built on upstream `base` ("5.4" -> "focal")."""
+    return next((name for name, b in DISTRO_SERIES.get(distro, {}).items() if b == base), None)
+
+
 _MAINLINE_DIR_RE = re.compile(r"^v(\d+)\.(\d+)(?:\.(\d+))?(?:-rc(\d+))?(?:-([a-z]+))?$")
 
 

@@ -28,7 +28,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Callable
 from urllib.parse import unquote, urljoin
 
 from orchestrator.adapters import cache, config
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.core.errors import KbisectError, SignatureError, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
@@ -529,6 +529,4 @@ def _write_memo(memo: Path, modified: str, entry: KernelEntry) -> None:
     record = {"modified": modified, "source": entry.source, "version": entry.version,
               "available": entry.available, "reason": entry.reason, "extra": entry.extra,
               "files": [vars(f) for f in entry.files]}
-    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(memo)
+    atomic_write(memo, json.dumps(record))

@@ -39,10 +39,12 @@ from orchestrator.core.errors import KbisectError, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
 from orchestrator.core.versions import (
+    UBUNTU_SERIES,
     ChangelogUpstream,
     UbuntuVersion,
     parse_ubuntu_version,
     parse_version,
+    series_of_base,
     upstream_stable_from_changelog,
 )
 
@@ -53,11 +55,9 @@ WS_VERSION = "devel"  # binaryFileUrls(include_meta) on binary publications exis
 FILES_PATH = "ubuntu/+archive/primary/+files/"
 POOL_DIR = "l/linux/"  # pool/<component>/l/linux/ for everything the `linux` source builds
 
-UBUNTU_CODENAMES = {"xenial", "bionic", "focal", "jammy", "noble", "oracular", "plucky", "questing"}
 FLAVOUR = "generic"
 ARCH = "amd64"
-# the series whose master kernel is X.Y (a `--from`/`--to` bound picks the series)
-SERIES_OF_BASE = {"4.4": "xenial", "4.15": "bionic", "5.4": "focal", "5.15": "jammy", "6.8": "noble"}
+# without a bound naming a base (the series of X.Y: core.versions.DISTRO_SERIES)
 DEFAULT_SERIES = "focal"
 USABLE_STATUSES = ("Published", "Superseded")  # preferred first
 POCKET_ORDER = ("Release", "Security", "Updates", "Proposed", "Backports")
@@ -103,7 +103,7 @@ class UbuntuSource(Source):
                 base = parse_ubuntu_version(text).base
             except KbisectError:
                 base = parse_version(text).base
-            series = SERIES_OF_BASE.get(f"{base.major}.{base.minor}")
+            series = series_of_base("ubuntu", f"{base.major}.{base.minor}")
             if series:
                 return series
             raise KbisectError(f"no Ubuntu series known for {text} (set KBISECT_UBUNTU_SERIES)")
@@ -269,7 +269,7 @@ def _machine_archive() -> str | None:
     from orchestrator.adapters.sources.debian import machine_repos
 
     for repo in machine_repos():
-        if any(s.split("-")[0] in UBUNTU_CODENAMES for s in repo.suites) and "ports" not in repo.uri:
+        if any(s.split("-")[0] in UBUNTU_SERIES for s in repo.suites) and "ports" not in repo.uri:
             return repo.uri if repo.uri.endswith("/") else repo.uri + "/"
     return None
 
