@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.adapters.guest import accel as accelmod
-from orchestrator.adapters.guest import bootfiles, image, probe, ssh
+from orchestrator.adapters.guest import bootfiles, image, probe, session, ssh
 from orchestrator.adapters.guest import vm as vmmod
 from orchestrator.app.kernels import fetch_kernel
 from orchestrator.core.bug import Bug
@@ -53,7 +53,7 @@ def floor_once(boot: bootfiles.BootFiles, img: image.RootImage, script: Path, ac
     log = workdir / "floor-console.log"
     overlay.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
-    cmdline = probe.build_cmdline(ssh.cmdline_key_arg()) + " kbisect.floor"
+    cmdline = session.build_cmdline(ssh.cmdline_key_arg()) + " kbisect.floor"
     t0 = time.monotonic()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(img.path), str(overlay)],
                    check=True)

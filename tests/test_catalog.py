@@ -16,9 +16,12 @@ import yaml
 
 from orchestrator.adapters import catalog, config
 from orchestrator.core.bug import DEFAULT_LINES, RepeatPolicy
+from orchestrator.app.deps import provided
+from orchestrator.app.verify import VerifyDeps, run_rows
 from orchestrator.cli import main as cli_main
-from orchestrator.cli.bugs import Row, markdown_table, pick_line_kernels, plan_rows, run_rows
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import KbisectError, SourceUnreachable
+from orchestrator.core.lines import pick_line_kernels
+from orchestrator.core.verify import Row, markdown_table, plan_rows
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
 SEED_IDS = ["gretap-ecn", "gro-inner-th", "ipvs-gue-mtu", "rp-filter-lo", "veth-csum"]
@@ -308,7 +311,7 @@ def test_run_rows_never_relabels_and_turns_errors_into_skips():
 
     def probe(spec, b):
         if spec == "debian:y":
-            raise KbisectError("cannot fetch debian:y")
+            raise SourceUnreachable("cannot fetch debian:y")
         return ProbeRecord(kernel=spec, bug=b.id, verdict=Verdict.GOOD, reason="inner dst 18:be:92:a0:ee:26 (good)")
 
     run_rows(rows, {bug.id: bug}, probe)
@@ -318,14 +321,16 @@ def test_run_rows_never_relabels_and_turns_errors_into_skips():
     assert table.count("\n") == 4 and "MISMATCH" in table
 
 
-def test_verify_plan_cli_boots_nothing(capsys, monkeypatch):
-    import orchestrator.cli.bugs as bugs_cli
+def test_verify_plan_cli_boots_nothing(capsys):
+    def no_boot(spec, bug):
+        raise AssertionError(f"--plan booted {spec}")
 
-    monkeypatch.setattr(bugs_cli, "debian_entries", lambda: DEBIAN)
-    code, out, _ = run_cli(["bugs", "verify", "gretap-ecn", "--plan", "--json"], capsys)
+    with provided(VerifyDeps(debian_entries=lambda: DEBIAN, probe=no_boot)):
+        code, out, _ = run_cli(["bugs", "verify", "gretap-ecn", "--plan", "--json"], capsys)
     rows = json.loads(out)
     assert code == 0 and len(rows) == 5 and all(r["verdict"] == "" and r["reason"] == "" for r in rows)
     # gretap's control names a full kernel, not a line: it is probed as written.
     assert rows[0]["kernel"] == "debian:6.1.0-54-cloud-amd64+revert-227adfb2b1df"
-    code, out, _ = run_cli(["bugs", "verify", "veth-csum", "--plan", "--json"], capsys)
+    with provided(VerifyDeps(debian_entries=lambda: DEBIAN, probe=no_boot)):
+        code, out, _ = run_cli(["bugs", "verify", "veth-csum", "--plan", "--json"], capsys)
     assert json.loads(out)[0]["kernel"] == "debian:6.1.0-0.deb11.52-cloud-amd64+revert-ce8c839b74e3"

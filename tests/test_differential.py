@@ -259,9 +259,10 @@ def test_cli_errors_are_one_line(mirror, tmp_path) -> None:
 
 FAKE = textwrap.dedent("""
     import sys, time, json
+    from orchestrator.app.bisect import BisectDeps
+    from orchestrator.app.deps import provided
     from orchestrator.core.verdict import ProbeRecord, Verdict
     from tests.gretap_history import verdict
-    import orchestrator.cli.bisect as cb
 
     log = open(sys.argv[1], "a")
 
@@ -273,9 +274,9 @@ FAKE = textwrap.dedent("""
             return ProbeRecord(spec, bug.id, Verdict(verdict(label)), "simulated boot", {"run": 0.01})
         return probe
 
-    cb._real_probe = fake_real_probe
     from orchestrator.cli import main
-    main(sys.argv[3:])
+    with provided(BisectDeps(real_probe=fake_real_probe, kernel_ids=lambda mirror: lambda spec: "id-" + spec)):
+        main(sys.argv[3:])
 """)
 
 

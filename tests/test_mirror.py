@@ -11,7 +11,6 @@ under /usr/lib/modules, and an old single linux-image package.
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import io
 import json

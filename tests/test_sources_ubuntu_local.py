@@ -310,9 +310,98 @@ def test_local_list_and_fetch(local_dir, kbisect_home):
     assert tree_kernel.kver == "6.9.0-rc1+" and tree_kernel.config.read_text() == "CONFIG_VETH=m\n"
     assert (tree_kernel.modules / "kernel/net/veth.ko").read_bytes() == b"\x7fELF tree"
     assert not (tree_kernel.modules / "build").is_symlink()
-    # the cache holds copies: the build directory can change without altering what was tested
-    (local_dir / "tree-6.9" / "vmlinuz").write_bytes(b"rebuilt")
-    assert fetch("local:tree-6.9", str(local_dir)).vmlinuz.read_bytes() == b"MZ local tree"
+    assert len(tree_kernel.id) == 64 and tree_kernel.id != deb_kernel.id
 
     failed = _cli(kbisect_home, "kernels", "fetch", "local:empty", "--mirror", str(local_dir))
     assert failed.returncode != 0 and failed.stderr.startswith("kbisect: error: local:empty:")
+
+
+def test_a_rebuilt_local_tree_is_a_new_kernel(local_dir, kbisect_home):
+    """`git bisect run kbisect run --kernel local:build`: the same name, a new build at every step."""
+    first = fetch("local:tree-6.9", str(local_dir))
+    marker = first.root / "served-from-cache"
+    marker.write_text("")  # outside what boots: survives only while the copy is reused
+    same = fetch("local:tree-6.9", str(local_dir))
+    assert marker.exists() and same.id == first.id
+
+    (local_dir / "tree-6.9" / "vmlinuz").write_bytes(b"MZ rebuilt tree")
+    rebuilt = fetch("local:tree-6.9", str(local_dir))
+    assert rebuilt.vmlinuz.read_bytes() == b"MZ rebuilt tree" and rebuilt.id != first.id
+    assert not marker.exists() and json.loads((rebuilt.root / "kernel.json").read_text())["id"] == rebuilt.id
+
+    (local_dir / "tree-6.9" / "usr/lib/modules/6.9.0-rc1+/kernel/net/veth.ko").write_bytes(b"\x7fELF veth v2")
+    modules_changed = fetch("local:tree-6.9", str(local_dir))
+    assert (modules_changed.modules / "kernel/net/veth.ko").read_bytes() == b"\x7fELF veth v2"
+    assert modules_changed.id not in (first.id, rebuilt.id)
+
+    # the CLI says which bytes it fetched
+    result = _cli(kbisect_home, "kernels", "fetch", "local:tree-6.9", "--mirror", str(local_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"spec": "local:tree-6.9", "id": modules_changed.id,
+                                         "dir": str(modules_changed.root)}
+    plain = _cli(kbisect_home, "kernels", "fetch", "local:tree-6.9", "--mirror", str(local_dir))
+    assert plain.stdout.strip() == str(modules_changed.root)
+
+
+def test_rebuilt_local_debs_are_a_new_kernel(local_dir, kbisect_home):
+    first = fetch("local:my-6.6-build", str(local_dir))
+    for deb in (local_dir / "my-6.6-build").glob("*.deb"):
+        deb.unlink()
+    build_deb(local_dir / "my-6.6-build", "linux-image-6.6.0-test", "6.6.0-2", {
+        "boot/vmlinuz-6.6.0-test": b"MZ local deb, second build",
+        "lib/modules/6.6.0-test/kernel/drivers/net/veth.ko": b"\x7fELF"})
+    second = fetch("local:my-6.6-build", str(local_dir))
+    assert second.vmlinuz.read_bytes() == b"MZ local deb, second build" and second.id != first.id
+
+
+def test_a_local_directory_that_is_gone_is_unavailable_not_its_old_copy(local_dir, kbisect_home):
+    import shutil
+
+    fetch("local:tree-6.9", str(local_dir))
+    shutil.rmtree(local_dir / "tree-6.9")  # a failed build step removed its output
+    with pytest.raises(UnavailableError, match="no directory"):
+        fetch("local:tree-6.9", str(local_dir))
+
+
+def test_a_kernel_json_without_an_id_gets_the_id_a_fresh_unpack_records(local_dir, kbisect_home):
+    """kernel.json from before content ids: the id is computed on load (from the recorded package
+    hashes, else the tree) and written back; the cached copy is reused, not unpacked again."""
+    from orchestrator.adapters.kernel import UnpackedKernel
+
+    for spec in ("local:my-6.6-build", "local:tree-6.9"):
+        kernel = fetch(spec, str(local_dir))
+        manifest = kernel.root / "kernel.json"
+        record = json.loads(manifest.read_text())
+        del record["id"]
+        manifest.write_text(json.dumps(record))
+        (kernel.root / "served-from-cache").write_text("")
+        assert UnpackedKernel.load(kernel.root).id == kernel.id
+        assert json.loads(manifest.read_text())["id"] == kernel.id  # kept
+        assert fetch(spec, str(local_dir)).id == kernel.id and (kernel.root / "served-from-cache").exists()
+
+
+def test_a_rebuilt_local_kernel_is_probed_again(local_dir, kbisect_home):
+    """Through the prober with the real kernel provider and a fake probe: the second build's
+    probe is real, not the first build's stored verdict."""
+    from orchestrator.adapters.catalog import resolve
+    from orchestrator.adapters.store import Store
+    from orchestrator.app.kernels import KernelProvider
+    from orchestrator.app.prober import ResumingProbe
+    from orchestrator.core.engine import Candidate
+    from orchestrator.core.verdict import ProbeRecord, Verdict
+
+    bug = resolve("gretap-ecn")
+    provider = KernelProvider(str(local_dir))
+    booted: list[bytes] = []
+
+    def real(spec: str) -> ProbeRecord:
+        booted.append(provider.get(spec).vmlinuz.read_bytes())
+        return ProbeRecord(spec, bug.id, Verdict.GOOD, "fake", {"run": 1.0})
+
+    def step() -> str:
+        return ResumingProbe(bug, real, store=Store(), kernel_id=provider.kernel_id)(Candidate("local:tree-6.9")).origin
+
+    assert step() == "probe"
+    assert step() == "store"  # the same build: no boot
+    (local_dir / "tree-6.9" / "vmlinuz").write_bytes(b"MZ rebuilt tree")
+    assert step() == "probe" and booted == [b"MZ local tree", b"MZ rebuilt tree"]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.app.deps import provided
+from orchestrator.app.sweep import SweepDeps
 from orchestrator.core import sweep
 from orchestrator.cli import main as cli_main
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import KbisectError, SourceUnreachable
 from orchestrator.adapters.store import Store, SweepLog
 from orchestrator.core.sweep import Cell, build_matrix, flag_cell, latest_decided, replay_history
 from orchestrator.core.verdict import ProbeRecord, Verdict
@@ -168,9 +170,6 @@ class World:
     """What the CLI sees: a Debian listing, a clock, and a probe whose answers the test sets."""
 
     def __init__(self, monkeypatch, tmp_path) -> None:
-        import orchestrator.cli.sweep as sweep_cli
-        import orchestrator.app.lines as lines
-
         self.listing = [_entry("5.10.0-46-cloud-amd64", "5.10.244"), _entry("6.1.0-55-cloud-amd64", "6.1.150")]
         self.verdicts: dict[tuple[str, str], Verdict | Exception] = {}
         self.boots: list[tuple[str, str]] = []
@@ -179,8 +178,6 @@ class World:
         self.offset = 0.0
         self.results = tmp_path / "results"
         monkeypatch.setenv("KBISECT_RESULTS", str(self.results))
-        monkeypatch.setattr(lines, "debian_entries", lambda: list(self.listing))
-        monkeypatch.setattr(sweep_cli, "clock", lambda: time.time() + self.offset)
 
         def real_probe(bug):
             def probe(spec: str) -> ProbeRecord:
@@ -191,12 +188,18 @@ class World:
                 return ProbeRecord(spec, bug.id, answer, f"fake {answer.value} on {spec}", {"boot": 4.0, "run": 1.5})
             return probe
 
-        monkeypatch.setattr(sweep_cli, "real_probe", real_probe)
+        # the kernel provider's content ids: each spec its own bytes unless a test rebuilds one
+        self.ids: dict[str, str] = {}
+        # the sweep's collaborators, handed to the command run through main() (app.deps)
+        self.deps = SweepDeps(real_probe=real_probe, clock=lambda: time.time() + self.offset,
+                              debian_entries=lambda: list(self.listing),
+                              kernel_id=lambda spec: self.ids.get(spec, "id-" + spec))
 
     def run(self, args: list[str], capsys) -> tuple[int, str, str]:
         code = 0
         try:
-            cli_main(["sweep", *args])
+            with provided(self.deps):
+                cli_main(["sweep", *args])
         except SystemExit as exc:
             code = exc.code or 0
         out, err = capsys.readouterr()
@@ -282,6 +285,38 @@ def test_a_skip_keeps_the_earlier_verdict_and_is_not_a_regression(world, capsys)
     assert code == 1 and cell["flag"] == "regression" and cell["earlier"]["kernel"] == K55
 
 
+def test_a_skip_is_reused_by_its_own_sweep_and_probed_again_by_the_next(world, capsys) -> None:
+    """One bad night must not pin a cell to skip: the next sweep boots the kernel again, while
+    re-running the same sweep the same day keeps what it paid for."""
+    args = ["--bug", "gretap-ecn", "--line", "6.1", "--json", "--quiet"]
+    world.verdicts[("gretap-ecn", K55)] = Verdict.SKIP  # the host could not boot a VM that night
+    code, out, _ = world.run(args, capsys)
+    first = json.loads(out)
+    assert code == 3 and first["cells"][0]["verdict"] == "skip" and len(world.boots) == 1
+    code, out, _ = world.run(args, capsys)  # resumed the same day: the skip comes back stored
+    resumed = json.loads(out)
+    assert resumed["sweep"]["id"] == first["sweep"]["id"] and resumed["probes"] == {"probe": 0, "store": 1}
+    assert len(world.boots) == 1
+    world.offset += DAY  # the next night, the same kernel, the host fixed
+    world.verdicts[("gretap-ecn", K55)] = Verdict.BAD
+    code, out, _ = world.run(args, capsys)
+    data = json.loads(out)
+    assert data["sweep"]["id"] != first["sweep"]["id"] and data["probes"] == {"probe": 1, "store": 0}
+    assert world.boots == [("gretap-ecn", K55)] * 2
+    assert code == 0 and data["cells"][0]["verdict"] == "bad" and data["cells"][0]["flag"] == "new"
+
+
+def test_a_kernel_whose_bytes_changed_is_probed_again(world, capsys) -> None:
+    args = ["--bug", "gretap-ecn", "--line", "6.1", "--json", "--quiet"]
+    assert world.run(args, capsys)[0] == 0 and len(world.boots) == 1
+    world.offset += DAY
+    assert json.loads(world.run(args, capsys)[1])["probes"] == {"probe": 0, "store": 1}
+    world.offset += DAY
+    world.ids[K55] = "re-uploaded"  # the same name, other bytes
+    data = json.loads(world.run(args, capsys)[1])
+    assert data["probes"] == {"probe": 1, "store": 0} and len(world.boots) == 2
+
+
 def test_a_killed_sweep_resumes_where_it_stopped(world, capsys) -> None:
     world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")] = KeyboardInterrupt()
     code, _, err = world.run(ARGS, capsys)
@@ -318,7 +353,7 @@ def test_fresh_boots_everything_and_a_killed_fresh_sweep_keeps_its_boots(world, 
 
 def test_errors_and_missing_lines_are_skips_and_shared_kernels_boot_once(world, capsys) -> None:
     world.listing = [_entry("6.12.118+deb13-cloud-amd64", "6.12.118")]  # newest = 6.12's kernel
-    world.verdicts[("gretap-ecn", "debian:6.12.118+deb13-cloud-amd64")] = KbisectError("apt-get download failed")
+    world.verdicts[("gretap-ecn", "debian:6.12.118+deb13-cloud-amd64")] = SourceUnreachable("apt-get download failed")
     args = ["--bug", "gretap-ecn", "--bug", "veth-csum", "--line", "6.1", "--line", "6.12", "--line", "newest", "--json"]
     code, out, _ = world.run(args, capsys)
     data = json.loads(out)
@@ -335,12 +370,12 @@ def test_a_night_where_nothing_was_decided_is_not_quiet(world, capsys) -> None:
     """Every cell a skip (here: every kernel unfetchable) is exit 3 with a line saying so, not 0."""
     for spec in ("debian:5.10.0-46-cloud-amd64", K55):
         for bug in ("gretap-ecn", "veth-csum"):
-            world.verdicts[(bug, spec)] = KbisectError("apt-get download failed")
+            world.verdicts[(bug, spec)] = SourceUnreachable("apt-get download failed")
     code, out, err = world.run(ARGS, capsys)
     assert code == 3 and "no cell was decided" in err
     assert json.loads(out)["counts"]["skip"] == 4 and not world.boots
     world.verdicts.clear()  # one decided cell is enough for an ordinary exit
-    world.verdicts[("gretap-ecn", K55)] = KbisectError("apt-get download failed")
+    world.verdicts[("gretap-ecn", K55)] = SourceUnreachable("apt-get download failed")
     assert world.run(ARGS, capsys)[0] == 0
 
 
@@ -351,13 +386,11 @@ def test_a_night_where_nothing_was_decided_is_not_quiet(world, capsys) -> None:
     (["--kernel", K55, "--kernel", K56], "both on line 6.1"),
     (["--json", "history"], "takes its own options after its name"),
 ])
-def test_bad_input_is_one_line_exit_2_before_any_listing(world, capsys, monkeypatch, args, message) -> None:
-    import orchestrator.app.lines as lines
-
+def test_bad_input_is_one_line_exit_2_before_any_listing(world, capsys, args, message) -> None:
     def no_listing():
         raise AssertionError("listed Debian kernels before checking the input")
 
-    monkeypatch.setattr(lines, "debian_entries", no_listing)
+    world.deps.debian_entries = no_listing
     code, out, err = world.run(args, capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("kbisect: error: ") and message in err

@@ -1,7 +1,9 @@
 """Quick tier for the guest runtime: pure parts, no VM booted.
 
-Domain XML rendering, verdict classification from console text and exit codes, the CLI's
-exit-code mapping on bad input, the initramfs writer and the recipe hash.
+Domain XML rendering, verdict classification of an Observation (console text, exit codes, lost
+sessions, boot failures), the probe session's steps against a fake VM and SSH guest, which
+failures are typed as kernel trouble and which as the machine's, the CLI's exit-code mapping on
+bad input, the initramfs writer and the recipe hash.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ import gzip
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
-from orchestrator.adapters.guest import bootfiles, image, probe, vm
+from orchestrator.adapters.guest import bootfiles, image, probe, session, ssh, vm
+from orchestrator.app import policy
+from orchestrator.core.bug import Bug
+from orchestrator.core.classify import Observation, classify
+from orchestrator.core.errors import BootFailure, GuestInfra, InstallationError
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -94,37 +101,66 @@ WARN_CONSOLE = """[   7.1] ------------[ cut here ]------------
 [   7.2] Call Trace:
 """
 
-
-def test_classify_exit_codes():
-    ok = dict(booted=True, stdout="step\nall good\n\n", timeout=60)
-    assert probe.classify(exit_code=0, **ok)[:2] == (Verdict.GOOD, "all good")
-    assert probe.classify(exit_code=1, **ok)[:2] == (Verdict.BAD, "all good")
-    assert probe.classify(exit_code=125, **ok)[:2] == (Verdict.SKIP, "all good")
-    v, reason, _ = probe.classify(exit_code=3, **ok)
-    assert v is Verdict.SKIP and "exit 3" in reason
-    v, reason, _ = probe.classify(exit_code=124, **ok)
-    assert v is Verdict.SKIP and "timed out after 60s" in reason
-    v, reason, _ = probe.classify(exit_code=None, timed_out=True, **ok)
-    assert v is Verdict.SKIP and "timed out" in reason
-    v, reason, _ = probe.classify(exit_code=None, lost="EOFError", **ok)
-    assert v is Verdict.SKIP and "EOFError" in reason
+BUG60 = Bug(id="b", dir=Path("/nonexistent"), timeout=60)
 
 
-def test_classify_kernel_word_wins():
-    v, reason, excerpt = probe.classify(booted=True, exit_code=0, stdout="fine", console_run=PANIC_CONSOLE)
-    assert v is Verdict.BAD and "sysrq triggered crash" in reason and "Call Trace" in excerpt
-    v, reason, excerpt = probe.classify(booted=True, exit_code=0, stdout="fine", console_run=WARN_CONSOLE)
+def _ran(**over) -> Observation:
+    """A booted guest whose reproducer ran (override what it printed / how it ended)."""
+    return Observation(**{"booted": True, "stdout": "step\nall good\n\n", **over})
+
+
+def test_classify_exit_codes_good_bad_skip():
+    assert classify(_ran(exit_code=0), BUG60)[:2] == (Verdict.GOOD, "all good")
+    assert classify(_ran(exit_code=1), BUG60)[:2] == (Verdict.BAD, "all good")
+    assert classify(_ran(exit_code=125), BUG60)[:2] == (Verdict.SKIP, "all good")
+    assert classify(_ran(exit_code=0, stdout=""), BUG60)[:2] == (Verdict.GOOD, "exit 0")
+    v, reason, _ = classify(_ran(exit_code=3), BUG60)
+    assert v is Verdict.SKIP and reason == "reproducer error: exit 3: all good"
+    v, reason, _ = classify(_ran(exit_code=124), BUG60)
+    assert v is Verdict.SKIP and reason == "reproducer timed out after 60s"
+    v, reason, _ = classify(_ran(exit_code=None, timed_out=True), BUG60)
+    assert v is Verdict.SKIP and reason == "reproducer timed out after 60s"
+
+
+def test_classify_lost_session_is_skip_with_console_tail():
+    obs = _ran(exit_code=None, lost="EOFError: connection closed", console_run="a\nb\nguest went quiet")
+    v, reason, excerpt = classify(obs, BUG60)
+    assert v is Verdict.SKIP and reason == "reproducer lost: EOFError: connection closed"
+    assert excerpt.endswith("guest went quiet")
+    v, reason, _ = classify(_ran(exit_code=None), BUG60)
+    assert v is Verdict.SKIP and reason == "reproducer lost: no exit status"
+
+
+def test_classify_kernel_word_wins_over_exit_0():
+    v, reason, excerpt = classify(_ran(exit_code=0, console_run=PANIC_CONSOLE), BUG60)
+    assert v is Verdict.BAD and reason == "kernel panic: Kernel panic - not syncing: sysrq triggered crash"
+    assert "Call Trace" in excerpt
+    v, reason, excerpt = classify(_ran(exit_code=0, console_run=WARN_CONSOLE), BUG60)
     assert v is Verdict.BAD and reason.startswith("kernel trace: WARNING: CPU: 0") and "cut here" in excerpt
-    v, reason, _ = probe.classify(booted=True, exit_code=None, crashed=True, console_run="")
-    assert v is Verdict.BAD and "panic" in reason
-    # Boot noise before the run does not count: the caller passes only post-run-start text.
-    v, _, _ = probe.classify(booted=True, exit_code=0, stdout="fine", console_boot=WARN_CONSOLE, console_run="")
-    assert v is Verdict.GOOD
+    v, reason, _ = classify(_ran(exit_code=None, crashed=True), BUG60)
+    assert v is Verdict.BAD and reason == "kernel panic: guest crashed"
+    # Boot noise before the run does not count: only console_run is searched.
+    assert classify(_ran(exit_code=0, console_boot=WARN_CONSOLE + PANIC_CONSOLE), BUG60).verdict is Verdict.GOOD
 
 
-def test_classify_boot_failure():
-    v, reason, excerpt = probe.classify(booted=False, boot_reason="guest shutoff before ssh: x", console_boot="a\nb\nlast line")
-    assert v is Verdict.SKIP and reason.startswith("boot failure") and excerpt.endswith("last line")
+def test_classify_panic_during_upload_is_bad_not_lost():
+    """The upload failed because the kernel panicked: the kernel's word wins over the lost session."""
+    obs = Observation(booted=True, lost="upload failed: EOFError: eof", crashed=True, console_run=PANIC_CONSOLE)
+    v, reason, excerpt = classify(obs, BUG60)
+    assert v is Verdict.BAD and reason.startswith("kernel panic: Kernel panic - not syncing")
+    assert "sysrq" in excerpt
+    # The same failed upload without a kernel word is a skip naming the upload.
+    v, reason, _ = classify(Observation(booted=True, lost="upload failed: EOFError: eof"), BUG60)
+    assert v is Verdict.SKIP and reason == "reproducer lost: upload failed: EOFError: eof"
+
+
+def test_classify_boot_failure_is_skip_with_console_tail():
+    obs = Observation(booted=False, boot_reason="guest shutoff before ssh: x", console_boot="a\nb\nlast line",
+                      console_run=PANIC_CONSOLE)  # never booted: nothing counts as the run's
+    v, reason, excerpt = classify(obs, BUG60)
+    assert v is Verdict.SKIP and reason == "boot failure: guest shutoff before ssh: x"
+    assert excerpt.endswith("last line")
+    assert classify(Observation(booted=False), BUG60).reason == "boot failure"
 
 
 def test_aggregate():
@@ -139,8 +175,9 @@ def test_aggregate():
 
 
 def test_cmdline_carries_key_and_root():
-    line = probe.build_cmdline("kbisect.key=ecdsa-sha2-nistp256:AAAA")
+    line = session.build_cmdline("kbisect.key=ecdsa-sha2-nistp256:AAAA")
     assert "root=/dev/vda" in line and "console=ttyS0" in line and line.endswith("kbisect.key=ecdsa-sha2-nistp256:AAAA")
+
 
 
 def test_initramfs_cpio_is_valid(tmp_path):
@@ -249,3 +286,214 @@ def test_cache_key_memo_notices_rewrite_in_place(kbisect_home, tmp_path):
     ko.write_bytes(b"C" * 4096)
     os.utime(ko, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert bootfiles.cache_key(k) != before
+
+
+# -- ProbeSession against fakes (no libvirt, no SSH) ----------------------------------------
+
+class FakeVM:
+    """A domain whose state and console the test scripts; records how it was destroyed."""
+
+    def __init__(self, console: str = "", state: str = "running") -> None:
+        self.name, self.port = "kbisect-fake-1", 40022
+        self.text, self.st = console, state
+        self.started = False
+        self.destroyed: list[bool] = []  # background flags of destroy() calls
+
+    def start(self) -> None:
+        self.started = True
+
+    def state(self) -> str:
+        return self.st
+
+    def console(self, offset: int = 0) -> str:
+        return self.text[offset:]
+
+    def console_size(self) -> int:
+        return len(self.text)
+
+    def destroy(self, background: bool = False) -> None:
+        self.destroyed.append(background)
+
+
+class FakeGuest:
+    """An SSH session: `on_upload` / `on_run` script what happens when the probe uses it."""
+
+    def __init__(self, dom: FakeVM, on_upload=None, on_run=None) -> None:
+        self.dom, self.on_upload, self.on_run = dom, on_upload, on_run
+        self.uploaded: list[tuple[Path, str]] = []
+        self.closed = False
+
+    def upload_dir(self, local: Path, remote: str) -> int:
+        if self.on_upload:
+            self.on_upload(self.dom)
+        self.uploaded.append((local, remote))
+        return 1
+
+    def mkdirs(self, path: str) -> None:
+        pass
+
+    def run(self, command, timeout, on_output=None, should_abort=None) -> ssh.RunResult:
+        return self.on_run(self, command, on_output, should_abort)
+
+    def fetch_dir(self, remote: str, local: Path) -> list[Path]:
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "capture.pcap").write_bytes(b"pcap")
+        return [local / "capture.pcap"]
+
+    def get(self, remote: str, local: Path) -> None:
+        local.write_text("dmesg text\n")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _exit(code: int, stdout: str = ""):
+    def on_run(guest, command, on_output, should_abort):
+        for line in stdout.splitlines():
+            on_output("stdout", line)
+        return ssh.RunResult(exit_code=code, stdout=stdout, stderr="", timed_out=False, aborted=None, seconds=0.1)
+    return on_run
+
+
+def _session(tmp_path, dom: FakeVM, connect, **kw) -> session.ProbeSession:
+    machine = session.Machine(vm=dom, accel="tcg", connect=connect)
+    bug = Bug(id="fake", dir=tmp_path, timeout=60)
+    return session.ProbeSession(bug, lambda: machine, tmp_path / "probe", upload_dirs=[tmp_path], **kw)
+
+
+def _probe_steps(s: session.ProbeSession, background: bool = True) -> Observation:
+    """What run_probe_kernel does with a session."""
+    try:
+        s.prepare()
+        if s.boot() and s.upload():
+            s.run()
+            s.collect()
+    finally:
+        s.teardown(background=background)
+    return s.observation
+
+
+def test_session_good_run_collects_artefacts_and_tears_down(tmp_path):
+    dom = FakeVM(console="boot noise WARNING: at boot\n")
+    guest = FakeGuest(dom, on_run=_exit(0, "step\nok on fake\n"))
+    lines = []
+    obs = _probe_steps(_session(tmp_path, dom, lambda port, deadline, blocker: guest,
+                                on_output=lambda which, line: lines.append(line)))
+    assert obs.booted and dom.started and obs.exit_code == 0 and lines == ["step", "ok on fake"]
+    assert list(obs.phases) == ["prepare", "boot", "upload", "run", "collect", "teardown"]
+    names = [Path(a).name for a in obs.artefacts]
+    assert names == ["console.log", "capture.pcap", "dmesg.txt"]  # console first
+    assert obs.console_boot == "boot noise WARNING: at boot\n" and obs.console_run == ""
+    assert guest.closed and dom.destroyed == [True]
+    assert classify(obs, BUG60)[:2] == (Verdict.GOOD, "ok on fake")
+
+
+def test_session_boot_failure_is_observed_not_raised(tmp_path):
+    """The guest's initramfs fails: the blocker's reason is the boot failure; no upload, no run."""
+    dom = FakeVM(console="Linux version 6.1\nkbisect-initramfs: FAILED: cannot mount /dev/vda\n")
+
+    def connect(port, deadline, blocker):
+        why = blocker()
+        raise ssh.SSHUnavailable(why or "no SSH banner before the boot timeout")
+
+    obs = _probe_steps(_session(tmp_path, dom, connect))
+    assert not obs.booted and obs.boot_reason == "kbisect-initramfs: FAILED: cannot mount /dev/vda"
+    assert "upload" not in obs.phases and "run" not in obs.phases and "teardown" in obs.phases
+    assert dom.destroyed == [True]
+    v, reason, excerpt = classify(obs, BUG60)
+    assert v is Verdict.SKIP and reason == "boot failure: kbisect-initramfs: FAILED: cannot mount /dev/vda"
+    assert excerpt.endswith("cannot mount /dev/vda")
+
+
+def test_session_panic_during_upload_is_bad(tmp_path):
+    """The console offset is taken before the upload, so a panic while uploading counts."""
+    dom = FakeVM(console="booted fine\n")
+
+    def panic(dom):
+        dom.text += PANIC_CONSOLE
+        dom.st = "crashed"
+        raise GuestInfra("EOFError: ")
+
+    obs = _probe_steps(_session(tmp_path, dom, lambda *a: FakeGuest(dom, on_upload=panic)))
+    assert obs.lost == "upload failed: EOFError: " and obs.crashed
+    assert "run" not in obs.phases and "collect" not in obs.phases
+    assert obs.console_run == PANIC_CONSOLE
+    v, reason, _ = classify(obs, BUG60)
+    assert v is Verdict.BAD and reason == "kernel panic: Kernel panic - not syncing: sysrq triggered crash"
+
+
+def test_session_lost_mid_run_is_skip(tmp_path):
+    dom = FakeVM()
+
+    def drop(guest, command, on_output, should_abort):
+        raise GuestInfra("EOFError: connection reset")
+
+    obs = _probe_steps(_session(tmp_path, dom, lambda *a: FakeGuest(dom, on_run=drop)))
+    assert obs.lost == "EOFError: connection reset" and obs.exit_code is None
+    assert classify(obs, BUG60)[:2] == (Verdict.SKIP, "reproducer lost: EOFError: connection reset")
+
+
+def test_session_stops_waiting_on_a_panic_during_the_run(tmp_path):
+    """should_abort sees a panic written after the run started (not one from before)."""
+    dom = FakeVM(console="old Kernel panic - not syncing: from a previous life\n")
+
+    def panics(guest, command, on_output, should_abort):
+        assert should_abort() is None  # console before the run does not count
+        guest.dom.text += PANIC_CONSOLE
+        why = should_abort()
+        return ssh.RunResult(exit_code=None, stdout="", stderr="", timed_out=False, aborted=why, seconds=1)
+
+    guest = FakeGuest(dom, on_run=panics)
+    obs = _probe_steps(_session(tmp_path, dom, lambda *a: guest))
+    assert obs.lost == "kernel panic on console"
+    assert [Path(a).name for a in obs.artefacts] == ["console.log"]  # no artefacts from an aborted run
+    v, reason, _ = classify(obs, BUG60)
+    assert v is Verdict.BAD and "sysrq triggered crash" in reason
+
+
+def test_session_teardown_after_interrupt_destroys_now(tmp_path):
+    dom = FakeVM()
+
+    def interrupted(guest, command, on_output, should_abort):
+        raise KeyboardInterrupt
+
+    s = _session(tmp_path, dom, lambda *a: FakeGuest(dom, on_run=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        _probe_steps(s, background=False)
+    assert dom.destroyed == [False]
+    assert (tmp_path / "probe" / "console.log").exists()
+
+
+# -- typed errors: which failures skip a kernel and which stop the run ------------------------
+
+def test_guest_trouble_is_kernel_trouble():
+    assert issubclass(ssh.SSHUnavailable, BootFailure) and issubclass(vm.BootError, BootFailure)
+    with pytest.raises(GuestInfra, match="^EOFError: gone$"):
+        with ssh.session_lost():
+            raise EOFError("gone")
+    with pytest.raises(GuestInfra, match="^upload failed: PermissionError"):
+        with ssh.session_lost("upload failed: "):
+            raise PermissionError("unreadable")
+    assert policy.decide(ssh.SSHUnavailable("x")) is policy.Decision.SKIP
+
+
+def test_libvirt_unreachable_is_installation_error():
+    with pytest.raises(InstallationError, match="cannot connect to libvirt"):
+        vm.connect("qemu+unix:///session?socket=/nonexistent/kbisect-test.sock")
+    assert policy.decide(InstallationError("x")) is policy.Decision.ABORT
+
+
+def test_reap_stale_still_raises_when_libvirt_is_unreachable():
+    """Best-effort reaping must not hide an unreachable libvirt (every probe would fail)."""
+    uri = "qemu+unix:///session?socket=/nonexistent/kbisect-test-reap.sock"
+    probe._reaped.discard(uri)
+    with pytest.raises(InstallationError):
+        probe._reap_stale(uri)
+
+
+def test_missing_vmlinuz_is_boot_failure(kbisect_home, tmp_path):
+    from orchestrator.adapters.kernel import UnpackedKernel
+
+    (tmp_path / "k").mkdir()
+    with pytest.raises(BootFailure, match="no vmlinuz"):
+        bootfiles.cache_key(UnpackedKernel(spec="local:novmlinuz", root=tmp_path / "k", kver="6.1.0-test"))

@@ -9,7 +9,9 @@ Why this shape:
   first one's result;
 - unpacking reads the .debs with python-debian (no dpkg, no root) and refuses any member
   whose path would leave the target directory;
-- progress goes to stderr (rich) so `--json` output on stdout stays clean.
+- progress goes to stderr (rich) so `--json` output on stdout stays clean;
+- every unpack records the kernel's content id (core.identity) in kernel.json, and an unpack
+  whose target holds a kernel of another id replaces it: the same name, new bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from rich.progress import (
 )
 
 from orchestrator.adapters import config
-from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
+from orchestrator.core import identity
+from orchestrator.core.errors import ChecksumError, KbisectError, KernelTrouble, SourceUnreachable, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 
 CHUNK = 1 << 20
@@ -64,6 +67,74 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- content ids
+
+# What adopt_tree leaves out of a modules tree (links into the build host's source tree); the
+# manifest leaves them out too, so a local tree and its adopted copy have the same id.
+NOT_COPIED = ("build", "source")
+
+
+def modules_manifest(modules: Path | None) -> list[identity.TreeFile]:
+    """(relative path, size, sha256) of every file under `modules`; a symlink by its target."""
+    if modules is None or not modules.is_dir():
+        return []
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(modules):
+        dirnames[:] = [d for d in dirnames if d not in NOT_COPIED]  # os.walk descends into what is left
+        here = Path(dirpath)
+        for name in [*dirnames, *(f for f in filenames if f not in NOT_COPIED)]:
+            path = here / name
+            rel = path.relative_to(modules).as_posix()
+            if path.is_symlink():  # links to directories come in dirnames and are not followed
+                entries.append(identity.TreeFile(rel, 0, "->" + os.readlink(path)))
+            elif path.is_file():
+                entries.append(identity.TreeFile(rel, path.stat().st_size, sha256_file(path)))
+    return entries
+
+
+def tree_content_id(vmlinuz: Path, modules: Path | None) -> str:
+    """The id of an unpacked tree (a missing vmlinuz hashes as "": such a kernel never boots)."""
+    return identity.tree_id(sha256_file(vmlinuz) if vmlinuz.is_file() else "", modules_manifest(modules))
+
+
+def recorded_package_sums(extra: dict) -> dict[str, str] | None:
+    """name -> sha256 of the packages a kernel.json's `extra` names (`files` from a download,
+    `sha256` from local .debs), or None when there are none or one has no published sum."""
+    sums: dict[str, str] = {}
+    for item in extra.get("files") or []:
+        if not isinstance(item, dict) or not item.get("name") or not item.get("sha256"):
+            return None
+        sums[str(item["name"])] = str(item["sha256"]).lower()
+    local = extra.get("sha256")
+    if isinstance(local, dict):
+        sums.update({str(k): str(v).lower() for k, v in local.items()})
+    return sums or None
+
+
+def content_id(kernel: UnpackedKernel) -> str:
+    """The id of an unpacked kernel whose kernel.json has none: by its recorded package hashes
+    when it has them (the id a fresh unpack would record), else by its tree."""
+    sums = recorded_package_sums(kernel.extra)
+    if sums:
+        return identity.package_id(sums.items())
+    return tree_content_id(kernel.vmlinuz, kernel.modules)
+
+
+def _packages_id(debs: list[Path], extra: dict) -> str:
+    """The id of the kernel `debs` unpack to: their recorded (already verified) sums, hashing
+    only the packages that have none (an unverified mainline build)."""
+    known = recorded_package_sums(extra) or {}
+    return identity.package_id((d.name, known.get(d.name) or sha256_file(d)) for d in debs)
+
+
+def _current(target: Path, want: str | None) -> UnpackedKernel | None:
+    """The finished unpack at `target` if it is the kernel wanted (any, when `want` is None)."""
+    if not (target / MANIFEST).exists():
+        return None
+    kernel = UnpackedKernel.load(target)
+    return kernel if want is None or kernel.id == want else None
 
 
 @contextmanager
@@ -107,17 +178,21 @@ def _short(url: str) -> str:
 
 
 def _get_small(url: str, timeout: float):
-    """GET a small resource: the response, or None when it does not exist (404/410)."""
+    """GET a small resource: the response, or None when it does not exist (404/410).
+
+    A mirror that does not answer is SourceUnreachable: while probing one kernel that is a skip
+    (another mirror may have it); a listing that cannot be read at all still stops the command,
+    because nothing asks the skip policy there."""
     import requests
 
     try:
         response = _session().get(url, timeout=timeout)
     except requests.RequestException as exc:
-        raise KbisectError(f"cannot reach {_short(url)}: {type(exc).__name__}") from None
+        raise SourceUnreachable(f"cannot reach {_short(url)}: {type(exc).__name__}") from None
     if response.status_code in (404, 410):
         return None
     if response.status_code >= 400:
-        raise KbisectError(f"{_short(url)}: HTTP {response.status_code}")
+        raise SourceUnreachable(f"{_short(url)}: HTTP {response.status_code}")
     return response
 
 
@@ -154,6 +229,11 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
     A cached file is re-hashed and reused only if it still matches; a mismatching or
     truncated transfer raises ChecksumError and leaves nothing behind. `sha256=None` is
     only for small unchecked metadata; every package download passes its published sum.
+
+    When no mirror gives the file, the error says why for this one kernel (app.policy skips it):
+    UnavailableError when the last mirror asked says it is gone (404/410), SourceUnreachable
+    when it could not be reached or answered another HTTP error (another mirror, or a later
+    run, may have it). A file that cannot be written here is this machine's trouble: it aborts.
     """
     import requests
 
@@ -166,13 +246,13 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
                 return dest
             dest.unlink()  # a cache entry changed under us: fetch it again
         tmp = dest.parent / f".{dest.name}.{os.getpid()}.part"
-        last_error: KbisectError | None = None
+        last_error: KernelTrouble | None = None
         try:
             for candidate in urls:
                 try:
                     response = _session().get(candidate, stream=True, timeout=60)
                 except requests.RequestException as exc:
-                    last_error = KbisectError(f"cannot download {_short(candidate)}: {type(exc).__name__}")
+                    last_error = SourceUnreachable(f"cannot download {_short(candidate)}: {type(exc).__name__}")
                     continue
                 with response:
                     if response.status_code in (404, 410):
@@ -180,7 +260,7 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
                             f"{label}: HTTP {response.status_code} {response.reason or ''} at {_short(candidate)}".rstrip())
                         continue
                     if response.status_code >= 400:
-                        last_error = KbisectError(f"{label}: HTTP {response.status_code} at {_short(candidate)}")
+                        last_error = SourceUnreachable(f"{label}: HTTP {response.status_code} at {_short(candidate)}")
                         continue
                     announced = response.headers.get("Content-Length")
                     total = int(announced) if announced and announced.isdigit() else size
@@ -403,12 +483,16 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
     CHANGES), written into the same staging directory so they arrive with it or not at all.
 
     The work happens in `<target>.partial` and is renamed into place, so an interrupted
-    unpack is never mistaken for a finished one (the manifest is what marks it finished).
+    unpack is never mistaken for a finished one (the manifest is what marks it finished). A
+    finished unpack is reused only if it came from the same package bytes (same content id).
     """
     target = Path(target)
+    debs = [Path(d) for d in debs]
+    kernel_id = _packages_id(debs, dict(extra or {}))
     with locked(target):
-        if (target / MANIFEST).exists():
-            return UnpackedKernel.load(target)
+        done = _current(target, kernel_id)
+        if done is not None:
+            return done
         kvers: set[str] = set()
         with _staged(target) as partial:
             with _progress() as progress:
@@ -422,17 +506,23 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
             for name, data in (files or {}).items():
                 (partial / Path(name).name).write_bytes(data)
             kver = next(iter(kvers))
-        kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}))
+        kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}), id=kernel_id)
         kernel.save()
         return kernel
 
 
-def adopt_tree(src: Path, target: Path, spec: str, kver: str, extra: dict | None = None) -> UnpackedKernel:
-    """Copy an already-unpacked tree (local builds: vmlinuz + lib/modules/<kver>) into the layout."""
+def adopt_tree(src: Path, target: Path, spec: str, kver: str, extra: dict | None = None,
+               expect: str | None = None) -> UnpackedKernel:
+    """Copy an already-unpacked tree (local builds: vmlinuz + lib/modules/<kver>) into the layout.
+
+    `expect` is the content id the caller sees in `src` now: a finished copy of another id is
+    replaced (None: any finished copy is reused). The recorded id is computed from the copy, the
+    bytes that will boot, so a tree that changed while it was copied is caught next time."""
     target = Path(target)
     with locked(target):
-        if (target / MANIFEST).exists():
-            return UnpackedKernel.load(target)
+        done = _current(target, expect)
+        if done is not None:
+            return done
         with _staged(target) as partial:
             shutil.copy2(src / "vmlinuz", partial / "vmlinuz")
             for name in ("config", "System.map"):
@@ -441,9 +531,10 @@ def adopt_tree(src: Path, target: Path, spec: str, kver: str, extra: dict | None
             modules = src / "modules"
             if modules.is_dir():
                 shutil.copytree(modules, partial / "modules", symlinks=True,
-                                ignore=shutil.ignore_patterns("build", "source"))
+                                ignore=shutil.ignore_patterns(*NOT_COPIED))
             else:
                 (partial / "modules").mkdir()
-        kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}))
+            kernel_id = tree_content_id(partial / "vmlinuz", partial / "modules")
+        kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}), id=kernel_id)
         kernel.save()
         return kernel

@@ -143,6 +143,8 @@ def _hits(word: str, text: str) -> int:
 
 def score_commit(repo, commit, keywords: list[str], paths: list[str]) -> Commit:
     """Score one commit by the rules in the module docstring; every point has a reason."""
+    import git  # GitPython: imported only by the commands that narrow
+
     message = commit.message
     subject, _, body = message.partition("\n")
     files = _files(commit)
@@ -194,7 +196,7 @@ def score_commit(repo, commit, keywords: list[str], paths: list[str]) -> Commit:
     if up:
         try:
             c.upstream = repo.commit(up).hexsha
-        except Exception:
+        except (ValueError, git.exc.BadName, git.exc.GitCommandError):  # not in this clone: keep the short sha
             c.upstream = up
         c.reasons.append(f"backport of upstream {c.upstream[:12]}")
     return c

@@ -8,6 +8,12 @@ so the VM layer never needs to know where a kernel came from:
     <root>/config        the kernel's .config (when the package ships it)
     <root>/System.map    (when shipped)
     <root>/modules/      the contents of lib/modules/<kver>/ (modules.dep not guaranteed)
+
+`id` is the kernel's content id (orchestrator.core.identity): what verdicts are stored under, so
+a name that comes to stand for other bytes (a rebuilt `local:` tree) is a new kernel. A
+kernel.json written before ids existed gets its id computed when loaded (from the package hashes
+it recorded, else from the unpacked tree) and written back, rather than being unpacked again: the
+packages may be gone from the download cache, and the recorded hashes are the verified ones.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.core.errors import KbisectError
 
 MANIFEST = "kernel.json"
@@ -27,6 +34,7 @@ class UnpackedKernel:
     root: Path
     kver: str  # what `uname -r` prints in the guest, and the modules directory name
     extra: dict = field(default_factory=dict)  # source-specific facts (package versions, upstream base...)
+    id: str = ""  # content id (core.identity); "" only before the unpacker has recorded it
 
     @property
     def vmlinuz(self) -> Path:
@@ -49,9 +57,7 @@ class UnpackedKernel:
     def save(self) -> None:
         record = asdict(self)
         record["root"] = str(self.root)
-        tmp = self.root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        tmp.replace(self.root / MANIFEST)
+        atomic_write(self.root / MANIFEST, json.dumps(record, indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, root: Path) -> "UnpackedKernel":
@@ -60,4 +66,20 @@ class UnpackedKernel:
         if not path.exists():
             raise KbisectError(f"{root} holds no unpacked kernel (no {MANIFEST})")
         record = json.loads(path.read_text())
-        return cls(spec=record["spec"], root=Path(root), kver=record["kver"], extra=record.get("extra", {}))
+        kernel = cls(spec=record["spec"], root=Path(root), kver=record["kver"], extra=record.get("extra", {}),
+                     id=record.get("id") or "")
+        if not kernel.id:
+            kernel._backfill_id()
+        return kernel
+
+    def _backfill_id(self) -> None:
+        """Compute the id of a kernel.json that has none and keep it (best effort: a read-only
+        cache just computes it again next time)."""
+        # function-level import: cache imports this module (it builds UnpackedKernels)
+        from orchestrator.adapters.cache import content_id
+
+        self.id = content_id(self)
+        try:
+            self.save()
+        except OSError:  # read-only or shared cache: the id is still right for this process
+            pass

@@ -1,10 +1,20 @@
 """The results database: every probe stored the moment it finishes, so a killed bisection resumes.
 
-A probe is keyed by (bug id, kernel spec, reproducer content hash, sequence number). The content
-hash means editing the reproducer invalidates old verdicts automatically (they answered a
-different question); the sequence number is the n-th time this run asked for that kernel, so
-boundary re-runs are stored too and a resumed run replays exactly the answers the killed run had
-already paid for, in the same order, and then continues with real probes.
+A probe is found by (bug id, kernel content id, reproducer content hash, sequence number). The
+kernel's content id (core.identity) means a name that comes to stand for other bytes (a rebuilt
+`local:` tree) is asked again; the reproducer hash means editing the reproducer invalidates old
+verdicts automatically (they answered a different question); the sequence number is the n-th time
+this run asked for that kernel, so boundary re-runs are stored too and a resumed run replays
+exactly the answers the killed run had already paid for, in the same order, and then continues
+with real probes. The spec a probe was asked under is kept beside it, for people reading the rows.
+
+Each row also records the run that wrote it (`run_key`): good and bad answers are reused by any
+later run, a skip only by the run that stored it (see `get`). Bisections get their run keys from
+`open_run` (a bisection killed and started again is the same run until one of them finishes);
+sweeps use their sweep id.
+
+Rows written before content ids existed have an empty `kernel_id` and are never reused: which
+bytes they tested is unknown. They stay in the table, for inspection.
 
 SQLite because it is transactional (a kill mid-write loses at most the probe in flight) and needs
 no daemon; it lives under `$KBISECT_HOME/results.db`.
@@ -28,6 +38,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes (
     bug TEXT NOT NULL,
     kernel TEXT NOT NULL,
+    kernel_id TEXT NOT NULL,
     repro_hash TEXT NOT NULL,
     seq INTEGER NOT NULL,
     verdict TEXT NOT NULL,
@@ -35,8 +46,39 @@ CREATE TABLE IF NOT EXISTS probes (
     seconds REAL NOT NULL,
     record TEXT NOT NULL,
     stored_at REAL NOT NULL,
-    PRIMARY KEY (bug, kernel, repro_hash, seq)
+    run_key TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (bug, kernel, kernel_id, repro_hash, seq)
 );
+CREATE INDEX IF NOT EXISTS probes_by_content ON probes (bug, kernel_id, repro_hash, seq);
+CREATE TABLE IF NOT EXISTS runs (
+    run_key TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL
+);
+"""
+
+# The probes table before content ids (no kernel_id, no run_key): its rows are copied over with
+# an empty kernel_id, which no lookup matches.
+_MIGRATE_V1 = """
+ALTER TABLE probes RENAME TO probes_v1;
+CREATE TABLE probes (
+    bug TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    kernel_id TEXT NOT NULL,
+    repro_hash TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    record TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    run_key TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (bug, kernel, kernel_id, repro_hash, seq)
+);
+INSERT INTO probes SELECT bug, kernel, '', repro_hash, seq, verdict, reason, seconds, record, stored_at, ''
+    FROM probes_v1;
+DROP TABLE probes_v1;
 """
 
 
@@ -78,24 +120,56 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30)
         self.conn.execute("PRAGMA journal_mode=WAL")
+        self._migrate()
         self.conn.executescript(SCHEMA)
         self.conn.commit()
 
-    def get(self, bug: str, kernel: str, repro_hash: str, seq: int, since: float | None = None) -> ProbeRecord | None:
-        """The stored probe, if any (only one stored at or after `since`, when given)."""
+    def _migrate(self) -> None:
+        """Bring a results.db from before content ids to this schema, once, under a write lock
+        (two kbisect processes opening an old database: the second finds it migrated)."""
+        if "kernel_id" in self._probe_columns() or not self._probe_columns():
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "kernel_id" not in self._probe_columns():
+                for statement in filter(str.strip, _MIGRATE_V1.split(";")):
+                    self.conn.execute(statement)
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+
+    def _probe_columns(self) -> set[str]:
+        return {row[1] for row in self.conn.execute("PRAGMA table_info(probes)")}
+
+    def get(self, bug: str, kernel_id: str, repro_hash: str, seq: int, since: float | None = None, *,
+            run_key: str | None = None) -> ProbeRecord | None:
+        """The stored probe of these kernel bytes, if any (only one stored at or after `since`,
+        when given; the newest when the same bytes were stored under several specs).
+
+        A skip is returned only to the run that stored it (`run_key`): a resumed run keeps what
+        it paid for, but a later one asks again, since a skip says more about that night (a
+        broken mirror, a host that could not boot a VM) than about the kernel."""
+        if not kernel_id:
+            return None
         row = self.conn.execute(
-            "SELECT record FROM probes WHERE bug=? AND kernel=? AND repro_hash=? AND seq=? AND stored_at>=?",
-            (bug, kernel, repro_hash, seq, since if since is not None else float("-inf")),
+            "SELECT record FROM probes WHERE bug=? AND kernel_id=? AND repro_hash=? AND seq=? AND stored_at>=? "
+            "AND (verdict != ? OR run_key = ?) ORDER BY stored_at DESC LIMIT 1",
+            (bug, kernel_id, repro_hash, seq, since if since is not None else float("-inf"),
+             Verdict.SKIP.value, run_key if run_key else None),
         ).fetchone()
         return _record_from_json(json.loads(row[0])) if row else None
 
-    def put(self, bug: str, kernel: str, repro_hash: str, seq: int, record: ProbeRecord) -> None:
-        """Store (or, under --fresh, replace) one finished probe and commit at once."""
+    def put(self, bug: str, kernel: str, repro_hash: str, seq: int, record: ProbeRecord, *, kernel_id: str,
+            run_key: str | None = None) -> None:
+        """Store (or, under --fresh, replace) one finished probe of `kernel` (the spec asked) whose
+        bytes have `kernel_id`, written by the run `run_key`, and commit at once."""
         with self.conn:
             self.conn.execute(
-                "INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?,?,?,?)",
-                (bug, kernel, repro_hash, seq, record.verdict.value, record.reason, record.seconds,
-                 json.dumps(record.to_json()), time.time()),
+                "INSERT OR REPLACE INTO probes (bug, kernel, kernel_id, repro_hash, seq, verdict, reason, seconds, "
+                "record, stored_at, run_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (bug, kernel, kernel_id, repro_hash, seq, record.verdict.value, record.reason, record.seconds,
+                 json.dumps(record.to_json()), time.time(), run_key or ""),
             )
 
     def all(self, bug: str | None = None) -> list[tuple[str, str, str, int, str]]:
@@ -106,6 +180,28 @@ class Store:
             sql += " WHERE bug=?"
             args = (bug,)
         return [tuple(r) for r in self.conn.execute(sql + " ORDER BY stored_at", args)]
+
+    def open_run(self, command: str, now: float | None = None) -> str:
+        """The run key for a bisection described by `command` (its bug, ends, distro): the
+        unfinished run of that command if there is one (a killed run started again resumes),
+        else a new run. `finish_run` closes it, so the next identical command is a new run."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")  # two processes opening the same command agree on one run
+            row = self.conn.execute("SELECT run_key FROM runs WHERE command=? AND finished_at IS NULL "
+                                    "ORDER BY started_at DESC LIMIT 1", (command,)).fetchone()
+            if row:
+                return str(row[0])
+            (count,) = self.conn.execute("SELECT COUNT(*) FROM runs WHERE command=?", (command,)).fetchone()
+            run_key = f"{command}#{count + 1}"
+            self.conn.execute("INSERT INTO runs (run_key, command, started_at) VALUES (?,?,?)",
+                              (run_key, command, time.time() if now is None else now))
+            return run_key
+
+    def finish_run(self, run_key: str, now: float | None = None) -> None:
+        """Mark a bisection's run finished: its stored skips are not reused by the next one."""
+        with self.conn:
+            self.conn.execute("UPDATE runs SET finished_at=? WHERE run_key=?",
+                              (time.time() if now is None else now, run_key))
 
     def close(self) -> None:
         self.conn.close()

@@ -38,9 +38,20 @@ class KernelProvider:
                                f"kernel directory, not {spec!r}")
         parsed = parse_spec(spec)
         if parsed.variant:
+            # A variant built from a patch is served by the builder, which serves the cached build
+            # only while its recorded patch_sha256 matches the patch now (an edited patch rebuilds).
+            # One without a recorded patch was placed by hand: there is nothing to compare it with.
             done = self.cached(parsed)
-            return done if done is not None else self.build_variant(str(parsed))
+            if done is not None and not done.extra.get("patch_sha256"):
+                return done
+            return self.build_variant(str(parsed))
         return self.fetch_source(parsed, self.mirror)
+
+    def kernel_id(self, spec: str) -> str:
+        """The content id of what `spec` boots now (core.identity): what stored verdicts are
+        keyed by. A cached kernel answers from its kernel.json (a `local:` one after re-hashing
+        its directory); a kernel never fetched is fetched, as its probe would do anyway."""
+        return self.get(spec).id
 
 
 def fetch_kernel(spec: str, mirror: str | None = None) -> UnpackedKernel:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.adapters.store import Store, reproducer_hash
+from orchestrator.app.kernels import KernelProvider
 from orchestrator.core.bug import Bug
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
@@ -60,21 +61,35 @@ class ResumingProbe:
 
     Answers come in this order because a replayed verdict is the user's word (it never boots),
     a stored one was already paid for, and only what is left costs a boot. Each real probe is
-    stored the moment it returns, so a kill loses at most the probe in flight. `fresh` ignores
-    stored verdicts (new ones still overwrite them); `since` ignores only those stored before that
-    time (a resumed `sweep --fresh` keeps what the killed attempt already booted afresh). `canon` maps a replay-file key to the spec
-    form the engine's candidates use, so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
+    stored the moment it returns, so a kill loses at most the probe in flight.
+
+    Stored verdicts follow bytes, not names: the prober asks `kernel_id(spec)` for the content
+    id of what the spec boots now (the kernel provider's; fetching a cached kernel is cheap, and
+    a kernel never fetched must be fetched for its probe anyway) and the store answers by that
+    id, so a rebuilt `local:` kernel is probed again. Replay stays keyed by spec: it is the
+    user's word about a name. Good and bad are reused by any later run; a stored skip only
+    inside the run that stored it (`run_key`: a resumed bisection, the same day's sweep), since
+    a skip says something about that night (a broken mirror, a flaky host), not about the kernel.
+    Without a `run_key` no stored skip is reused.
+
+    `fresh` ignores stored verdicts (new ones still overwrite them); `since` ignores only those
+    stored before that time (a resumed `sweep --fresh` keeps what the killed attempt already
+    booted afresh). `canon` maps a replay-file key to the spec form the engine's candidates use,
+    so `5.7-rc5`, `v5.7-rc5` and `mainline:5.7-rc5` all match.
     """
 
     def __init__(self, bug: Bug, real_probe: Callable[[str], ProbeRecord], *, store: Store | None = None,
                  replay: dict[str, list[Verdict]] | None = None, fresh: bool = False,
                  canon: Callable[[str], str] | None = None, repro_hash: str | None = None,
-                 since: float | None = None) -> None:
+                 since: float | None = None, kernel_id: Callable[[str], str] | None = None,
+                 run_key: str | None = None) -> None:
         self.bug = bug
         self.real_probe = real_probe  # (spec: str) -> ProbeRecord
         self.store = store
         self.fresh = fresh
         self.since = since
+        self.kernel_id = kernel_id or KernelProvider().kernel_id  # (spec: str) -> content id
+        self.run_key = run_key
         self.canon = canon or (lambda s: s)
         self.replay: dict[str, list[Verdict]] = {}
         for key, verdicts in (replay or {}).items():
@@ -86,6 +101,8 @@ class ResumingProbe:
     def __call__(self, cand: Any) -> Any:
         """One run for the engine: a RunOutcome (replay, store or a real probe)."""
         from orchestrator.core.engine import RunOutcome
+        from orchestrator.app.policy import Decision, decide, skip_outcome
+        from orchestrator.core.errors import KbisectError
 
         spec = cand.spec if hasattr(cand, "spec") else str(cand)
         n = self.seq.get(spec, 0)
@@ -95,22 +112,33 @@ class ResumingProbe:
             self.counts["replay"] += 1
             verdict = replayed[n % len(replayed)]
             return RunOutcome(verdict, 0.0, "from --verdicts file", "replay")
-        if self.store is not None and not self.fresh:
-            record = self.store.get(self.bug.id, spec, self.repro_hash, n, self.since)
-            if record is not None:
-                self.counts["store"] += 1
-                return RunOutcome(record.verdict, record.seconds,
-                                  (record.reason + " (stored)").strip(), "store", record)
-        from orchestrator.core.errors import ChecksumError, UnavailableError
-
         try:
+            kernel_id = self.kernel_id(spec) if self.store is not None else ""
+            stored = self._stored(spec, kernel_id, n)
+            if stored is not None:
+                return stored
             record = self.real_probe(spec)
-        except (UnavailableError, ChecksumError) as exc:
-            # listed but cannot be had (gone, failed build, corrupt download): a skip, like a
+        except KbisectError as exc:
+            if decide(exc) is Decision.ABORT:  # app.policy: machine or input trouble stops the run
+                raise
+            # kernel trouble (gone, unreachable, corrupt, unbuildable, unbootable): a skip, like a
             # failed build in syzkaller; not stored, since it may be had next time
             self.seq[spec] = n
-            return RunOutcome(Verdict.SKIP, 0.0, f"unavailable: {exc}", "probe")
+            return skip_outcome(exc)
         if self.store is not None:
-            self.store.put(self.bug.id, spec, self.repro_hash, n, record)
+            self.store.put(self.bug.id, spec, self.repro_hash, n, record, kernel_id=kernel_id, run_key=self.run_key)
         self.counts["probe"] += 1
         return RunOutcome(record.verdict, record.seconds, record.reason, "probe", record)
+
+    def _stored(self, spec: str, kernel_id: str, n: int) -> Any:
+        """The stored answer for the n-th run of these bytes (a RunOutcome), or None."""
+        from orchestrator.core.engine import RunOutcome
+
+        if self.store is None or self.fresh:
+            return None
+        record = self.store.get(self.bug.id, kernel_id, self.repro_hash, n, self.since, run_key=self.run_key)
+        if record is None:
+            return None
+        record.kernel = spec  # the same bytes may have been stored under another name
+        self.counts["store"] += 1
+        return RunOutcome(record.verdict, record.seconds, (record.reason + " (stored)").strip(), "store", record)

@@ -1,8 +1,8 @@
-"""`kbisect bisect` and `kbisect candidates`: the user's command, wired to the pure engine.
+"""`kbisect bisect`: the user's command, wired to the bisect use case (orchestrator.app.bisect).
 
-This is the only layer that touches the world for a bisection: it lists kernels (sources), wraps
-the guest runtime (probe) with replayed and stored verdicts (store.ResumingProbe), shows progress
-on stderr, writes the report and, with --repo, narrows the boundary to commits (gitlog).
+This module parses and checks the options, shows progress on stderr (which stage, which kernel,
+what it said and where from) and prints the answer; listing, probing, the differential, git
+narrowing and the report are the use case's.
 """
 
 from __future__ import annotations
@@ -24,97 +24,6 @@ def _console():
 
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
-
-# -- listings ---------------------------------------------------------------------------------
-
-def _entries(source: str, mirror: str | None, lo: str | None = None, hi: str | None = None,
-             series: str | None = None) -> list[Any]:
-    """Ask the sources layer for a listing; one clear line when it cannot be had."""
-    try:
-        from orchestrator.adapters.sources import get_source
-
-        if source == "ubuntu" and series:
-            from orchestrator.adapters.sources.ubuntu import UbuntuSource
-
-            src = UbuntuSource(mirror, series=series)
-        else:
-            src = get_source(source, mirror=mirror)
-    except ImportError:
-        raise KbisectError(f"the {source} kernel source is not available in this build") from None
-    return list(src.list(lo, hi))
-
-
-def _ubuntu_series(distro: str | None, specs: list[Any]) -> str | None:
-    """The Ubuntu series to list: named by --distro (ubuntu:focal), or the one whose kernels
-    carry the base of an ubuntu spec (5.4 -> focal)."""
-    from orchestrator.core.differential import DISTRO_SERIES
-
-    by_base = {base: name for name, base in DISTRO_SERIES["ubuntu"].items()}
-    if distro and distro.split(":", 1)[0].strip().lower() == "ubuntu":
-        series = distro.split(":", 1)[1].strip().lower()
-        return by_base.get(series, series)
-    for spec in specs:
-        if spec.source == "ubuntu":
-            major, minor = spec.version.split(".")[:2]
-            return by_base.get(f"{major}.{minor}")
-    return None
-
-
-def build_index(good: str, bad: str, distro: str | None, mirror: str | None,
-                distro_mirror: str | None = None):
-    """All kernels the differential may need, listed lazily per source: the mainline listing
-    (releases, rc's and the stable lines, all from the mainline mirror) from the oldest base
-    named on, and the distro sources; a source is only asked when a lineage of it is needed.
-    Patched variants (`debian:6.1.0-54-cloud-amd64+revert-x`) are in no listing: they join the
-    lineage of the kernel they were built from, right after it."""
-    from orchestrator.core.differential import KernelIndex, make_kernel
-    from orchestrator.core.versions import parse_spec
-
-    g, b = parse_spec(good), parse_spec(bad)
-    bases = []
-    for spec in (g, b):
-        k = make_kernel(spec.source, spec.version)
-        if k.base is not None:
-            bases.append(k.base)
-    lo = str(min(bases)) if bases else None
-
-    series = _ubuntu_series(distro, [g, b])
-
-    def loader(source: str):
-        def load():
-            kernels = []
-            for entry in _entries(source, mirror if source == "mainline" else distro_mirror,
-                                  lo if source == "mainline" else None, None,
-                                  series if source == "ubuntu" else None):
-                version = getattr(entry, "version", entry)
-                try:
-                    kernels.append(make_kernel(source, str(version), bool(getattr(entry, "available", True)),
-                                               str(getattr(entry, "reason", "") or "")))
-                except KbisectError:
-                    continue  # odd names the listing kept (legacy side builds) are not candidates
-            return kernels
-        return load
-
-    sources = {"mainline", "ubuntu", "debian", "local"}
-    index = KernelIndex(loaders={s: loader(s) for s in sources})
-    for spec in (g, b):
-        if spec.variant:
-            index.add([make_kernel(spec.source, spec.version, variant=spec.variant)])
-    return index
-
-
-def _real_probe(bug, mirror: str | None):
-    """The guest runtime, imported only when a verdict is not known already."""
-
-    def probe(spec: str):
-        from orchestrator.app.run import run_probe
-
-        return run_probe(spec, bug, mirror=mirror)
-
-    return probe
-
-
-# -- progress ---------------------------------------------------------------------------------
 
 class Progress:
     """Bisection steps on stderr: which stage, which kernel, what it said and where from."""
@@ -140,42 +49,6 @@ class Progress:
         self.console.print(f"  {p.phase:<7} {escape(p.label):<24} [{colour}]{p.verdict.value:<4}[/] "
                            f"({runs}, {p.seconds:.1f}s, {origin}) {escape(p.reason)}", markup=True,
                            highlight=False)
-
-
-# -- git narrowing ----------------------------------------------------------------------------
-
-def _git_rev(label: str, lineage: str | None) -> str:
-    """Tag names of a Linux clone: v5.7-rc4, v5.4.41; Ubuntu's Ubuntu-5.4.0-31.35."""
-    if lineage and lineage.startswith("ubuntu:"):
-        return f"Ubuntu-{label}"
-    return f"v{label}"
-
-
-def narrow(repo: str, result, bug) -> list[dict[str, Any]]:
-    """Candidates for the result's ranges; the intersection first in a differential. A range the
-    clone cannot resolve (no Ubuntu tags in a mainline clone, say) becomes a note, never a
-    failure: the bisection's answer stands without it."""
-    from orchestrator.adapters.gitlog import find_candidates, merge_differential
-
-    ranges = result.git_ranges()
-    lineage = result.lineage
-
-    def search(key: str, rev_lineage: str | None) -> list:
-        if key not in ranges:
-            return []
-        lo, hi = ranges[key]
-        good, bad = _git_rev(lo, rev_lineage), _git_rev(hi, rev_lineage)
-        try:
-            return find_candidates(repo, good, bad, bug.keywords, bug.paths)
-        except KbisectError as exc:
-            result.notes.append(f"git narrowing of {good}..{bad} skipped: {exc}")
-            return []
-
-    if result.origin == "mainline" or lineage == "mainline":
-        return [c.to_json() for c in search("range", "mainline")]
-    stable = search("range", lineage)
-    upstream = search("upstream", "mainline")
-    return [c.to_json() for c in merge_differential(stable, upstream)]
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -231,10 +104,13 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
       3  ends-disagree, no-candidates or unstable
       2  bad input or an error (one line on stderr)
     """
-    from orchestrator.adapters import catalog, report
-    from orchestrator.core.differential import Differential, canonical, distro_lineage
-    from orchestrator.app.prober import ResumingProbe, load_replay
-    from orchestrator.adapters.store import Store
+    # imported when the command runs: the use case pulls in the guest runtime and the variant
+    # builder (~0.4 s), which every other kbisect command would pay for at startup
+    from orchestrator.adapters import catalog
+    from orchestrator.app.bisect import BisectDeps, BisectRequest, run_bisect
+    from orchestrator.app.deps import current
+    from orchestrator.app.prober import load_replay
+    from orchestrator.core.differential import distro_lineage
 
     bug = catalog.resolve(bug_id)
     if distro:
@@ -247,29 +123,13 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     replay = load_replay(verdicts_file) if verdicts_file else {}
     if repo is not None and not Path(repo).exists():
         raise KbisectError(f"--repo {repo}: no such directory")
+    if verify_revert and repo is None:
+        raise KbisectError("--verify-revert needs --repo (the candidate to revert comes from git narrowing)")
     progress = Progress(quiet)
     progress.event(f"bisecting {bug.id}: good {good}, bad {bad}"
                    + (f", distro {distro}" if distro else "") + (" (fresh)" if fresh else ""))
-    index = build_index(good, bad, distro, mirror, distro_mirror)
-    store = Store()
-    prober = ResumingProbe(bug, _real_probe(bug, mirror), store=store, replay=replay, fresh=fresh, canon=canonical)
-    diff = Differential(bug.id, index, prober, policy=bug.repeat, verify=verify_runs,
-                        on_probe=progress.probe, on_event=progress.event)
-    result = diff.run(good, bad, distro)
-    data = result.to_json()
-    data["counts"] = dict(prober.counts)
-    if repo is not None:
-        progress.event(f"narrowing with git log over {repo}")
-        data["candidates"] = narrow(str(repo), result, bug)
-        data["notes"] = result.notes
-        if verify_revert:
-            data["revert_check"] = _verify_revert(str(repo), result, data["candidates"], bug, prober, progress)
-    elif verify_revert:
-        raise KbisectError("--verify-revert needs --repo (the candidate to revert comes from git narrowing)")
-    run_id = report.new_run_id(bug.id)
-    out = report.write(data, run_id, report.probe_consoles(result.probes))
-    progress.event(f"report: {out / 'report.html'}")
-    store.close()
+    request = BisectRequest(good, bad, distro, mirror, distro_mirror, replay, fresh, verify_runs, repo, verify_revert)
+    data = run_bisect(bug, request, current(BisectDeps), on_event=progress.event, on_probe=progress.probe)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -301,44 +161,3 @@ def _summary(data: dict[str, Any]) -> None:
         up = f" (upstream {c['upstream'][:12]})" if c.get("upstream") else ""
         click.echo(f"  {c['score']:6.1f} {c['sha'][:12]} {c['subject']}{up}")
     click.echo(f"report: {data.get('report')}")
-
-
-def _verify_revert(repo: str, result, candidates: list[dict[str, Any]], bug, prober, progress) -> dict[str, Any]:
-    """KernelCI's revert check: the first-bad kernel with the top candidate reverted must be good.
-
-    Only possible when the candidate touches modular code only (the variant machinery rebuilds
-    modules, never vmlinuz) and the first-bad kernel's source is reachable (Debian kernels)."""
-    import tempfile
-
-    import git
-
-    from orchestrator.core.engine import Candidate, Engine
-    from orchestrator.core.verdict import Verdict
-
-    if not candidates or not result.first_bad:
-        return {"status": "not-run", "reason": "no candidate or no first bad kernel"}
-    top = candidates[0]
-    sha = top.get("sha")
-    first_bad_spec = next((p.kernel for p in result.probes if p.label == result.first_bad), None)
-    if not first_bad_spec:
-        return {"status": "not-run", "reason": "first bad kernel spec unknown"}
-    files = git.Repo(repo).git.show("--format=", "--name-only", sha).split()
-    if not files or not all(f.endswith(".c") and f.startswith(("net/", "drivers/", "fs/")) for f in files):
-        return {"status": "not-run", "sha": sha,
-                "reason": "top candidate touches headers or built-in code: a module-only variant cannot revert it"}
-    patch = Path(tempfile.mkdtemp(prefix="kbisect-revert-")) / f"revert-{sha[:12]}.patch"
-    patch.write_text(git.Repo(repo).git.diff(sha, f"{sha}^", "--", *files) + "\n")
-    name = f"revert-{sha[:12]}"
-    try:
-        from orchestrator.adapters.variants import build_variant
-
-        progress.event(f"building {first_bad_spec}+{name}")
-        variant = build_variant(first_bad_spec, patch, name)
-    except (ImportError, KbisectError) as exc:
-        return {"status": "not-run", "sha": sha, "reason": f"variant build failed: {exc}"}
-    cand = Candidate(variant.spec, variant.spec.split(":", 1)[-1])
-    engine = Engine([cand], prober, policy=bug.repeat, verify=0, on_probe=progress.probe)
-    verdicts = [engine.judge(cand, "revert").verdict for _ in range(3)]
-    confirmed = all(v is Verdict.GOOD for v in verdicts)
-    return {"status": "confirmed" if confirmed else "not-confirmed", "sha": sha, "kernel": variant.spec,
-            "verdicts": [v.value for v in verdicts]}

@@ -13,20 +13,16 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from orchestrator.adapters import catalog
-from orchestrator.core.bug import Bug
 from orchestrator.cli.base import cli
-from orchestrator.core.errors import KbisectError
-from orchestrator.app.lines import debian_entries
-from orchestrator.core.lines import is_line, pick_line_kernels, ver_key
+from orchestrator.core.bug import Bug
+from orchestrator.core.verify import Row, failed, markdown_table
 
 
 @cli.group()
@@ -119,124 +115,6 @@ def show_cmd(bug_id: str, as_json: bool) -> None:
     click.echo("\n".join(out))
 
 
-# --------------------------------------------------------------------------------------------
-# verify: plan (pure, testable) and run (real boots through orchestrator.app.run.run_probe).
-
-
-@dataclass
-class Row:
-    """One line of the proof table: one reproducer on one kernel, expected vs. seen."""
-
-    bug: str
-    role: str  # "positive control", "affected kernel", "fixed line 6.1", "no control"
-    kernel: str  # kernel spec, or "" when the row only states that no control exists
-    expect: str  # good / bad / "" (no probe)
-    verdict: str = ""  # good / bad / skip / "" (not run)
-    reason: str = ""
-    seconds: float = 0.0
-    note: str = ""
-
-    @property
-    def outcome(self) -> str:
-        """ok (as expected), MISMATCH (the opposite verdict), unproven (skip / not run / n.a.)."""
-        if not self.expect:
-            return "n/a"
-        if self.verdict == self.expect:
-            return "ok"
-        if self.verdict in ("good", "bad"):
-            return "MISMATCH"
-        return "unproven"
-
-    def to_json(self) -> dict:
-        record = asdict(self)
-        record["outcome"] = self.outcome
-        return record
-
-
-def _resolve_base(base: str, line_kernels: dict[str, str | None]) -> str | None:
-    """A control's base: a full spec (`debian:6.1.0-54-cloud-amd64`) or a line (`debian:6.1`)."""
-    source, _, rest = base.partition(":")
-    if source == "debian" and is_line(rest):
-        return line_kernels.get(rest)
-    return base
-
-
-def plan_rows(bug: Bug, line_kernels: dict[str, str | None], available: set[str] | None = None) -> list[Row]:
-    """The rows `verify` will probe for one bug, before any boot.
-
-    `line_kernels` maps each Debian line to its newest kernel (None when unreachable);
-    `available` (specs known to the sources), when given, marks affected kernels that cannot be
-    had instead of probing them.
-    """
-    rows: list[Row] = []
-    for ctl in bug.controls:
-        base = _resolve_base(ctl.base, line_kernels)
-        if base is None:
-            rows.append(Row(bug.id, "positive control", f"{ctl.base}+{ctl.name}", ctl.expect,
-                            verdict="", reason=f"base {ctl.base} is not reachable"))
-            continue
-        rows.append(Row(bug.id, "positive control", f"{base}+{ctl.name}", ctl.expect, note=ctl.patch))
-    for spec in bug.verify.bad_kernels:
-        if available is not None and spec.startswith("debian:") and spec not in available:
-            rows.append(Row(bug.id, "affected kernel", spec, "bad", reason="not reachable from the debian source"))
-            continue
-        rows.append(Row(bug.id, "affected kernel", spec, "bad"))
-    if not bug.controls:
-        rows.append(Row(bug.id, "no control", "", "", reason=bug.verify.no_control.strip()
-                        or "no positive-control patch is shipped"))
-    seen: set[str] = set()
-    for line in bug.verify.lines:
-        spec = line_kernels.get(line)
-        role = f"fixed line {line}" if line != "newest" else "newest"
-        if spec is None:
-            rows.append(Row(bug.id, role, "", bug.verify.expect.get(line, "good"), reason=f"no reachable Debian {line} kernel"))
-            continue
-        if spec in seen:
-            continue
-        seen.add(spec)
-        rows.append(Row(bug.id, role, spec, bug.verify.expect.get(line, "good")))
-    return rows
-
-
-def run_rows(rows: list[Row], bugs_by_id: dict[str, Bug], probe: Callable[[str, Bug], object],
-             echo: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """Probe every row that names a kernel and has not been decided yet (mutates and returns rows).
-
-    A probe that raises (kernel not fetchable, variant not buildable) becomes a skip with the error
-    as its reason, so one unreachable kernel never hides the rest of the table.
-    """
-    for row in rows:
-        if not row.kernel or not row.expect or row.reason:
-            continue
-        bug = bugs_by_id[row.bug]
-        echo(f"verify: {row.bug} on {row.kernel} (expect {row.expect})")
-        t0 = time.monotonic()
-        try:
-            rec = probe(row.kernel, bug)
-        except KbisectError as exc:
-            row.verdict, row.reason = "skip", f"error: {exc}"
-        else:
-            verdict = getattr(rec, "verdict", "skip")
-            row.verdict = getattr(verdict, "value", str(verdict))
-            row.reason = getattr(rec, "reason", "") or ""
-            row.seconds = float(getattr(rec, "seconds", 0.0) or 0.0)
-        if not row.seconds:
-            row.seconds = round(time.monotonic() - t0, 1)
-        echo(f"verify: {row.bug} on {row.kernel}: {row.verdict} ({row.outcome}) - {row.reason}")
-    return rows
-
-
-def markdown_table(rows: list[Row]) -> str:
-    """The README's proof table."""
-    out = ["| reproducer | role | kernel | expected | verdict | outcome | what the reproducer saw |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        seen = (r.reason or "").replace("|", "\\|").replace("\n", " ")
-        out.append(f"| `{r.bug}` | {r.role} | {('`' + r.kernel + '`') if r.kernel else '-'} | {r.expect or '-'} "
-                   f"| {r.verdict or '-'} | {r.outcome} | {seen} |")
-    return "\n".join(out)
-
-
 @bugs.command("verify")
 @click.argument("bug_ids", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the proof rows as JSON on stdout.")
@@ -249,39 +127,31 @@ def verify_cmd(bug_ids: tuple[str, ...], as_json: bool, markdown: str | None, pl
                kernels: tuple[str, ...]) -> None:
     """Prove reproducers both ways on real boots: BAD on a positive control or affected kernel,
     GOOD on the newest kernel of each reachable Debian line. Exit 1 if any row disagrees."""
+    # imported when the command runs: the use case pulls in the guest runtime and the variant
+    # builder (~0.4 s), which `bugs list` and `bugs show` would pay for at startup
+    from orchestrator.app import verify
+    from orchestrator.app.deps import current
+
+    deps = current(verify.VerifyDeps)
     selected = [catalog.resolve(b) for b in bug_ids] if bug_ids else catalog.all_bugs()
-    if kernels:
-        line_kernels: dict[str, str | None] = {f"k{i}": k for i, k in enumerate(kernels)}
-        available = None
-        for bug in selected:
-            bug.verify.lines = list(line_kernels)
-            bug.verify.expect = {}
-    else:
-        entries = debian_entries()
-        lines = sorted({line for bug in selected for line in bug.verify.lines}
-                       | {c.base.partition(":")[2] for bug in selected for c in bug.controls
-                          if c.base.startswith("debian:") and is_line(c.base.partition(":")[2])}, key=ver_key)
-        line_kernels = pick_line_kernels(entries, lines)
-        available = {e.get("spec") or f"debian:{e['version']}" for e in entries if e.get("available")}
-    rows = [row for bug in selected for row in plan_rows(bug, line_kernels, available)]
+    rows = verify.plan(selected, kernels, deps)
     if not plan_only:
-        from orchestrator.app.run import run_probe
-
-        def probe(spec: str, bug: Bug):
-            return run_probe(spec, bug, progress=False, echo_output=False)
-
-        run_rows(rows, {b.id: b for b in selected}, probe, echo=lambda s: click.echo(s, err=True))
+        verify.run_rows(rows, {b.id: b for b in selected}, deps.probe, echo=lambda s: click.echo(s, err=True))
     if markdown:
         with open(markdown, "w") as fh:
             fh.write(markdown_table(rows) + "\n")
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
     else:
-        table = Table(title="proof table" + (" (plan)" if plan_only else ""))
-        for col in ("bug", "role", "kernel", "expect", "verdict", "outcome", "reason"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r.bug, r.role, r.kernel or "-", r.expect or "-", r.verdict or "-", r.outcome, r.reason)
-        _console().print(table)
-    if not plan_only and any(r.outcome in ("MISMATCH", "unproven") for r in rows):
+        _print_rows(rows, plan_only)
+    if not plan_only and failed(rows):
         sys.exit(1)
+
+
+def _print_rows(rows: list[Row], plan_only: bool) -> None:
+    table = Table(title="proof table" + (" (plan)" if plan_only else ""))
+    for col in ("bug", "role", "kernel", "expect", "verdict", "outcome", "reason"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.bug, r.role, r.kernel or "-", r.expect or "-", r.verdict or "-", r.outcome, r.reason)
+    _console().print(table)

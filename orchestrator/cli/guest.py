@@ -1,9 +1,11 @@
 """Guest runtime commands: `kbisect run`, `kbisect image build`, `kbisect gc`.
 
 `kbisect run` follows `git bisect run`'s protocol so it can be the bisect script itself:
-exit 0 good, 1 bad, 125 skip. A usage or installation error (unknown bug, unknown kernel,
-no libvirt) exits 128 with one line on stderr, which makes `git bisect run` stop instead of
-reading it as "bad".
+exit 0 good, 1 bad, 125 skip. Kernel trouble (app.policy: the kernel cannot be had, built or
+booted) is a skip like any other, with the error as its reason on stderr, so `git bisect run`
+moves on to another commit. A usage or installation error (unknown bug, bad kernel spec, no
+libvirt) exits 128 with one line on stderr, which makes `git bisect run` stop instead of reading
+it as "bad".
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def run_cmd(bug_ref, kernel_spec, repeat, as_json, accel, uri, memory_mb, cpus, 
     from orchestrator.adapters import catalog
     from orchestrator.adapters.guest import probe
     from orchestrator.app import run
+    from orchestrator.app.policy import Decision, decide, skip_record
+    from orchestrator.core.verdict import Verdict
 
+    bug = None
     try:
         bug = catalog.resolve(bug_ref)
         if run_timeout is not None:
@@ -69,9 +74,13 @@ def run_cmd(bug_ref, kernel_spec, repeat, as_json, accel, uri, memory_mb, cpus, 
                 echo_output=not quiet,
             )
     except KbisectError as exc:
-        if isinstance(exc, RunSetupError) or exc.exit_code == ABORT_BISECT:
+        if bug is not None and decide(exc) is Decision.SKIP:
+            click.echo(f"kbisect: skip: {exc}", err=True)
+            verdict, records = Verdict.SKIP, [skip_record(kernel_spec, bug.id, exc)]
+        elif isinstance(exc, RunSetupError) or exc.exit_code == ABORT_BISECT:
             raise
-        raise RunSetupError(str(exc)) from None
+        else:
+            raise RunSetupError(str(exc)) from None
     if as_json:
         out = [r.to_json() for r in records]
         payload = out[0] if len(out) == 1 else {"verdict": verdict.value, "probes": out}

@@ -72,12 +72,19 @@ def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as
 @kernels.command("fetch")
 @click.argument("spec")
 @click.option("--mirror", default=None, help="Override the source's base URL (or directory for local).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"spec", "id", "dir"}: the id is the content hash of what boots.')
 @mainline_options
-def fetch_cmd(spec: str, mirror: str | None, allow_unverified: bool, keyring: str | None) -> None:
-    """Download, verify and unpack SOURCE:VERSION; print the unpacked directory."""
+def fetch_cmd(spec: str, mirror: str | None, as_json: bool, allow_unverified: bool, keyring: str | None) -> None:
+    """Download, verify and unpack SOURCE:VERSION; print the unpacked directory.
+
+    A `local:` kernel whose directory changed since it was fetched is unpacked again (a new id)."""
     from orchestrator.adapters.sources import fetch
 
     kernel = fetch(spec, mirror, **_source_options(parse_spec(spec).source, allow_unverified, keyring))
+    if as_json:
+        click.echo(json.dumps({"spec": kernel.spec, "id": kernel.id, "dir": str(kernel.root)}))
+        return
     click.echo(str(kernel.root))
 
 

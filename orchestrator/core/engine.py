@@ -15,11 +15,11 @@ Rules, and why:
 * Unavailable kernels and skip verdicts never decide anything; the search moves to the nearest
   testable neighbour of the midpoint. When nothing testable is left the result names the set of
   kernels the first bad could be (syzkaller's "inconclusive: the first bad commit could be any of").
-* Flaky reproducers are run several times per kernel (the reproducer's RepeatPolicy): BAD needs
-  ``bad_needed`` bad runs, GOOD needs enough good runs that ``bad_needed`` can no longer be
-  reached. Confidence is syzkaller's ∏(1 − (1 − p)^good_runs) over the kernels called good,
-  with p the per-run detection probability (1 for deterministic reproducers, estimated from the
-  bad runs otherwise); results below 0.66 are flagged.
+* Flaky reproducers are run several times per kernel (`judging.judge` folds the runs the
+  reproducer's RepeatPolicy asks for into one verdict). Confidence is syzkaller's
+  ∏(1 − (1 − p)^good_runs) over the kernels called good, with p the per-run detection
+  probability (1 for deterministic reproducers, estimated from the bad runs otherwise); results
+  below 0.66 are flagged.
 * The boundary is verified (last good and first bad re-run ``verify`` times, default 3) before
   it is reported, because one lucky good run on a flaky bug moves the boundary silently.
 * With clean verdicts at most ⌈log2 n⌉ + 2 distinct kernels are probed.
@@ -28,95 +28,73 @@ Rules, and why:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from orchestrator.core.bug import RepeatPolicy
-from orchestrator.core.verdict import ProbeRecord, Verdict
+from orchestrator.core.judging import (  # re-exported: callers import the probe side from here too
+    Candidate,
+    Phase,
+    Probe,
+    ProbeFn,
+    ProbeResult,
+    RunOutcome,
+    decide,
+    good_needed,
+    judge,
+    max_attempts,
+)
+from orchestrator.core.textenum import TextEnum
+from orchestrator.core.verdict import Verdict
+
+__all__ = [
+    "CONFIDENCE_THRESHOLD", "DEFAULT_VERIFY", "BisectStatus", "End", "BisectResult", "Engine", "bisect",
+    "clean_bound", "Candidate", "Phase", "Probe", "ProbeFn", "ProbeResult", "RunOutcome", "decide",
+    "good_needed", "judge", "max_attempts",
+    "FOUND", "INCONCLUSIVE", "ENDS_DISAGREE", "UNSTABLE", "NO_CANDIDATES",
+]
 
 CONFIDENCE_THRESHOLD = 0.66
 DEFAULT_VERIFY = 3
 
-# Result statuses.
-FOUND = "found"  # last good and first bad are adjacent testable kernels
-INCONCLUSIVE = "inconclusive"  # the first bad is one of a set of untestable kernels
-ENDS_DISAGREE = "ends-disagree"  # the good end is not good or the bad end is not bad
-UNSTABLE = "unstable"  # boundary verification contradicted the bisection
-NO_CANDIDATES = "no-candidates"  # nothing testable at one of the ends
+
+class BisectStatus(TextEnum):
+    """How a bisection (or the whole differential) ended; the values are result.json's `status`
+    and decide the exit status of `kbisect bisect`."""
+
+    FOUND = "found"  # last good and first bad are adjacent testable kernels
+    INCONCLUSIVE = "inconclusive"  # the first bad is one of a set of untestable kernels
+    ENDS_DISAGREE = "ends-disagree"  # the good end is not good or the bad end is not bad
+    UNSTABLE = "unstable"  # boundary verification contradicted the bisection
+    NO_CANDIDATES = "no-candidates"  # nothing testable at one of the ends
+
+    @property
+    def settled(self) -> bool:
+        """A boundary (or the set it lies in) was found: the bisection has an answer to report."""
+        return self in (BisectStatus.FOUND, BisectStatus.INCONCLUSIVE, BisectStatus.UNSTABLE)
 
 
-@dataclass
-class Candidate:
-    """One kernel of the lineage being bisected."""
+class End(TextEnum):
+    """Which end of a bisection disagreed (result.json's `disagreeing_end`)."""
 
-    spec: str  # full spec handed to the probe, e.g. "mainline:5.7-rc5"
-    label: str = ""  # display form as in `kernels list`, e.g. "5.7-rc5"
-    available: bool = True
-    reason: str = ""  # why it is unavailable (failed build, gone...)
-
-    def __post_init__(self) -> None:
-        if not self.label:
-            self.label = self.spec.split(":", 1)[-1]
+    GOOD = "good"
+    BAD = "bad"
 
 
-@dataclass
-class RunOutcome:
-    """One reproducer run on one kernel, whatever produced it (VM, replay file, database)."""
-
-    verdict: Verdict
-    seconds: float = 0.0
-    reason: str = ""
-    origin: str = "probe"  # probe | replay | store
-    record: ProbeRecord | None = None  # the full record when a VM produced it
-
-
-# A probe function: given a candidate, do ONE reproducer run (or return several runs at once).
-ProbeResult = Verdict | RunOutcome | ProbeRecord | Sequence[Verdict | RunOutcome | ProbeRecord]
-ProbeFn = Callable[[Candidate], ProbeResult]
-
-
-@dataclass
-class Probe:
-    """One verdict on one kernel: the runs the repeat policy needed, folded into a verdict."""
-
-    kernel: str  # spec
-    label: str
-    verdict: Verdict
-    runs: int
-    good_runs: int
-    bad_runs: int
-    skip_runs: int
-    seconds: float
-    reason: str
-    phase: str  # ends | bisect | verify
-    origins: list[str] = field(default_factory=list)  # where each run came from
-    records: list[ProbeRecord] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kernel": self.kernel,
-            "label": self.label,
-            "verdict": self.verdict.value,
-            "runs": self.runs,
-            "good_runs": self.good_runs,
-            "bad_runs": self.bad_runs,
-            "skip_runs": self.skip_runs,
-            "seconds": round(self.seconds, 3),
-            "reason": self.reason,
-            "phase": self.phase,
-            "origins": sorted(set(self.origins)),
-            # a verdict on a kernel fetched without checksums (--allow-unverified) says so
-            "unverified": any(r.unverified for r in self.records),
-            "upstream_commit": next((r.upstream_commit for r in self.records if r.upstream_commit), None),
-        }
+# The statuses as module constants, for callers outside the core that still import them
+# (orchestrator/cli/bisect.py `exit_code`); the core compares with BisectStatus.
+FOUND = BisectStatus.FOUND
+INCONCLUSIVE = BisectStatus.INCONCLUSIVE
+ENDS_DISAGREE = BisectStatus.ENDS_DISAGREE
+UNSTABLE = BisectStatus.UNSTABLE
+NO_CANDIDATES = BisectStatus.NO_CANDIDATES
 
 
 @dataclass
 class BisectResult:
     """Everything the engine concluded about one lineage."""
 
-    status: str
+    status: BisectStatus
     lineage: str
     last_good: Candidate | None
     first_bad: Candidate | None
@@ -126,7 +104,7 @@ class BisectResult:
     suspects: list[Candidate] = field(default_factory=list)  # when inconclusive: first bad is one of these
     good_end: Candidate | None = None  # the ends actually used (may have moved inwards)
     bad_end: Candidate | None = None
-    disagreeing_end: str | None = None  # "good" or "bad" when status is ends-disagree
+    disagreeing_end: End | None = None  # when status is ends-disagree
     notes: list[str] = field(default_factory=list)
     size: int = 0  # number of candidates the engine was given
 
@@ -141,7 +119,7 @@ class BisectResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "status": self.status,
+            "status": self.status.value,
             "lineage": self.lineage,
             "last_good": self.last_good.label if self.last_good else None,
             "first_bad": self.first_bad.label if self.first_bad else None,
@@ -149,55 +127,10 @@ class BisectResult:
             "confidence": round(self.confidence, 4),
             "flagged": self.flagged,
             "stopped": self.stopped,
-            "disagreeing_end": self.disagreeing_end,
+            "disagreeing_end": self.disagreeing_end.value if self.disagreeing_end else None,
             "notes": list(self.notes),
             "probes": [p.to_json() for p in self.probes],
         }
-
-
-def _as_runs(result: ProbeResult) -> list[RunOutcome]:
-    """Normalise whatever the probe returned into run outcomes (one call may carry several runs)."""
-    items: Iterable[Any]
-    if isinstance(result, (Verdict, RunOutcome, ProbeRecord)):
-        items = [result]
-    else:
-        items = list(result)
-    runs: list[RunOutcome] = []
-    for item in items:
-        if isinstance(item, RunOutcome):
-            runs.append(item)
-        elif isinstance(item, ProbeRecord):
-            runs.append(RunOutcome(item.verdict, item.seconds, item.reason, "probe", item))
-        elif isinstance(item, Verdict):
-            runs.append(RunOutcome(item))
-        elif isinstance(item, str):
-            runs.append(RunOutcome(Verdict(item)))
-        else:
-            raise TypeError(f"probe returned {type(item).__name__}, expected a Verdict, RunOutcome or ProbeRecord")
-    if not runs:
-        raise ValueError("probe returned no runs")
-    return runs
-
-
-def good_needed(policy: RepeatPolicy) -> int:
-    """Good runs needed for GOOD: enough that `bad_needed` bad runs are out of reach in `runs`."""
-    return max(1, policy.runs - policy.bad_needed + 1)
-
-
-def decide(policy: RepeatPolicy, good: int, bad: int, skip: int) -> Verdict | None:
-    """Fold run counts into a verdict, or None while more runs are needed."""
-    if bad >= policy.bad_needed:
-        return Verdict.BAD
-    if good >= good_needed(policy):
-        return Verdict.GOOD
-    if good + bad + skip >= max_attempts(policy):
-        return Verdict.SKIP
-    return None
-
-
-def max_attempts(policy: RepeatPolicy) -> int:
-    """Flaky reproducers get up to twice their runs so a few skipped runs do not waste a kernel."""
-    return policy.runs * 2 if policy.flaky else policy.runs
 
 
 class Engine:
@@ -237,45 +170,19 @@ class Engine:
         if self.on_event:
             self.on_event(message)
 
-    def judge(self, cand: Candidate, phase: str) -> Probe:
-        """Run the probe as often as the policy needs and fold the runs into one verdict."""
-        if cand.spec in self.known and phase != "verify":
+    def judge(self, cand: Candidate, phase: Phase | str) -> Probe:
+        """`judge` for this bisection: a verdict in `known` is reused (except when verifying),
+        and every verdict is kept in `probes` and `verdicts`."""
+        phase = Phase(phase)
+        if cand.spec in self.known and phase is not Phase.VERIFY:
             verdict = self.known[cand.spec]
-            probe = Probe(cand.spec, cand.label, verdict, 0, 0, 0, 0, 0.0,
-                          "established earlier in this run", phase, ["known"])
             self.verdicts[cand.spec] = verdict
-            return probe
-        good = bad = skip = 0
-        seconds = 0.0
-        reasons: list[str] = []
-        origins: list[str] = []
-        records: list[ProbeRecord] = []
-        verdict: Verdict | None = None
-        started = time.monotonic()
-        while verdict is None:
-            for run in _as_runs(self.probe_fn(cand)):
-                if run.verdict is Verdict.GOOD:
-                    good += 1
-                elif run.verdict is Verdict.BAD:
-                    bad += 1
-                else:
-                    skip += 1
-                seconds += run.seconds
-                origins.append(run.origin)
-                if run.record is not None:
-                    records.append(run.record)
-                if run.reason and run.reason not in reasons:
-                    reasons.append(run.reason)
-            verdict = decide(self.policy, good, bad, skip)
-        if not seconds:
-            seconds = time.monotonic() - started if "probe" in origins else 0.0
-        runs = good + bad + skip
-        summary = f"{bad}/{good + bad} bad runs" if runs > 1 else ""
-        reason = "; ".join(filter(None, [summary, *reasons[:3]]))
-        probe = Probe(cand.spec, cand.label, verdict, runs, good, bad, skip, seconds, reason, phase, origins, records)
+            return Probe(cand.spec, cand.label, verdict, 0, 0, 0, 0, 0.0,
+                         "established earlier in this run", phase, ["known"])
+        probe = judge(self.policy, self.probe_fn, cand, phase)
         self.probes.append(probe)
-        if phase != "verify":
-            self.verdicts[cand.spec] = verdict
+        if phase is not Phase.VERIFY:
+            self.verdicts[cand.spec] = probe.verdict
         if self.on_probe:
             self.on_probe(probe)
         return probe
@@ -302,7 +209,7 @@ class Engine:
             if not self._testable(i):
                 i += step
                 continue
-            probe = self.judge(cand, "ends")
+            probe = self.judge(cand, Phase.ENDS)
             if probe.verdict is Verdict.SKIP:
                 self.untestable.add(i)
                 i += step
@@ -314,37 +221,37 @@ class Engine:
         """Confirm the ends, bisect, verify the boundary, and explain the outcome."""
         n = len(self.candidates)
         if n < 2:
-            return self._result(NO_CANDIDATES, None, None, f"need at least two kernels in the lineage, got {n}")
+            return self._result(BisectStatus.NO_CANDIDATES, None, None, f"need at least two kernels in the lineage, got {n}")
         self._event(f"{self.lineage or 'lineage'}: {n} candidates, "
                     f"{self.candidates[0].label} .. {self.candidates[-1].label}")
 
         gi, gprobe = self._confirm_end(0, +1, n - 1, Verdict.GOOD)
         if gi is None or gprobe is None:
-            return self._result(NO_CANDIDATES, None, None,
+            return self._result(BisectStatus.NO_CANDIDATES, None, None,
                                 "no testable kernel at the good end (all unavailable or skipped)")
         if gi != 0:
             self.notes.append(f"good end {self.candidates[0].label} untestable; "
                               f"used {self.candidates[gi].label} instead")
         if gprobe.verdict is Verdict.BAD:
-            res = self._result(ENDS_DISAGREE, None, None,
+            res = self._result(BisectStatus.ENDS_DISAGREE, None, None,
                                f"good end {self.candidates[gi].label} is bad: the regression is older than the range")
-            res.disagreeing_end = "good"
+            res.disagreeing_end = End.GOOD
             res.good_end = self.candidates[gi]
             res.bad_end = self.candidates[-1]
             return res
 
         bi, bprobe = self._confirm_end(n - 1, -1, gi, Verdict.BAD)
         if bi is None or bprobe is None:
-            return self._result(NO_CANDIDATES, self.candidates[gi], None,
+            return self._result(BisectStatus.NO_CANDIDATES, self.candidates[gi], None,
                                 "no testable kernel at the bad end (all unavailable or skipped)")
         if bi != n - 1:
             self.notes.append(f"bad end {self.candidates[-1].label} untestable; "
                               f"used {self.candidates[bi].label} instead")
         if bprobe.verdict is Verdict.GOOD:
-            res = self._result(ENDS_DISAGREE, self.candidates[bi], None,
+            res = self._result(BisectStatus.ENDS_DISAGREE, self.candidates[bi], None,
                                f"bad end {self.candidates[bi].label} is good: "
                                f"the bug is not in this lineage between the given ends")
-            res.disagreeing_end = "bad"
+            res.disagreeing_end = End.BAD
             res.good_end, res.bad_end = self.candidates[gi], self.candidates[bi]
             return res
 
@@ -353,7 +260,7 @@ class Engine:
             i = self._nearest(lo, hi)
             if i is None:
                 break
-            probe = self.judge(self.candidates[i], "bisect")
+            probe = self.judge(self.candidates[i], Phase.BISECT)
             if probe.verdict is Verdict.GOOD:
                 lo = i
             elif probe.verdict is Verdict.BAD:
@@ -365,7 +272,7 @@ class Engine:
         good_end, bad_end = self.candidates[gi], self.candidates[bi]
         if hi - lo > 1:
             suspects = self.candidates[lo + 1: hi + 1]
-            res = self._result(INCONCLUSIVE, self.candidates[lo], None,
+            res = self._result(BisectStatus.INCONCLUSIVE, self.candidates[lo], None,
                                "inconclusive: first bad could be any of "
                                + ", ".join(c.label for c in suspects))
             res.suspects = suspects
@@ -376,7 +283,7 @@ class Engine:
             self._verify(self.candidates[lo], self.candidates[hi], res)
             return res
 
-        res = self._result(FOUND, self.candidates[lo], self.candidates[hi],
+        res = self._result(BisectStatus.FOUND, self.candidates[lo], self.candidates[hi],
                            f"boundary found: {self.candidates[lo].label} good, {self.candidates[hi].label} bad")
         res.good_end, res.bad_end = good_end, bad_end
         self._verify(self.candidates[lo], self.candidates[hi], res)
@@ -397,11 +304,11 @@ class Engine:
         contradictions: list[str] = []
         for cand, want in ((last_good, Verdict.GOOD), (first_bad, Verdict.BAD)):
             for _ in range(self.verify):
-                probe = self.judge(cand, "verify")
+                probe = self.judge(cand, Phase.VERIFY)
                 if probe.verdict is not want and probe.verdict is not Verdict.SKIP:
                     contradictions.append(f"{cand.label} was {probe.verdict.value} on re-run")
         if contradictions:
-            res.status = UNSTABLE
+            res.status = BisectStatus.UNSTABLE
             res.stopped = "boundary verification failed: " + "; ".join(contradictions)
         res.confidence = self.confidence()
         if contradictions:
@@ -420,7 +327,7 @@ class Engine:
             return 1.0
         bad = total = 0
         for probe in self.probes:
-            if probe.verdict is Verdict.BAD or (probe.phase == "verify" and probe.bad_runs):
+            if probe.verdict is Verdict.BAD or (probe.phase is Phase.VERIFY and probe.bad_runs):
                 bad += probe.bad_runs
                 total += probe.good_runs + probe.bad_runs
         if not total:
@@ -439,7 +346,7 @@ class Engine:
             conf *= 1.0 - (1.0 - p) ** runs
         return conf
 
-    def _result(self, status: str, last_good: Candidate | None, first_bad: Candidate | None,
+    def _result(self, status: BisectStatus, last_good: Candidate | None, first_bad: Candidate | None,
                 stopped: str) -> BisectResult:
         self._event(stopped)
         return BisectResult(

@@ -14,8 +14,9 @@ sweep that had a good or bad verdict there:
                   beside it, and the next sweep compares with that verdict, not with the skip.
 
 Each earlier verdict remembers the kernel it was seen on, so a flag reads "good on 6.1.0-55 (sweep
-3), bad on 6.1.0-56". Everything here is plain data in, plain data out: the CLI
-(`orchestrator/cli/sweep.py`) does the probing, storage (`store.SweepLog`) and writing.
+3), bad on 6.1.0-56". Flags and verdicts are str-valued enums (`Flag`, `Verdict`): matrix.json and
+the sweep database hold their values. Everything here is plain data in, plain data out: the
+sweep use case does the probing, storage (`store.SweepLog`) and writing.
 """
 
 from __future__ import annotations
@@ -28,15 +29,28 @@ from typing import Iterable
 
 from orchestrator.core.bug import DEFAULT_LINES
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.lineages import make_kernel
 from orchestrator.core.lines import is_line, ver_key
+from orchestrator.core.textenum import TextEnum
+from orchestrator.core.verdict import Verdict
+from orchestrator.core.versions import parse_spec
 
-REGRESSION = "regression"
-FIXED = "fixed"
-NEW = "new"
-UNCHANGED = "unchanged"
-SKIP = "skip"
-FLAGS = (REGRESSION, FIXED, NEW, UNCHANGED, SKIP)
-DECIDED = ("good", "bad")
+
+class Flag(TextEnum):
+    """What one cell says against the earlier sweeps (see the module docstring)."""
+
+    REGRESSION = "regression"
+    FIXED = "fixed"
+    NEW = "new"
+    UNCHANGED = "unchanged"
+    SKIP = "skip"
+
+
+# The flags as module constants, for callers outside the core that still import them (the sweep
+# use case and command); the core compares with Flag.
+REGRESSION, FIXED, NEW, UNCHANGED, SKIP = Flag.REGRESSION, Flag.FIXED, Flag.NEW, Flag.UNCHANGED, Flag.SKIP
+FLAGS = tuple(Flag)
+DECIDED = (Verdict.GOOD, Verdict.BAD)
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -54,9 +68,6 @@ def column_of(spec: str) -> tuple[str, str]:
     ("debian:6.1.0-54-cloud-amd64" -> "6.1"), other sources keep their name ("mainline:5.4");
     a patched variant gets a column of its own ("6.1+revert-227adfb2b1df") so it is never
     compared with the stock kernels of its line."""
-    from orchestrator.core.differential import make_kernel
-    from orchestrator.core.versions import parse_spec
-
     parsed = parse_spec(spec)
     if parsed.source == "local":
         return str(parsed), str(parsed)
@@ -126,7 +137,7 @@ class Cell:
     bug: str
     line: str
     kernel: str  # spec; "" when the line had no reachable kernel
-    verdict: str  # good | bad | skip
+    verdict: Verdict  # a "good" / "bad" / "skip" string (the database's) is taken too
     reason: str = ""
     seconds: float = 0.0
     source: str = ""  # where the verdict came from: probe | store | probe+store | error | none
@@ -135,8 +146,13 @@ class Cell:
     sweep_id: int = 0
     at: float = 0.0  # when the sweep that holds this cell started (epoch seconds)
 
+    def __post_init__(self) -> None:
+        self.verdict = Verdict(self.verdict)
+
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["verdict"] = self.verdict.value
+        return data
 
 
 @dataclass
@@ -146,11 +162,15 @@ class Earlier:
     sweep_id: int
     at: float
     kernel: str
-    verdict: str
+    verdict: Verdict
     repro_hash: str = ""
+
+    def __post_init__(self) -> None:
+        self.verdict = Verdict(self.verdict)
 
     def to_json(self) -> dict:
         data = asdict(self)
+        data["verdict"] = self.verdict.value
         data["date"] = _date(self.at)
         return data
 
@@ -158,13 +178,13 @@ class Earlier:
 @dataclass
 class Flagged:
     cell: Cell
-    flag: str
+    flag: Flag
     earlier: Earlier | None = None
     note: str = ""
 
     def to_json(self) -> dict:
         data = self.cell.to_json()
-        data.update(flag=self.flag, note=self.note, earlier=self.earlier.to_json() if self.earlier else None)
+        data.update(flag=self.flag.value, note=self.note, earlier=self.earlier.to_json() if self.earlier else None)
         return data
 
 
@@ -201,14 +221,14 @@ def flag_cell(cell: Cell, earlier: Earlier | None) -> Flagged:
     then = (f"{earlier.verdict} on {short(earlier.kernel)} (sweep {earlier.sweep_id}, {_date(earlier.at)})"
             if earlier else "")
     if cell.verdict not in DECIDED:
-        return Flagged(cell, SKIP, earlier, f"skip; last verdict {then}" if earlier else "skip; no earlier verdict")
+        return Flagged(cell, Flag.SKIP, earlier, f"skip; last verdict {then}" if earlier else "skip; no earlier verdict")
     now = f"{cell.verdict} on {short(cell.kernel)}"
     if earlier is None:
-        return Flagged(cell, NEW, None, f"{now}; no earlier verdict on this line")
-    if earlier.verdict == cell.verdict:
-        return Flagged(cell, UNCHANGED, earlier, f"{cell.verdict} also on {short(earlier.kernel)} "
+        return Flagged(cell, Flag.NEW, None, f"{now}; no earlier verdict on this line")
+    if earlier.verdict is cell.verdict:
+        return Flagged(cell, Flag.UNCHANGED, earlier, f"{cell.verdict} also on {short(earlier.kernel)} "
                                                  f"(sweep {earlier.sweep_id}, {_date(earlier.at)})")
-    flag = REGRESSION if cell.verdict == "bad" else FIXED
+    flag = Flag.REGRESSION if cell.verdict is Verdict.BAD else Flag.FIXED
     note = f"{then}, {now}"
     if earlier.kernel == cell.kernel:
         if earlier.repro_hash and cell.repro_hash and earlier.repro_hash != cell.repro_hash:
@@ -230,12 +250,12 @@ class Matrix:
     def cell(self, bug: str, line: str) -> Flagged | None:
         return self.cells.get((bug, line))
 
-    def with_flag(self, flag: str) -> list[Flagged]:
+    def with_flag(self, flag: Flag | str) -> list[Flagged]:
         return [self.cells[(b, line)] for b in self.bugs for line in self.lines
                 if (b, line) in self.cells and self.cells[(b, line)].flag == flag]
 
     def counts(self) -> dict[str, int]:
-        out = {f: 0 for f in FLAGS}
+        out = {f.value: 0 for f in Flag}
         for f in self.cells.values():
             out[f.flag] += 1
         return out
@@ -246,8 +266,8 @@ class Matrix:
             "lines": list(self.lines),
             "columns": [{"line": line, "kernel": self.kernels.get(line)} for line in self.lines],
             "counts": self.counts(),
-            "regressions": [{"bug": f.cell.bug, "line": f.cell.line, "note": f.note} for f in self.with_flag(REGRESSION)],
-            "fixed": [{"bug": f.cell.bug, "line": f.cell.line, "note": f.note} for f in self.with_flag(FIXED)],
+            "regressions": [{"bug": f.cell.bug, "line": f.cell.line, "note": f.note} for f in self.with_flag(Flag.REGRESSION)],
+            "fixed": [{"bug": f.cell.bug, "line": f.cell.line, "note": f.note} for f in self.with_flag(Flag.FIXED)],
             "cells": [self.cells[(b, line)].to_json() for b in self.bugs for line in self.lines
                       if (b, line) in self.cells],
         }
@@ -279,7 +299,7 @@ def replay_history(cells: Iterable[Cell]) -> dict[int, dict[str, int]]:
     latest: dict[tuple[str, str], Earlier] = {}
     out: dict[int, dict[str, int]] = {}
     for sweep_id in sorted(by_sweep):
-        counts = {f: 0 for f in FLAGS}
+        counts = {f.value: 0 for f in Flag}
         for c in by_sweep[sweep_id]:
             counts[flag_cell(c, latest.get((c.bug, c.line))).flag] += 1
         latest.update(latest_decided(by_sweep[sweep_id]))

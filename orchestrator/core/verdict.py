@@ -2,16 +2,18 @@
 
 The reproducer protocol follows `git bisect run`: exit 0 good, 1 bad, 125 skip. Anything
 else (other codes, timeouts, boot failures, infrastructure trouble) is SKIP with a reason,
-never silently GOOD.
+never silently GOOD. `Verdict` is a str-valued enum (`TextEnum`): it compares equal to and prints
+as "good" / "bad" / "skip", the strings the results database and result.json hold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+
+from orchestrator.core.textenum import TextEnum
 
 
-class Verdict(str, Enum):
+class Verdict(TextEnum):
     GOOD = "good"
     BAD = "bad"
     SKIP = "skip"

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from orchestrator.adapters import config
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import InstallationError, KbisectError
 
 CHOICES = ("auto", "kvm", "tcg")
 QEMU = "qemu-system-x86_64"
@@ -80,7 +80,7 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except Exception:
+    except (OSError, AttributeError):  # no glibc (musl) or no prctl: the timeout still kills it
         pass
 
 
@@ -101,7 +101,7 @@ def kvm_works(vmlinuz: Path, initrd: Path, timeout: float = PROBE_TIMEOUT) -> tu
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     preexec_fn=_die_with_parent)
         except FileNotFoundError:
-            raise KbisectError(f"{QEMU} is not installed (run ./setup.sh)") from None
+            raise InstallationError(f"{QEMU} is not installed (run ./setup.sh)") from None
         try:
             while time.monotonic() - t0 < timeout:
                 if log.exists() and b"kbisect-accel-ok" in log.read_bytes():

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from orchestrator.adapters import config
 from orchestrator.adapters.cache import sha256_file
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import BootFailure, InstallationError
 from orchestrator.adapters.kernel import UnpackedKernel
 
 BUILD_VERSION = "1"
@@ -93,7 +93,7 @@ def cache_key(kernel: UnpackedKernel) -> str:
     h = hashlib.sha256()
     h.update(f"v={BUILD_VERSION}\nkver={kernel.kver}\n".encode())
     if not kernel.vmlinuz.is_file():
-        raise KbisectError(f"{kernel.spec}: no vmlinuz at {kernel.vmlinuz}")
+        raise BootFailure(f"{kernel.spec}: no vmlinuz at {kernel.vmlinuz}")
     h.update(sha256_file(kernel.vmlinuz).encode())
     if kernel.modules.is_dir():
         h.update(_modules_digest(kernel.modules).encode())
@@ -147,7 +147,7 @@ def _build(kernel: UnpackedKernel, key: str, final: Path) -> None:
         mkfs = ["mkfs.ext4", "-q", "-F", "-L", "kbisect-mods", "-b", "4096", "-m", "0"]
         try:
             _run(mkfs + ["-O", "^has_journal,^orphan_file", "-d", str(modroot), str(disk), f"{size_mb}M"], "mkfs.ext4")
-        except KbisectError:
+        except InstallationError:  # older e2fsprogs do not know orphan_file
             _run(mkfs + ["-O", "^has_journal", "-d", str(modroot), str(disk), f"{size_mb}M"], "mkfs.ext4")
 
         mods, builtin = _root_modules(work / "base", kver)
@@ -190,10 +190,10 @@ def _run(cmd: list[str], what: str) -> str:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError as exc:
-        raise KbisectError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from exc
+        raise InstallationError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from exc
     if proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
-        raise KbisectError(f"{what} failed (exit {proc.returncode}): {' | '.join(msg[-3:])}")
+        raise InstallationError(f"{what} failed (exit {proc.returncode}): {' | '.join(msg[-3:])}")
     return proc.stdout
 
 
@@ -235,9 +235,9 @@ def _run_bytes(cmd: list[str], what: str) -> bytes:
     try:
         proc = subprocess.run(cmd, capture_output=True)
     except FileNotFoundError as exc:
-        raise KbisectError(f"{what} is not installed (run ./setup.sh)") from exc
+        raise InstallationError(f"{what} is not installed (run ./setup.sh)") from exc
     if proc.returncode != 0:
-        raise KbisectError(f"{what} failed: {proc.stderr.decode(errors='replace').strip()}")
+        raise InstallationError(f"{what} failed: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout
 
 
@@ -254,7 +254,7 @@ def _busybox() -> Path:
         p = Path(cand)
         if p.is_file():
             return p
-    raise KbisectError("busybox (busybox-static) is not installed (run ./setup.sh)")
+    raise InstallationError("busybox (busybox-static) is not installed (run ./setup.sh)")
 
 
 class _Cpio:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.adapters import config
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import InstallationError
 
 RECIPE_DIR = config.REPO_ROOT / "images"
 RECIPE_FILES = ("packages.txt", "init", "sshd_config")
@@ -94,7 +94,7 @@ def host_suite(files: list[Path] | None = None) -> str:
                     rest = [p for p in parts[1:] if not p.startswith("[")]
                     if len(rest) >= 2 and "-" not in rest[1]:
                         return rest[1]
-    raise KbisectError("cannot find a Debian suite in the machine's apt sources")
+    raise InstallationError("cannot find a Debian suite in the machine's apt sources")
 
 
 def recipe_hash(recipe_dir: Path = RECIPE_DIR) -> str:
@@ -144,7 +144,7 @@ def _run(cmd: list[str], what: str, log: Path) -> None:
         try:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
         except FileNotFoundError as exc:
-            raise KbisectError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from exc
+            raise InstallationError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from exc
         try:
             proc.wait()
         except BaseException:
@@ -159,7 +159,7 @@ def _run(cmd: list[str], what: str, log: Path) -> None:
             raise
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise KbisectError(f"{what} failed (exit {proc.returncode}; log {log}): " + " | ".join(tail))
+        raise InstallationError(f"{what} failed (exit {proc.returncode}; log {log}): " + " | ".join(tail))
 
 
 def build(rhash: str | None = None, progress: bool = True) -> RootImage:
@@ -168,7 +168,7 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     if os.geteuid() != 0:
-        raise KbisectError("building the root image needs root (mmdebstrap, device nodes)")
+        raise InstallationError("building the root image needs root (mmdebstrap, device nodes)")
     rhash = rhash or recipe_hash()
     final = image_dir(rhash)
     work = config.subdir("images") / f"{rhash}.build-{os.getpid()}"
@@ -178,7 +178,7 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
     log = work / "build.log"
     sources = _apt_source_files()
     if not sources:
-        raise KbisectError("the machine's apt has no sources configured; cannot build the root image")
+        raise InstallationError("the machine's apt has no sources configured; cannot build the root image")
     suite = host_suite(sources)
     pkgs = packages()
     steps = [
@@ -227,7 +227,7 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
             mkfs = ["mkfs.ext4", "-q", "-F", "-L", "kbisect-root", "-b", "4096", "-N", "131072"]
             try:
                 _run(mkfs + ["-O", "^orphan_file", "-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
-            except KbisectError:  # older e2fsprogs do not know orphan_file (and never set it)
+            except InstallationError:  # older e2fsprogs do not know orphan_file (and never set it)
                 _run(mkfs + ["-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
             bar.update(task, advance=1, description=steps[3][0])
 
@@ -299,7 +299,7 @@ def safe_rmtree(path: Path) -> None:
     for mp in _mounts_below(path):
         subprocess.run(["umount", "-l", mp], capture_output=True)
     if _mounts_below(path):
-        raise KbisectError(f"{path} still has mounts inside; not removing it")
+        raise InstallationError(f"{path} still has mounts inside; not removing it")
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -19,12 +19,13 @@ import select
 import socket
 import stat
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from orchestrator.adapters import config
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import BootFailure, GuestInfra
 
 HOST = "127.0.0.1"
 KEY_NAME = "id_ecdsa"
@@ -55,8 +56,22 @@ def cmdline_key_arg() -> str:
     return f"kbisect.key={key.get_name()}:{key.get_base64()}"
 
 
-class SSHUnavailable(KbisectError):
+class SSHUnavailable(BootFailure):
     """The guest never offered SSH (boot failure, crash, or timeout)."""
+
+
+@contextmanager
+def session_lost(what: str = "") -> Iterator[None]:
+    """Turn a dropped session (paramiko, socket, EOF) into GuestInfra: trouble in this guest.
+
+    The message keeps the original exception's class ("EOFError: ..."), as probe reasons did.
+    """
+    import paramiko  # slow import (~0.7 s): only probes pay it, as everywhere in this module
+
+    try:
+        yield
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise GuestInfra(f"{what}{exc.__class__.__name__}: {exc}") from exc
 
 
 class _ReplaySocket:
@@ -153,11 +168,13 @@ class Guest:
         return self._sftp
 
     def close(self) -> None:
+        import paramiko  # slow import (~0.7 s): only probes pay it
+
         try:
             if self._sftp is not None:
                 self._sftp.close()
             self.client.close()
-        except Exception:
+        except (OSError, EOFError, paramiko.SSHException):  # the guest is already powered off
             pass
 
     def __enter__(self) -> "Guest":
@@ -168,7 +185,13 @@ class Guest:
 
     # -- files -----------------------------------------------------------------------------
     def upload_dir(self, local: Path, remote: str) -> int:
-        """SFTP a directory tree (modes kept, symlinks followed); returns files sent."""
+        """SFTP a directory tree (modes kept, symlinks followed); returns files sent.
+
+        A dropped session, or a local file that cannot be read, raises GuestInfra."""
+        with session_lost():
+            return self._upload_dir(local, remote)
+
+    def _upload_dir(self, local: Path, remote: str) -> int:
         sftp = self.sftp
         count = 0
         self.mkdirs(remote)
@@ -187,17 +210,30 @@ class Guest:
         return count
 
     def mkdirs(self, path: str) -> None:
-        parts = path.strip("/").split("/")
-        cur = ""
-        for p in parts:
-            cur += "/" + p
-            try:
-                self.sftp.stat(cur)
-            except OSError:
-                self.sftp.mkdir(cur)
+        """`mkdir -p` over SFTP (GuestInfra when the session drops)."""
+        with session_lost():
+            parts = path.strip("/").split("/")
+            cur = ""
+            for p in parts:
+                cur += "/" + p
+                try:
+                    self.sftp.stat(cur)
+                except OSError:
+                    self.sftp.mkdir(cur)
+
+    def get(self, remote: str, local: Path) -> None:
+        """Copy one remote file to `local` (GuestInfra when missing or the session drops)."""
+        with session_lost():
+            self.sftp.get(remote, str(local))
 
     def fetch_dir(self, remote: str, local: Path) -> list[Path]:
-        """Copy a remote tree to `local` (missing remote dir: nothing); returns host paths."""
+        """Copy a remote tree to `local` (missing remote dir: nothing); returns host paths.
+
+        A dropped session raises GuestInfra."""
+        with session_lost():
+            return self._fetch_dir(remote, local)
+
+    def _fetch_dir(self, remote: str, local: Path) -> list[Path]:
         got: list[Path] = []
         try:
             entries = self.sftp.listdir_attr(remote)
@@ -208,7 +244,7 @@ class Guest:
             rp = posixpath.join(remote, e.filename)
             lp = local / e.filename
             if stat.S_ISDIR(e.st_mode or 0):
-                got += self.fetch_dir(rp, lp)
+                got += self._fetch_dir(rp, lp)
             elif stat.S_ISREG(e.st_mode or 0):
                 self.sftp.get(rp, str(lp))
                 got.append(lp)
@@ -222,7 +258,21 @@ class Guest:
         on_output: Callable[[str, str], None] | None = None,
         should_abort: Callable[[], str | None] | None = None,
     ) -> RunResult:
-        """Run `command`, streaming output; stop waiting at `timeout` or when should_abort() says."""
+        """Run `command`, streaming output; stop waiting at `timeout` or when should_abort() says.
+
+        A session that drops mid-run raises GuestInfra."""
+        with session_lost():
+            return self._run(command, timeout, on_output, should_abort)
+
+    def _run(
+        self,
+        command: str,
+        timeout: float,
+        on_output: Callable[[str, str], None] | None,
+        should_abort: Callable[[], str | None] | None,
+    ) -> RunResult:
+        import paramiko  # slow import (~0.7 s): only probes pay it
+
         t0 = time.monotonic()
         chan = self.client.get_transport().open_session()
         chan.exec_command(command)
@@ -275,7 +325,7 @@ class Guest:
             code = None
         try:
             chan.close()
-        except Exception:
+        except (OSError, EOFError, paramiko.SSHException):  # the session ended with the command
             pass
         return RunResult(
             exit_code=code,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.adapters import config
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import BootFailure, InstallationError
 
 DEFAULT_URI = "qemu:///system"
 PREFIX = "kbisect-"
@@ -56,7 +56,7 @@ def owner_alive(pid: int, start: int | None) -> bool:
 
 
 def connect(uri: str | None = None):
-    """Open libvirt, with libvirt's own stderr chatter silenced (errors become KbisectError)."""
+    """Open libvirt, with libvirt's own stderr chatter silenced (unreachable: InstallationError)."""
     import libvirt
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -66,7 +66,7 @@ def connect(uri: str | None = None):
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise KbisectError(f"cannot connect to libvirt at {uri}: {exc} (is libvirtd running? ./setup.sh starts it)") from None
+        raise InstallationError(f"cannot connect to libvirt at {uri}: {exc} (is libvirtd running? ./setup.sh starts it)") from None
 
 
 _warned = False
@@ -198,14 +198,16 @@ class VM:
         self.destroy()
 
     def create_overlay(self) -> None:
-        """Copy-on-write overlay: the VM's only writable disk; the base image stays untouched."""
+        """Copy-on-write overlay: the VM's only writable disk; the base image stays untouched.
+
+        Failing concerns the machine (disk full, base image unreadable): InstallationError."""
         proc = subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(self.base_image), str(self.overlay)],
             capture_output=True,
             text=True,
         )
         if proc.returncode != 0:
-            raise KbisectError(f"qemu-img create overlay failed: {proc.stderr.strip()}")
+            raise InstallationError(f"qemu-img create overlay failed: {proc.stderr.strip()}")
 
     def xml(self) -> str:
         system = self.cfg.uri.startswith("qemu:///system") or self.cfg.uri.startswith("qemu+unix:///system")
@@ -259,6 +261,8 @@ class VM:
         thread is non-daemon and tracked, so the interpreter cannot exit before it finishes and
         `wait_pending()` joins it explicitly.
         """
+        import libvirt  # slow import: only probes pay it
+
         if background:
             t = threading.Thread(target=self.destroy, name=f"destroy-{self.name}")
             with _live_lock:
@@ -269,7 +273,7 @@ class VM:
         if dom is not None:
             try:
                 dom.destroy()
-            except Exception:
+            except libvirt.libvirtError:  # already gone (it panicked and was reaped, or shut down)
                 pass
         elif self._conn is not None:
             _destroy_by_name(self._conn, self.name)
@@ -281,7 +285,7 @@ class VM:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:
+            except libvirt.libvirtError:  # a connection libvirtd already dropped
                 pass
 
     # -- observation -----------------------------------------------------------------------
@@ -320,14 +324,16 @@ class VM:
             return 0
 
 
-class BootError(KbisectError):
+class BootError(BootFailure):
     """The VM could not be started or never became reachable: a SKIP, not a user error."""
 
 
 def _destroy_by_name(conn, name: str) -> None:
+    import libvirt  # slow import: only probes pay it
+
     try:
         conn.lookupByName(name).destroy()
-    except Exception:
+    except libvirt.libvirtError:  # no such domain: nothing to destroy
         pass
 
 

@@ -137,9 +137,11 @@ def fetch(spec: str | KernelSpec, mirror: str | None = None, **mainline_options:
 
     A `+variant` spec is served only when it was built already: building one is the kernel
     provider's job (orchestrator.app.kernels), which composes sources and variant builds.
+    A `local:` kernel always goes through its source, which serves the cache only while the
+    directory holds the same bytes (a published package never changes; a build directory does).
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
-    done = cached(parsed)
+    done = None if parsed.source == "local" and not parsed.variant else cached(parsed)
     if done is not None:
         return done
     if parsed.variant:

@@ -428,12 +428,3 @@ def _in_range(entry: KernelEntry, lo: str | None, hi: str | None) -> bool:
         elif (upstream.base > b) if b.patch == 0 and not b.is_rc else (upstream > b):
             return False
     return True
-
-
-def apt_options(update: bool = True) -> list[str]:
-    """The `-o` options that point apt at kbisect's private sources/lists/cache (for other
-    modules that run apt themselves, e.g. fetching a kernel's source package for variants)."""
-    apt = Apt()
-    if update:
-        apt.ensure_updated()
-    return list(apt.options)

@@ -6,17 +6,24 @@ either a set of .debs (linux-image…, linux-modules…) or an installed-style t
 (or `boot/vmlinuz-*`, `arch/x86/boot/bzImage`) plus `lib/modules/<kver>/` (or
 `usr/lib/modules/<kver>/`). No checksums are published for local files, so the SHA-256 of
 each .deb is recorded in kernel.json instead, to tell later which bytes were tested.
+
+A local directory is rebuilt in place (`git bisect run kbisect run --kernel local:build`), so its
+name says nothing about its bytes: every fetch computes the directory's content id (the .debs'
+hashes, or vmlinuz and the modules manifest) and serves the cached copy only when it has that id;
+otherwise the directory is a new kernel and is unpacked again. A directory that is gone or no
+longer holds a kernel is unavailable, never answered by an earlier build's copy.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from orchestrator.adapters import cache, config
 from orchestrator.core.errors import KbisectError, UnavailableError
-from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
 
 
@@ -66,9 +73,8 @@ class LocalSource(Source):
         return entries
 
     def fetch(self, version: str) -> UnpackedKernel:
+        """The cached copy of local:VERSION if the directory still holds the same bytes, else a new one."""
         target = self.target(version)
-        if (target / MANIFEST).exists():
-            return UnpackedKernel.load(target)
         path = self.root / version
         if not path.is_dir():
             raise UnavailableError(f"local:{version}: no directory {path}")
@@ -82,17 +88,16 @@ class LocalSource(Source):
         assert vmlinuz is not None
         kver = modules.name if modules else _kver_from_name(vmlinuz) or version
         staging = {"vmlinuz": vmlinuz, "modules": modules}
-        return _adopt(path, staging, target, spec, kver)
+        return _adopt(path, staging, target, spec, kver, cache.tree_content_id(vmlinuz, modules))
 
 
 def _kver_from_name(vmlinuz: Path) -> str | None:
     return vmlinuz.name[len("vmlinuz-"):] if vmlinuz.name.startswith("vmlinuz-") else None
 
 
-def _adopt(path: Path, staging: dict, target: Path, spec: str, kver: str) -> UnpackedKernel:
-    """Lay out an installed-style tree through cache.adopt_tree (which expects vmlinuz + modules/)."""
-    import tempfile
-
+def _adopt(path: Path, staging: dict, target: Path, spec: str, kver: str, current: str) -> UnpackedKernel:
+    """Lay out an installed-style tree through cache.adopt_tree (which expects vmlinuz + modules/);
+    `current` is the tree's content id now, so a cached copy of other bytes is replaced."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         view = Path(tmp)
         os.symlink(staging["vmlinuz"].resolve(), view / "vmlinuz")
@@ -103,4 +108,4 @@ def _adopt(path: Path, staging: dict, target: Path, spec: str, kver: str) -> Unp
             found = next((path / c for c in candidates if (path / c).is_file()), None)
             if found is not None:
                 os.symlink(found.resolve(), view / name)
-        return cache.adopt_tree(view, target, spec, kver, {"path": str(path)})
+        return cache.adopt_tree(view, target, spec, kver, {"path": str(path)}, expect=current)

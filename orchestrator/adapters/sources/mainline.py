@@ -328,7 +328,6 @@ class MainlineSource(Source):
 
     def entry(self, mdir: MainlineDir) -> KernelEntry:
         """Everything about one version directory: its layouts, build status, the chosen build."""
-        version = mdir.version
         top = urljoin(self.base, f"{mdir.name}/")
         page = cache.http_get_text(top)
         if page is None:

@@ -1,0 +1,373 @@
+"""One probe's guest, step by step: prepare, boot, upload, run, collect, teardown.
+
+Each step does one thing to the guest and writes what it saw into `ProbeSession.observation`
+(timed into its `phases`); none of them decides the verdict (that is `core.classify`, from the
+observation alone). Trouble inside one guest is observed, not raised: a kernel that does not boot
+is `booted=False` with its reason, an upload or a session that drops is `lost` with its reason.
+Trouble with the machine (libvirt unreachable, no root image, no QEMU) raises InstallationError
+from `prepare_machine` or `boot`, because every other kernel would fail the same way.
+
+The VM and the SSH login come from a `Machine` handed in by a factory, so the steps run against
+fakes in the quick tests.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+from orchestrator.adapters import catalog
+from orchestrator.adapters.guest import accel as accelmod
+from orchestrator.adapters.guest import bootfiles, image, ssh
+from orchestrator.adapters.guest import vm as vmmod
+from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.core.bug import Bug
+from orchestrator.core.classify import PANIC_LINE_RE, PANIC_RE, REASON_MAX_CHARS, Observation, last_line
+from orchestrator.core.errors import BootFailure, GuestInfra
+
+REMOTE_DIR = "/root/repro"
+DMESG_FILE = "/root/.kbisect-dmesg"
+DEFAULT_BOOT_TIMEOUT = {"kvm": 90.0, "tcg": 180.0}
+# A kernel that prints nothing at all this long after start never will (corrupt image; a good
+# one prints its banner within ~1 s, even under TCG on a loaded host).
+SILENT_BOOT = {"kvm": 15.0, "tcg": 30.0}
+RUN_GRACE = 30.0  # host-side slack over the guest-side `timeout`
+CONSOLE_SETTLE = 0.5  # after a dead guest, let the console file receive the whole trace
+DEAD_STATES = ("crashed", "shutoff", "gone")
+INITRAMFS_FAILED_RE = re.compile(r"kbisect-initramfs: FAILED: .*")
+BOOT_DEATH_RE = re.compile(r"kbisect-initramfs: FAILED: .*|Kernel panic - not syncing.*")
+
+Connect = Callable[[int, float, Callable[[], str | None]], ssh.Guest]  # port, deadline, blocker
+
+
+@dataclass(frozen=True)
+class GuestOptions:
+    """Where and how big the probe VM is."""
+
+    accel: str | None = None  # "kvm", "tcg", or None/"auto" (tried once per machine)
+    uri: str = vmmod.DEFAULT_URI
+    memory_mb: int = 1024
+    cpus: int = 1
+
+
+@dataclass
+class Machine:
+    """A prepared VM (overlay created, domain not started) and how to log into it once up."""
+
+    vm: vmmod.VM
+    accel: str  # resolved: "kvm" or "tcg"
+    connect: Connect  # waits for the SSH banner (BootFailure if it never comes), logs in
+
+
+def build_cmdline(key_arg: str) -> str:
+    """Kernel command line: serial console, root on vda, and the SSH key for the guest init.
+
+    `panic=-1` + on_reboot=destroy is the fallback for kernels without pvpanic: a panic then
+    stops the domain instead of hanging until the run timeout.
+    """
+    return " ".join(
+        [
+            "console=ttyS0,115200",
+            "root=/dev/vda",
+            "rw",
+            "panic=-1",
+            "net.ifnames=0",
+            "biosdevname=0",
+            "random.trust_cpu=on",
+            key_arg,
+        ]
+    )
+
+
+def prepare_machine(kernel: UnpackedKernel, opts: GuestOptions, run: vmmod.Run, *,
+                    show_progress: bool = True) -> Machine:
+    """Boot files, root image and accelerator for `kernel`, and a VM with its own overlay.
+
+    The one-time KVM test (a short boot) overlaps the one-time image build.
+    """
+    boot = bootfiles.ensure(kernel)
+    found: dict[str, object] = {}
+
+    def detect() -> None:
+        try:
+            found["accel"] = accelmod.resolve(opts.accel, boot.vmlinuz, boot.initrd)
+        except BaseException as exc:  # any failure, re-raised in the caller's thread below
+            found["error"] = exc
+
+    detector = threading.Thread(target=detect, name="accel-detect", daemon=True)
+    detector.start()
+    img = image.ensure(progress=show_progress)
+    detector.join()
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    acc = str(found["accel"])
+    vm = vmmod.VM(
+        run=run,
+        vmlinuz=boot.vmlinuz,
+        initrd=boot.initrd,
+        modules_disk=boot.modules_disk,
+        base_image=img.path,
+        cmdline=build_cmdline(ssh.cmdline_key_arg()),
+        cfg=vmmod.VMConfig(uri=opts.uri, accel=acc, memory_mb=opts.memory_mb, cpus=opts.cpus),
+    )
+    try:
+        vm.create_overlay()
+    except BaseException:  # any failure (also Ctrl-C): the VM's directory must not stay behind
+        vm.destroy()
+        raise
+    return Machine(vm=vm, accel=acc, connect=partial(_ssh_login, img.host_key))
+
+
+def _ssh_login(host_key: str, port: int, deadline: float, blocker: Callable[[], str | None]) -> ssh.Guest:
+    """Wait for the guest's SSH banner, then log in on the same socket."""
+    sock = ssh.wait_banner(port, deadline, blocker)
+    return ssh.Guest(port, host_key, sock=sock)
+
+
+def run_command(bug: Bug) -> str:
+    """The reproducer's command line in the guest; dmesg is saved in the same session (one round
+    trip fewer than a second exec)."""
+    return (
+        "i=0; while [ ! -e /run/kbisect/ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+        f"cd {REMOTE_DIR} && timeout -k 5 {int(bug.timeout)} bash {shlex.quote(bug.entry)}; "
+        f"rc=$?; dmesg > {DMESG_FILE} 2>&1; exit $rc"
+    )
+
+
+def _quiet(_text: str) -> None:
+    """Phase announcements nobody listens to."""
+
+
+class ProbeSession:
+    """One throw-away guest for one reproducer run; call the steps in order, teardown always."""
+
+    def __init__(
+        self,
+        bug: Bug,
+        prepare: Callable[[], Machine],
+        probe_dir: Path,
+        *,
+        upload_dirs: Sequence[Path] | None = None,
+        boot_timeout: float | None = None,  # None: DEFAULT_BOOT_TIMEOUT for the accelerator
+        phase: Callable[[str], None] = _quiet,
+        on_output: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.bug = bug
+        self.probe_dir = probe_dir
+        self.observation = Observation()
+        self._prepare = prepare
+        self._upload_dirs = list(upload_dirs) if upload_dirs is not None else catalog.guest_dirs(bug)
+        self._boot_timeout = boot_timeout
+        self._phase = phase
+        self._on_output = on_output
+        self._machine: Machine | None = None
+        self._guest: ssh.Guest | None = None
+        self._run_offset = 0  # console byte offset where the reproducer's part begins
+        self._aborted: str | None = None
+
+    # -- steps ---------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Boot files, root image, accelerator, overlay (InstallationError on machine trouble)."""
+        t = time.monotonic()
+        self._phase("preparing (root image, boot files)")
+        self._machine = self._prepare()
+        self._timed("prepare", t)
+
+    def boot(self) -> bool:
+        """Start the domain and log in over SSH; False (with the reason observed) if it never came up."""
+        m = self._need_machine()
+        t = time.monotonic()
+        self._phase(f"booting {m.vm.name} ({m.accel})")
+        try:
+            m.vm.start()
+            self._guest = self._login(m)
+            self.observation.booted = True
+        except BootFailure as exc:
+            self.observation.boot_reason = str(exc)
+        self._timed("boot", t)
+        return self.observation.booted
+
+    def upload(self) -> bool:
+        """SFTP the reproducer (and the shared library); False, observed as lost, if it failed."""
+        vm, guest = self._need_machine().vm, self._need_guest()
+        t = time.monotonic()
+        self._phase("uploading reproducer")
+        self._run_offset = vm.console_size()  # provisional: a guest dying during upload counts
+        ok = False
+        try:
+            # The overlay is fresh, so /root/repro is empty: no remote rm needed.
+            for local in self._upload_dirs:
+                guest.upload_dir(local, REMOTE_DIR)
+            guest.mkdirs(f"{REMOTE_DIR}/out")
+            ok = True
+        except GuestInfra as exc:  # the guest went away (or the directory is unreadable)
+            self.observation.lost = f"upload failed: {exc}"
+            self.observation.crashed = vm.state() == "crashed"
+        self._timed("upload", t)
+        return ok
+
+    def run(self) -> None:
+        """Run the reproducer under its timeout; stop early when the guest dies or panics."""
+        vm, guest = self._need_machine().vm, self._need_guest()
+        obs = self.observation
+        t = time.monotonic()
+        self._phase(f"running {self.bug.entry} (timeout {self.bug.timeout}s)")
+        self._run_offset = vm.console_size()
+        try:
+            result = guest.run(run_command(self.bug), self.bug.timeout + RUN_GRACE,
+                               on_output=self._on_output, should_abort=self._abort_reason)
+        except GuestInfra as exc:  # connection dropped mid-run (guest died)
+            obs.lost = str(exc)
+        else:
+            obs.exit_code, obs.timed_out = result.exit_code, result.timed_out
+            obs.stdout, obs.stderr = result.stdout, result.stderr
+            if result.aborted:
+                obs.lost = self._aborted = result.aborted
+        self._timed("run", t)
+
+    def collect(self) -> None:
+        """Fetch /root/repro/out/* and dmesg from a guest still running; read its crash state."""
+        vm, guest = self._need_machine().vm, self._need_guest()
+        t = time.monotonic()
+        self._phase("collecting artefacts")
+        st = vm.state()
+        self.observation.crashed = st == "crashed"
+        if st == "running" and not self._aborted:
+            self.observation.artefacts += _collect(guest, self.probe_dir)
+        else:
+            time.sleep(CONSOLE_SETTLE)
+        self._timed("collect", t)
+
+    def teardown(self, background: bool = True) -> None:
+        """Close SSH, keep the console, destroy the domain. Runs after any step, even a failed one.
+
+        background=True (normal end) lets libvirt's slow stop overlap what the caller does next
+        (joined before exit, see vm.VM.destroy); after a failure or interrupt it is done now.
+        """
+        t = time.monotonic()
+        self._phase("tearing down")
+        if self._guest is not None:
+            self._guest.close()
+        if self._machine is not None:
+            self._keep_console(self._machine.vm)
+            self._machine.vm.destroy(background=background)
+        self._timed("teardown", t)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _login(self, m: Machine) -> ssh.Guest:
+        """SSH into the started guest, giving up early when it is clearly dead or silent.
+
+        The boot timeout counts from the domain's start: libvirt itself can take a minute to
+        create it on a misconfigured host (see vm._warn_kvm_mode).
+        """
+        limit = self._boot_timeout or DEFAULT_BOOT_TIMEOUT[m.accel]
+        deadline = time.monotonic() + limit
+        self._phase(f"waiting for ssh on 127.0.0.1:{m.vm.port}")
+        since = time.monotonic()
+        silent_limit = min(SILENT_BOOT[m.accel], limit)
+
+        def blocker() -> str | None:
+            why = _boot_blocker(m.vm)
+            if why is None and time.monotonic() - since > silent_limit and m.vm.console_size() == 0:
+                why = f"no console output within {silent_limit:.0f}s (the kernel never started)"
+            return why
+
+        return m.connect(m.vm.port, deadline, blocker)
+
+    def _abort_reason(self) -> str | None:
+        """Why waiting for the reproducer is pointless (the guest is dead or panicked), or None."""
+        vm = self._need_machine().vm
+        st = vm.state()
+        if st in DEAD_STATES:
+            return f"guest {st}"
+        if PANIC_RE.search(vm.console(self._run_offset)):
+            return "kernel panic on console"
+        return None
+
+    def _keep_console(self, vm: vmmod.VM) -> None:
+        """Split the console at the run's start and save it beside the record (console.log first).
+
+        The offset is a byte offset applied to the decoded text, as before: exact for the ASCII
+        a kernel console prints.
+        """
+        obs = self.observation
+        text = vm.console()
+        if obs.booted:
+            obs.console_boot, obs.console_run = text[: self._run_offset], text[self._run_offset:]
+        else:
+            obs.console_boot, obs.console_run = text, ""
+        try:
+            self.probe_dir.mkdir(parents=True, exist_ok=True)
+            (self.probe_dir / "console.log").write_text(text)
+            obs.artefacts.insert(0, str(self.probe_dir / "console.log"))
+        except OSError:  # results disk trouble: the verdict still stands, the copy is a convenience
+            pass
+
+    def _timed(self, step: str, since: float) -> None:
+        self.observation.phases[step] = round(time.monotonic() - since, 3)
+
+    def _need_machine(self) -> Machine:
+        if self._machine is None:
+            raise RuntimeError("ProbeSession: prepare() has not run")
+        return self._machine
+
+    def _need_guest(self) -> ssh.Guest:
+        if self._guest is None:
+            raise RuntimeError("ProbeSession: boot() did not log in")
+        return self._guest
+
+
+def _boot_blocker(vm: vmmod.VM) -> str | None:
+    """Why waiting for SSH is pointless, or None while the guest may still come up."""
+    st = vm.state()
+    con = vm.console()
+    if st in DEAD_STATES:
+        time.sleep(0.3)
+        con = vm.console()
+        return f"guest {st} before ssh: {_last_meaningful(con)}"
+    m = INITRAMFS_FAILED_RE.search(con)
+    if m:
+        return m.group(0)
+    if PANIC_RE.search(con):
+        time.sleep(0.3)
+        return _last_meaningful(vm.console(), prefer_panic=True)
+    return None
+
+
+def _last_meaningful(console: str, prefer_panic: bool = False) -> str:
+    """The console line that explains a dead boot: the panic, the initramfs failure, the last line."""
+    if prefer_panic:
+        m = PANIC_LINE_RE.search(console)
+        if m:
+            return m.group(0).strip()[:REASON_MAX_CHARS]
+    found = BOOT_DEATH_RE.findall(console)
+    if found:
+        return found[-1].strip()[:REASON_MAX_CHARS]
+    return last_line(console) or "no console output"
+
+
+def _collect(guest: ssh.Guest, probe_dir: Path) -> list[str]:
+    """Fetch /root/repro/out/* and dmesg into the probe's result directory; what arrived.
+
+    Artefacts are best effort: a guest that drops now has already given its verdict."""
+    got: list[str] = []
+    try:
+        got += [str(p) for p in guest.fetch_dir(f"{REMOTE_DIR}/out", probe_dir / "out")]
+    except (GuestInfra, OSError):  # session dropped, or the results disk refused the copy
+        pass
+    dest = probe_dir / "dmesg.txt"
+    try:
+        guest.get(DMESG_FILE, dest)
+    except GuestInfra:  # the run did not get to save it (host-side timeout): ask now
+        try:
+            dest.write_text(guest.run("dmesg", 30).stdout)
+        except (GuestInfra, OSError):
+            return got
+    got.append(str(dest))
+    return got

@@ -1,0 +1,261 @@
+"""The bisect use case: list the kernels, probe them through the resuming probe, run the pure
+differential, and (with a Linux clone) narrow the boundary to commits and check the culprit.
+
+The world comes in through `BisectDeps` (the listing, the real probe, the store, the variant
+builder), so tests run whole bisections on fakes. Whether a failed probe skips its kernel or
+stops the bisection is app.policy's (applied in app.prober), as in a sweep or a proof run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.adapters import report
+from orchestrator.adapters.store import Store
+from orchestrator.adapters.variants import build_variant
+from orchestrator.app.kernels import KernelProvider
+from orchestrator.app.prober import ResumingProbe
+from orchestrator.app.run import run_probe
+from orchestrator.core.bug import Bug
+from orchestrator.core.differential import DISTRO_SERIES, Differential, KernelIndex, canonical, make_kernel
+from orchestrator.core.engine import Candidate, Probe, judge
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.verdict import ProbeRecord, Verdict
+from orchestrator.core.versions import KernelSpec, parse_spec
+
+# (source, mirror, lo, hi, ubuntu series) -> listed entries (KernelEntry, or anything with a
+# `version` and optionally `available` / `reason`; a bare version string will do)
+Lister = Callable[[str, str | None, str | None, str | None, str | None], list[Any]]
+RealProbe = Callable[[Bug, str | None], Callable[[str], ProbeRecord]]
+
+
+def list_kernels(source: str, mirror: str | None, lo: str | None = None, hi: str | None = None,
+                 series: str | None = None) -> list[Any]:
+    """Ask the sources layer for a listing; one clear line when it cannot be had."""
+    try:
+        # imported here: a build may ship without a source's module (the ImportError below)
+        from orchestrator.adapters.sources import get_source
+
+        if source == "ubuntu" and series:
+            from orchestrator.adapters.sources.ubuntu import UbuntuSource
+
+            src = UbuntuSource(mirror, series=series)
+        else:
+            src = get_source(source, mirror=mirror)
+    except ImportError:
+        raise KbisectError(f"the {source} kernel source is not available in this build") from None
+    return list(src.list(lo, hi))
+
+
+def real_probe(bug: Bug, mirror: str | None) -> Callable[[str], ProbeRecord]:
+    """One real boot per call: fetch the kernel (any source) and run the reproducer in a VM."""
+    def probe(spec: str) -> ProbeRecord:
+        return run_probe(spec, bug, mirror=mirror)
+
+    return probe
+
+
+def kernel_ids(mirror: str | None) -> Callable[[str], str]:
+    """The content id of a kernel spec, what stored verdicts follow (the kernel provider's)."""
+    return KernelProvider(mirror).kernel_id
+
+
+@dataclass
+class BisectDeps:
+    """What a bisection touches; the defaults are the real world, tests pass fakes."""
+
+    list_kernels: Lister = field(default=list_kernels)
+    real_probe: RealProbe = field(default=real_probe)
+    kernel_ids: Callable[[str | None], Callable[[str], str]] = field(default=kernel_ids)  # mirror -> (spec -> id)
+    store: Callable[[], Store] = field(default=Store)
+    build_variant: Callable[[str, Path, str], Any] = field(default=build_variant)
+
+
+@dataclass
+class BisectRequest:
+    """One `kbisect bisect` invocation, its input already checked."""
+
+    good: str
+    bad: str
+    distro: str | None = None
+    mirror: str | None = None
+    distro_mirror: str | None = None
+    replay: dict[str, list[Verdict]] = field(default_factory=dict)  # --verdicts
+    fresh: bool = False
+    verify_runs: int = 3
+    repo: Path | None = None  # a Linux clone for git narrowing
+    verify_revert: bool = False
+
+
+# -- listings ---------------------------------------------------------------------------------
+
+def ubuntu_series(distro: str | None, specs: list[KernelSpec]) -> str | None:
+    """The Ubuntu series to list: named by --distro (ubuntu:focal), or the one whose kernels
+    carry the base of an ubuntu spec (5.4 -> focal)."""
+    by_base = {base: name for name, base in DISTRO_SERIES["ubuntu"].items()}
+    if distro and distro.split(":", 1)[0].strip().lower() == "ubuntu":
+        series = distro.split(":", 1)[1].strip().lower()
+        return by_base.get(series, series)
+    for spec in specs:
+        if spec.source == "ubuntu":
+            major, minor = spec.version.split(".")[:2]
+            return by_base.get(f"{major}.{minor}")
+    return None
+
+
+def build_index(good: str, bad: str, distro: str | None, mirror: str | None,
+                distro_mirror: str | None = None, lister: Lister = list_kernels) -> KernelIndex:
+    """All kernels the differential may need, listed lazily per source: the mainline listing
+    (releases, rc's and the stable lines, all from the mainline mirror) from the oldest base
+    named on, and the distro sources; a source is only asked when a lineage of it is needed.
+    Patched variants (`debian:6.1.0-54-cloud-amd64+revert-x`) are in no listing: they join the
+    lineage of the kernel they were built from, right after it."""
+    g, b = parse_spec(good), parse_spec(bad)
+    bases = [k.base for k in (make_kernel(s.source, s.version) for s in (g, b)) if k.base is not None]
+    lo = str(min(bases)) if bases else None
+    series = ubuntu_series(distro, [g, b])
+
+    def loader(source: str) -> Callable[[], list]:
+        def load() -> list:
+            entries = lister(source, mirror if source == "mainline" else distro_mirror,
+                             lo if source == "mainline" else None, None, series if source == "ubuntu" else None)
+            return _kernels(source, entries)
+        return load
+
+    index = KernelIndex(loaders={s: loader(s) for s in ("mainline", "ubuntu", "debian", "local")})
+    for spec in (g, b):
+        if spec.variant:
+            index.add([make_kernel(spec.source, spec.version, variant=spec.variant)])
+    return index
+
+
+def _kernels(source: str, entries: list[Any]) -> list:
+    kernels = []
+    for entry in entries:
+        version = getattr(entry, "version", entry)
+        try:
+            kernels.append(make_kernel(source, str(version), bool(getattr(entry, "available", True)),
+                                       str(getattr(entry, "reason", "") or "")))
+        except KbisectError:
+            continue  # odd names the listing kept (legacy side builds) are not candidates
+    return kernels
+
+
+# -- the bisection ----------------------------------------------------------------------------
+
+def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
+               on_event: Callable[[str], None] = lambda m: None,
+               on_probe: Callable[[Probe], None] | None = None) -> dict[str, Any]:
+    """The whole bisection: result.json's content, with the report written (its path in
+    `report`). `on_event` and `on_probe` see the progress. A failure app.policy calls an abort
+    raises; the probes stored before it make a re-run resume."""
+    deps = deps or BisectDeps()
+    index = build_index(req.good, req.bad, req.distro, req.mirror, req.distro_mirror, deps.list_kernels)
+    store = deps.store()
+    # the run scope of stored skips: this command, resumed until a run of it finishes
+    run_key = store.open_run(f"bisect {bug.id} good={req.good} bad={req.bad} distro={req.distro or '-'}")
+    prober = ResumingProbe(bug, deps.real_probe(bug, req.mirror), store=store, replay=req.replay, fresh=req.fresh,
+                           canon=canonical, kernel_id=deps.kernel_ids(req.mirror), run_key=run_key)
+    diff = Differential(bug.id, index, prober, policy=bug.repeat, verify=req.verify_runs,
+                        on_probe=on_probe, on_event=on_event)
+    result = diff.run(req.good, req.bad, req.distro)
+    data = result.to_json()
+    data["counts"] = dict(prober.counts)
+    if req.repo is not None:
+        on_event(f"narrowing with git log over {req.repo}")
+        data["candidates"] = narrow(str(req.repo), result, bug)
+        data["notes"] = result.notes
+        if req.verify_revert:
+            check = RevertCheck(bug, prober, deps.build_variant, on_event, on_probe)
+            data["revert_check"] = check.run(str(req.repo), result, data["candidates"])
+    run_id = report.new_run_id(bug.id)
+    out = report.write(data, run_id, report.probe_consoles(result.probes))
+    on_event(f"report: {out / 'report.html'}")
+    store.finish_run(run_key)
+    store.close()
+    return data
+
+
+# -- git narrowing ----------------------------------------------------------------------------
+
+def git_rev(label: str, lineage: str | None) -> str:
+    """Tag names of a Linux clone: v5.7-rc4, v5.4.41; Ubuntu's Ubuntu-5.4.0-31.35."""
+    if lineage and lineage.startswith("ubuntu:"):
+        return f"Ubuntu-{label}"
+    return f"v{label}"
+
+
+def narrow(repo: str, result, bug: Bug) -> list[dict[str, Any]]:
+    """Candidates for the result's ranges; the intersection first in a differential. A range the
+    clone cannot resolve (no Ubuntu tags in a mainline clone, say) becomes a note, never a
+    failure: the bisection's answer stands without it."""
+    # imported here: GitPython is a slow import, needed only with --repo
+    from orchestrator.adapters.gitlog import find_candidates, merge_differential
+
+    ranges = result.git_ranges()
+    lineage = result.lineage
+
+    def search(key: str, rev_lineage: str | None) -> list:
+        if key not in ranges:
+            return []
+        lo, hi = ranges[key]
+        good, bad = git_rev(lo, rev_lineage), git_rev(hi, rev_lineage)
+        try:
+            return find_candidates(repo, good, bad, bug.keywords, bug.paths)
+        except KbisectError as exc:
+            result.notes.append(f"git narrowing of {good}..{bad} skipped: {exc}")
+            return []
+
+    if result.origin == "mainline" or lineage == "mainline":
+        return [c.to_json() for c in search("range", "mainline")]
+    stable = search("range", lineage)
+    upstream = search("upstream", "mainline")
+    return [c.to_json() for c in merge_differential(stable, upstream)]
+
+
+@dataclass
+class RevertCheck:
+    """KernelCI's revert check: the first-bad kernel with the top candidate reverted must be good.
+
+    Only possible when the candidate touches modular code only (the variant machinery rebuilds
+    modules, never vmlinuz) and the first-bad kernel's source is reachable (Debian kernels)."""
+
+    bug: Bug
+    prober: ResumingProbe
+    build_variant: Callable[[str, Path, str], Any]
+    on_event: Callable[[str], None]
+    on_probe: Callable[[Probe], None] | None = None
+
+    def run(self, repo: str, result, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+        # imported here: GitPython is a slow import, needed only with --verify-revert
+        import git
+
+        if not candidates or not result.first_bad:
+            return {"status": "not-run", "reason": "no candidate or no first bad kernel"}
+        sha = candidates[0].get("sha")
+        first_bad_spec = next((p.kernel for p in result.probes if p.label == result.first_bad), None)
+        if not first_bad_spec:
+            return {"status": "not-run", "reason": "first bad kernel spec unknown"}
+        files = git.Repo(repo).git.show("--format=", "--name-only", sha).split()
+        if not files or not all(f.endswith(".c") and f.startswith(("net/", "drivers/", "fs/")) for f in files):
+            return {"status": "not-run", "sha": sha,
+                    "reason": "top candidate touches headers or built-in code: a module-only variant cannot revert it"}
+        patch = Path(tempfile.mkdtemp(prefix="kbisect-revert-")) / f"revert-{sha[:12]}.patch"
+        patch.write_text(git.Repo(repo).git.diff(sha, f"{sha}^", "--", *files) + "\n")
+        name = f"revert-{sha[:12]}"
+        try:
+            self.on_event(f"building {first_bad_spec}+{name}")
+            variant = self.build_variant(first_bad_spec, patch, name)
+        except KbisectError as exc:
+            # an extra check after the answer: whatever stops the build (even trouble that would
+            # abort a bisection) is reported as not run, never allowed to lose the answer itself
+            return {"status": "not-run", "sha": sha, "reason": f"variant build failed: {exc}"}
+        cand = Candidate(variant.spec, variant.spec.split(":", 1)[-1])
+        verdicts = [judge(self.bug.repeat, self.prober, cand, "revert", on_probe=self.on_probe).verdict
+                    for _ in range(3)]
+        confirmed = all(v is Verdict.GOOD for v in verdicts)
+        return {"status": "confirmed" if confirmed else "not-confirmed", "sha": sha, "kernel": variant.spec,
+                "verdicts": [v.value for v in verdicts]}
