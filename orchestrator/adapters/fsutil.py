@@ -1,4 +1,4 @@
-"""Filesystem helpers every adapter shares: one way to replace a file atomically.
+"""Helpers every adapter shares: atomic replacement, running a tool, cleaning up after dead owners.
 
 Readers (a browser on a report, another kbisect on a manifest or a listing memo) must never see
 half a file, and after a power loss a renamed file must not point at unsynced data: write beside
@@ -8,8 +8,12 @@ the target under a name unique to this process and thread, fsync, then rename ov
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
+from typing import Callable
+
+from orchestrator.core.errors import KbisectError
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int | None = None) -> None:
@@ -41,3 +45,43 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Does process `pid` exist (owned by anyone)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def reap_dead_owners(directory: Path, pattern: str, remove: Callable[[Path], None]) -> list[Path]:
+    """Remove the entries of `directory` matching `pattern` whose name ends in `-<pid>` of a dead
+    process: the half-finished work of a killed kbisect (an image or boot-file build)."""
+    removed = []
+    for path in directory.glob(pattern):
+        try:
+            pid = int(path.name.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if not pid_alive(pid):
+            remove(path)
+            removed.append(path)
+    return removed
+
+
+def run_tool(cmd: list[str], what: str, error: type[KbisectError] = KbisectError,
+             **kw) -> subprocess.CompletedProcess:
+    """Run a tool and capture its output; a failure is one `error` line naming `what` and the
+    tool's last words (bootfiles pass InstallationError: a missing mkfs breaks every kernel)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    except FileNotFoundError:
+        raise error(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise error(f"{what} failed (exit {proc.returncode}): {' | '.join(tail[-3:]) or 'no output'}")
+    return proc

@@ -34,8 +34,7 @@ from orchestrator.core.bug import Bug
 from orchestrator.core.sweep import utc_day
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS probes (
+_PROBES_COLUMNS = """
     bug TEXT NOT NULL,
     kernel TEXT NOT NULL,
     kernel_id TEXT NOT NULL,
@@ -48,7 +47,10 @@ CREATE TABLE IF NOT EXISTS probes (
     stored_at REAL NOT NULL,
     run_key TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (bug, kernel, kernel_id, repro_hash, seq)
-);
+"""
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS probes ({_PROBES_COLUMNS});
 CREATE INDEX IF NOT EXISTS probes_by_content ON probes (bug, kernel_id, repro_hash, seq);
 CREATE TABLE IF NOT EXISTS runs (
     run_key TEXT PRIMARY KEY,
@@ -60,22 +62,9 @@ CREATE TABLE IF NOT EXISTS runs (
 
 # The probes table before content ids (no kernel_id, no run_key): its rows are copied over with
 # an empty kernel_id, which no lookup matches.
-_MIGRATE_V1 = """
+_MIGRATE_V1 = f"""
 ALTER TABLE probes RENAME TO probes_v1;
-CREATE TABLE probes (
-    bug TEXT NOT NULL,
-    kernel TEXT NOT NULL,
-    kernel_id TEXT NOT NULL,
-    repro_hash TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    verdict TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    record TEXT NOT NULL,
-    stored_at REAL NOT NULL,
-    run_key TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (bug, kernel, kernel_id, repro_hash, seq)
-);
+CREATE TABLE probes ({_PROBES_COLUMNS});
 INSERT INTO probes SELECT bug, kernel, '', repro_hash, seq, verdict, reason, seconds, record, stored_at, ''
     FROM probes_v1;
 DROP TABLE probes_v1;

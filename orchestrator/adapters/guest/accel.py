@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.adapters import config
 from orchestrator.core.errors import InstallationError, KbisectError
 
@@ -68,9 +69,7 @@ def resolve(choice: str | None, vmlinuz: Path | None = None, initrd: Path | None
         return "tcg" if not os.path.exists("/dev/kvm") else "kvm"
     ok, detail = kvm_works(vmlinuz, initrd)
     accel = "kvm" if ok else "tcg"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "accel": accel, "detail": detail, "tested_at": time.time()}, indent=2))
-    tmp.replace(path)
+    atomic_write(path, json.dumps({"key": key, "accel": accel, "detail": detail, "tested_at": time.time()}, indent=2))
     return accel
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.adapters import config
+from orchestrator.adapters.fsutil import atomic_write, reap_dead_owners, run_tool
 from orchestrator.adapters.cache import sha256_file
 from orchestrator.core.errors import BootFailure, InstallationError
 from orchestrator.adapters.kernel import UnpackedKernel
@@ -82,9 +83,7 @@ def _modules_digest(mods: Path) -> str:
         h.update(f"{rel}\0{sha256_file(Path(p))}\n".encode())
     digest = h.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-    tmp.write_text(digest)
-    tmp.replace(memo)
+    atomic_write(memo, digest)
     return digest
 
 
@@ -136,7 +135,7 @@ def _build(kernel: UnpackedKernel, key: str, final: Path) -> None:
             _link_tree(kernel.modules, tree)
         else:
             tree.mkdir()
-        _run(["depmod", "-b", str(work / "base"), kver], "depmod")
+        run_tool(["depmod", "-b", str(work / "base"), kver], "depmod", InstallationError)
 
         # The modules disk: journal-less (read-only, shared by concurrent VMs), sized to fit.
         used = sum(
@@ -146,9 +145,9 @@ def _build(kernel: UnpackedKernel, key: str, final: Path) -> None:
         disk = work / "modules.ext4"
         mkfs = ["mkfs.ext4", "-q", "-F", "-L", "kbisect-mods", "-b", "4096", "-m", "0"]
         try:
-            _run(mkfs + ["-O", "^has_journal,^orphan_file", "-d", str(modroot), str(disk), f"{size_mb}M"], "mkfs.ext4")
+            run_tool(mkfs + ["-O", "^has_journal,^orphan_file", "-d", str(modroot), str(disk), f"{size_mb}M"], "mkfs.ext4", InstallationError)
         except InstallationError:  # older e2fsprogs do not know orphan_file
-            _run(mkfs + ["-O", "^has_journal", "-d", str(modroot), str(disk), f"{size_mb}M"], "mkfs.ext4")
+            run_tool(mkfs + ["-O", "^has_journal", "-d", str(modroot), str(disk), f"{size_mb}M"], "mkfs.ext4", InstallationError)
 
         mods, builtin = _root_modules(work / "base", kver)
         (work / "initrd.img").write_bytes(_initramfs(mods))
@@ -184,17 +183,6 @@ def _link_tree(src: Path, dst: Path) -> None:
         p = dst / name
         if p.is_symlink():
             p.unlink()
-
-
-def _run(cmd: list[str], what: str) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError as exc:
-        raise InstallationError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from exc
-    if proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip().splitlines()
-        raise InstallationError(f"{what} failed (exit {proc.returncode}): {' | '.join(msg[-3:])}")
-    return proc.stdout
 
 
 def _root_modules(base: Path, kver: str) -> tuple[list[Path], list[str]]:
@@ -307,15 +295,4 @@ def _initramfs(mods: list[Path]) -> bytes:
 
 def gc_builds() -> list[Path]:
     """Remove half-finished builds of dead processes."""
-    from orchestrator.adapters.guest.image import _alive
-
-    removed = []
-    for d in config.subdir("bootfiles").glob("*.build-*"):
-        try:
-            pid = int(d.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if not _alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d)
-    return removed
+    return reap_dead_owners(config.subdir("bootfiles"), "*.build-*", lambda d: shutil.rmtree(d, ignore_errors=True))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.adapters import config
+from orchestrator.adapters.fsutil import reap_dead_owners
 from orchestrator.core.errors import InstallationError
 
 RECIPE_DIR = config.REPO_ROOT / "images"
@@ -317,26 +318,7 @@ def _du_bytes(path: Path) -> int:
 
 def gc_builds() -> list[Path]:
     """Remove half-finished builds of dead processes (a killed `image build`)."""
-    removed = []
-    for d in config.subdir("images").glob("*.build-*"):
-        try:
-            pid = int(d.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if not _alive(pid):
-            safe_rmtree(d)
-            removed.append(d)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return reap_dead_owners(config.subdir("images"), "*.build-*", safe_rmtree)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use

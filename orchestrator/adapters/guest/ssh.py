@@ -13,6 +13,7 @@ and only then open the real connection.
 from __future__ import annotations
 
 import base64
+import io
 import os
 import posixpath
 import select
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.adapters import config
 from orchestrator.core.errors import BootFailure, GuestInfra
 
@@ -42,10 +44,9 @@ def client_key():
     with FileLock(str(d / ".keygen.lock")):
         if not path.exists():
             key = paramiko.ECDSAKey.generate(bits=256)
-            tmp = d / (KEY_NAME + ".tmp")
-            key.write_private_key_file(str(tmp))
-            os.chmod(tmp, 0o600)
-            tmp.replace(path)
+            text = io.StringIO()
+            key.write_private_key(text)
+            atomic_write(path, text.getvalue(), mode=0o600)
             (d / (KEY_NAME + ".pub")).write_text(f"{key.get_name()} {key.get_base64()} kbisect\n")
     return paramiko.ECDSAKey.from_private_key_file(str(path))
 

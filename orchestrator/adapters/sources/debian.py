@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.adapters import cache, config
 from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
@@ -183,9 +184,7 @@ class Apt:
             fresh = stamp.exists() and time.time() - stamp.stat().st_mtime < MAX_AGE
             if not force and current == wanted and fresh and self.has_lists():
                 return
-            tmp = self.sources.with_suffix(".tmp")
-            tmp.write_text(wanted)
-            tmp.replace(self.sources)
+            atomic_write(self.sources, wanted)
             (self.lists / "partial").mkdir(parents=True, exist_ok=True)
             (self.cachedir / "archives" / "partial").mkdir(parents=True, exist_ok=True)
             print("kbisect: refreshing Debian package lists (apt-get update)…", file=sys.stderr)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.adapters.variants.toolchain import run_tool
+from orchestrator.adapters.fsutil import run_tool
 from orchestrator.core.errors import KbisectError
 
 MODULE_EXTS = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")

@@ -22,7 +22,7 @@ from orchestrator.adapters import cache, config
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.sources.debian import Apt
 from orchestrator.adapters.variants.progress import Progress
-from orchestrator.adapters.variants.toolchain import run_tool
+from orchestrator.adapters.fsutil import run_tool
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.versions import DebianPackageVersion
 

@@ -32,7 +32,8 @@ from orchestrator.adapters.variants.packages import Downloaded, PackageFetcher, 
 from orchestrator.adapters.variants.patches import TouchedFile, apply_patch
 from orchestrator.adapters.variants.progress import Progress
 from orchestrator.adapters.variants.sourcetree import extract_source_files
-from orchestrator.adapters.variants.toolchain import compiler_mismatch, run_tool
+from orchestrator.adapters.fsutil import run_tool
+from orchestrator.adapters.variants.toolchain import compiler_mismatch
 from orchestrator.core import identity
 from orchestrator.core.errors import KbisectError, VariantBuildError
 from orchestrator.core.versions import KernelSpec

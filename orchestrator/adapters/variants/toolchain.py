@@ -12,19 +12,6 @@ import subprocess
 from orchestrator.core.errors import KbisectError
 
 
-def run_tool(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    """Run a tool; a failure is one KbisectError line naming `what` and the tool's last words."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    except FileNotFoundError:
-        raise KbisectError(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from None
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        last = tail[-1] if tail else f"exit {proc.returncode}"
-        raise KbisectError(f"{what} failed: {last}")
-    return proc
-
-
 def _without_program(text: str) -> str:
     text = text.strip()
     return text.split(" ", 1)[1].strip() if " " in text else text
