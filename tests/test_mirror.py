@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from orchestrator.adapters import cache
+from orchestrator.adapters import unpack
 from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.sources import fetch, get_source
@@ -334,7 +334,7 @@ def test_list_json_order_and_availability(mirror, home):
 
 def test_status_files_read_as_published():
     """The parsers against the exact file contents of real-layouts.md."""
-    from orchestrator.adapters.sources.mainline import arch_status, built_status, header_opinion, parse_commit
+    from orchestrator.adapters.sources.mainline_formats import arch_status, built_status, header_opinion, parse_commit
 
     assert arch_status("0\n").ok is True
     assert arch_status("2\n").reason == "amd64 build failed: build failure (amd64/status 2)"
@@ -543,7 +543,7 @@ def test_unpack_refuses_escaping_members(tmp_path, home, evil):
                          ("data.tar.gz", _tar_gz([("./boot/vmlinuz-1.0-1-generic", b"MZ"), (evil, b"owned")]))]))
     target = home / "kernels" / "local" / "evil"
     with pytest.raises(KbisectError, match="escape the target directory"):
-        cache.unpack_debs([deb], target, "local:evil")
+        unpack.unpack_debs([deb], target, "local:evil")
     assert not target.exists() and not (home / "kernels" / "local" / "evil.partial").exists()
     assert not list(tmp_path.rglob("evil")) and not list(home.rglob("evil"))
 
@@ -552,7 +552,7 @@ def test_not_a_deb_is_one_line(tmp_path, home):
     bogus = tmp_path / "bogus.deb"
     bogus.write_bytes(b"this is not an ar archive")
     with pytest.raises(KbisectError) as info:
-        cache.unpack_debs([bogus], home / "kernels" / "local" / "bogus", "local:bogus")
+        unpack.unpack_debs([bogus], home / "kernels" / "local" / "bogus", "local:bogus")
     assert "bogus.deb" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -599,7 +599,7 @@ def test_second_listing_reuses_good_builds_only(mirror, home):
 
 def test_absolute_links_in_index_pages(tmp_path, home):
     """Index pages that link with absolute paths (`/mainline/v5.4/`) are read the same way."""
-    from orchestrator.adapters.sources.mainline import links
+    from orchestrator.adapters.sources.mainline_formats import links
 
     page = ('<a href="?C=N;O=D">Name</a><a href="/">Parent Directory</a><a href="/mainline/v5.4/">v5.4/</a>'
             '<a href="v5.5/">v5.5/</a><a href="https://elsewhere.invalid/x/">x</a><a href="v4.4-rc2%2Bcod1/">odd</a>')
@@ -617,7 +617,7 @@ def test_unpack_split_debian_layout(tmp_path, home):
             build_deb(tmp_path, f"linux-base-{kver}", "7.2.13-1",
                       {f"{mod}/config": b"CONFIG_VETH=m\n", f"{mod}/System.map": b"placeholder\n",
                        f"{mod}/modules.order": b"kernel/drivers/net/veth.ko\n"})]
-    kernel = cache.unpack_debs(debs, home / "kernels" / "debian" / kver, f"debian:{kver}")
+    kernel = unpack.unpack_debs(debs, home / "kernels" / "debian" / kver, f"debian:{kver}")
     assert kernel.kver == kver and kernel.vmlinuz.read_bytes() == b"MZ split"
     assert kernel.config.read_text() == "CONFIG_VETH=m\n" and kernel.system_map is not None
     assert (kernel.modules / "kernel/drivers/net/veth.ko.xz").exists() and (kernel.modules / "modules.order").exists()

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.changelog import upstream_from_changelog, upstream_stable_from_changelog
 from orchestrator.core.versions import (
     DebianKernel,
     KernelSpec,
@@ -19,8 +20,6 @@ from orchestrator.core.versions import (
     parse_spec,
     parse_ubuntu_version,
     parse_version,
-    upstream_from_changelog,
-    upstream_stable_from_changelog,
 )
 
 ORDERED = ["4.15", "5.2.21", "5.4", "5.4.41", "5.6", "5.6.17", "5.7-rc1", "5.7-rc7", "5.7", "5.7.1",

@@ -76,7 +76,7 @@ class UnpackedKernel:
         """Compute the id of a kernel.json that has none and keep it (best effort: a read-only
         cache just computes it again next time)."""
         # function-level import: cache imports this module (it builds UnpackedKernels)
-        from orchestrator.adapters.cache import content_id
+        from orchestrator.adapters.unpack import content_id
 
         self.id = content_id(self)
         try:

@@ -80,14 +80,14 @@ class BisectRequest:
 
     good: str
     bad: str
-    distro: str | None = None
-    mirror: str | None = None
-    distro_mirror: str | None = None
-    replay: dict[str, list[Verdict]] = field(default_factory=dict)  # --verdicts
-    fresh: bool = False
-    verify_runs: int = 3
+    distro: str | None = None  # ubuntu:focal, debian:bookworm: the lineage to compare with mainline
+    mirror: str | None = None  # mainline mirror
+    distro_mirror: str | None = None  # the distro source's hosts
+    replay: dict[str, list[Verdict]] = field(default_factory=dict)  # --verdicts: the user's word
+    fresh: bool = False  # ignore stored verdicts
+    verify_runs: int = 3  # re-runs of the boundary
     repo: Path | None = None  # a Linux clone for git narrowing
-    verify_revert: bool = False
+    verify_revert: bool = False  # build the first bad kernel with the top candidate reverted
 
 
 # -- listings ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.adapters import cache
+from orchestrator.adapters import config
 from orchestrator.cli.base import check_keyring, cli, mainline_options
 from orchestrator.core.errors import KbisectError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
@@ -102,7 +102,7 @@ def show_cmd(spec: str | None, as_json: bool) -> None:
         found = [kernel]
     else:
         found = []
-        root = cache.config.subdir("kernels")
+        root = config.subdir("kernels")
         for manifest in sorted(root.glob(f"*/*/{MANIFEST}")):
             try:
                 found.append(UnpackedKernel.load(manifest.parent))

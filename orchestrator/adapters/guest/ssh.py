@@ -146,18 +146,10 @@ class Guest:
         self.client.get_host_keys().add(f"[{HOST}]:{port}", ktype, pinned)
         self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
-            self.client.connect(
-                HOST,
-                port=port,
-                username="root",
-                pkey=client_key(),
-                look_for_keys=False,
-                allow_agent=False,
-                timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
-                sock=sock,
-            )
+            # our key only: never the user's agent or ~/.ssh keys
+            self.client.connect(HOST, port=port, username="root", pkey=client_key(), look_for_keys=False,
+                                allow_agent=False, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                                sock=sock)
         except (paramiko.SSHException, OSError) as exc:
             raise SSHUnavailable(f"ssh connect failed: {exc.__class__.__name__}: {exc}") from None
         self._sftp = None

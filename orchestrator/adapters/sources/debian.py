@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.adapters.fsutil import atomic_write
-from orchestrator.adapters import cache, config
+from orchestrator.adapters import cache, config, unpack
 from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
@@ -398,7 +398,7 @@ class DebianSource(Source):
                 debs.append(self._download(alternatives[0]))
         extra = {k: entry.extra.get(k) for k in ("package", "package_version", "upstream", "flavour")}
         extra["files"] = [f.to_dict() for f in files]
-        return cache.unpack_debs(debs, target, f"debian:{name}", extra)
+        return unpack.unpack_debs(debs, target, f"debian:{name}", extra)
 
 
 def _in_range(entry: KernelEntry, lo: str | None, hi: str | None) -> bool:

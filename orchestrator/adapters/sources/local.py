@@ -21,7 +21,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from orchestrator.adapters import cache, config
+from orchestrator.adapters import cache, config, unpack
 from orchestrator.core.errors import KbisectError, UnavailableError
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
@@ -84,11 +84,11 @@ class LocalSource(Source):
         spec = f"local:{version}"
         if kind == "debs":
             sums = {p.name: cache.sha256_file(p) for p in debs}
-            return cache.unpack_debs(debs, target, spec, {"path": str(path), "sha256": sums})
+            return unpack.unpack_debs(debs, target, spec, {"path": str(path), "sha256": sums})
         assert vmlinuz is not None
         kver = modules.name if modules else _kver_from_name(vmlinuz) or version
         staging = {"vmlinuz": vmlinuz, "modules": modules}
-        return _adopt(path, staging, target, spec, kver, cache.tree_content_id(vmlinuz, modules))
+        return _adopt(path, staging, target, spec, kver, unpack.tree_content_id(vmlinuz, modules))
 
 
 def _kver_from_name(vmlinuz: Path) -> str | None:
@@ -96,7 +96,7 @@ def _kver_from_name(vmlinuz: Path) -> str | None:
 
 
 def _adopt(path: Path, staging: dict, target: Path, spec: str, kver: str, current: str) -> UnpackedKernel:
-    """Lay out an installed-style tree through cache.adopt_tree (which expects vmlinuz + modules/);
+    """Lay out an installed-style tree through unpack.adopt_tree (which expects vmlinuz + modules/);
     `current` is the tree's content id now, so a cached copy of other bytes is replaced."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         view = Path(tmp)
@@ -108,4 +108,4 @@ def _adopt(path: Path, staging: dict, target: Path, spec: str, kver: str, curren
             found = next((path / c for c in candidates if (path / c).is_file()), None)
             if found is not None:
                 os.symlink(found.resolve(), view / name)
-        return cache.adopt_tree(view, target, spec, kver, {"path": str(path)}, expect=current)
+        return unpack.adopt_tree(view, target, spec, kver, {"path": str(path)}, expect=current)

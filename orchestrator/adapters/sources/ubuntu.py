@@ -34,18 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-from orchestrator.adapters import cache
+from orchestrator.adapters import cache, unpack
 from orchestrator.core.errors import KbisectError, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
+from orchestrator.core.changelog import ChangelogUpstream, upstream_stable_from_changelog
 from orchestrator.core.versions import (
     UBUNTU_SERIES,
-    ChangelogUpstream,
     UbuntuVersion,
     parse_ubuntu_version,
     parse_version,
     series_of_base,
-    upstream_stable_from_changelog,
 )
 
 # Public hosts, used only without a mirror. The web-service version is appended to the API root.
@@ -208,7 +207,7 @@ class UbuntuSource(Source):
                 for f in files]
         extra = {"abi": parsed.abi_name, "files": [f.to_dict() for f in files],
                  **_upstream_extra(changelog_upstream(debs))}
-        return cache.unpack_debs(debs, target, f"ubuntu:{parsed}", extra)
+        return unpack.unpack_debs(debs, target, f"ubuntu:{parsed}", extra)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -223,10 +222,10 @@ def _collection(url: str) -> list[dict]:
             return entries
         page = cache.http_get_json(next_url)
         if not isinstance(page, dict) or not isinstance(page.get("entries", []), list):
-            raise KbisectError(f"Launchpad answered nothing usable for {cache._short(next_url)}")
+            raise KbisectError(f"Launchpad answered nothing usable for {cache.short_url(next_url)}")
         entries.extend(e for e in page.get("entries") or [] if isinstance(e, dict))
         next_url = page.get("next_collection_link")
-    raise KbisectError(f"Launchpad collection longer than {MAX_PAGES} pages at {cache._short(url)}")
+    raise KbisectError(f"Launchpad collection longer than {MAX_PAGES} pages at {cache.short_url(url)}")
 
 
 def _status_reason(pubs: list[dict]) -> str:
@@ -302,7 +301,7 @@ def _upstream_extra(found: ChangelogUpstream | None) -> dict:
 
 def _changelog_text(deb: Path) -> str | None:
     """A package's changelog followed by its history (`changelog.Debian.old.gz`), or None."""
-    data, scratch = cache._open_data(deb, deb.parent)
+    data, scratch = unpack.open_data(deb, deb.parent)
     parts: dict[str, str] = {}
     try:
         for member in data:
