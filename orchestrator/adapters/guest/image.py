@@ -163,6 +163,36 @@ def _run(cmd: list[str], what: str, log: Path) -> None:
         raise InstallationError(f"{what} failed (exit {proc.returncode}; log {log}): " + " | ".join(tail))
 
 
+def _mmdebstrap_cmd(pkgs: list[str], suite: str, tree: Path, sources: list[Path]) -> list[str]:
+    """The root filesystem from Debian packages, without docs, manuals and locales."""
+    return [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        "--include=" + ",".join(pkgs),
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        "--customize-hook=rm -f $1/etc/ssh/ssh_host_rsa_key* $1/etc/ssh/ssh_host_ecdsa_key*",
+        suite,
+        str(tree),
+        *[str(s) for s in sources],
+    ]
+
+
+def _ext4_image(work: Path, tree: Path, log: Path) -> Path:
+    """`tree` as a raw ext4 image, with headroom for each overlay's pcaps and logs."""
+    raw = work / "root.raw"
+    size_mb = int(_du_bytes(tree) * 1.25 / 2**20) + 1024
+    mkfs = ["mkfs.ext4", "-q", "-F", "-L", "kbisect-root", "-b", "4096", "-N", "131072"]
+    try:
+        _run(mkfs + ["-O", "^orphan_file", "-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
+    except InstallationError:  # older e2fsprogs do not know orphan_file (and never set it)
+        _run(mkfs + ["-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
+    return raw
+
+
 def build(rhash: str | None = None, progress: bool = True) -> RootImage:
     """Build the image for the recipe in `images/` (caller holds the lock)."""
     from rich.console import Console
@@ -202,38 +232,17 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
     ) as bar:
         task = bar.add_task(steps[0][0], total=len(steps))
         try:
-            cmd = [
-                "mmdebstrap",
-                "--mode=root",
-                "--variant=minbase",
-                "--include=" + ",".join(pkgs),
-                "--dpkgopt=path-exclude=/usr/share/man/*",
-                "--dpkgopt=path-exclude=/usr/share/locale/*",
-                "--dpkgopt=path-exclude=/usr/share/doc/*",
-                "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-                "--customize-hook=rm -f $1/etc/ssh/ssh_host_rsa_key* $1/etc/ssh/ssh_host_ecdsa_key*",
-                suite,
-                str(tree),
-                *[str(s) for s in sources],
-            ]
+            cmd = _mmdebstrap_cmd(pkgs, suite, tree, sources)
             _run(cmd, "mmdebstrap", log)
             bar.update(task, advance=1, description=steps[1][0])
 
             host_key = _install_recipe(tree, log)
             bar.update(task, advance=1, description=steps[2][0])
 
-            raw = work / "root.raw"
-            used = _du_bytes(tree)
-            size_mb = int(used * 1.25 / 2**20) + 1024  # headroom for pcaps and logs per overlay
-            mkfs = ["mkfs.ext4", "-q", "-F", "-L", "kbisect-root", "-b", "4096", "-N", "131072"]
-            try:
-                _run(mkfs + ["-O", "^orphan_file", "-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
-            except InstallationError:  # older e2fsprogs do not know orphan_file (and never set it)
-                _run(mkfs + ["-d", str(tree), str(raw), f"{size_mb}M"], "mkfs.ext4", log)
+            raw = _ext4_image(work, tree, log)
             bar.update(task, advance=1, description=steps[3][0])
 
-            qcow = work / "root.qcow2"
-            _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], "qemu-img convert", log)
+            _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "root.qcow2")], "qemu-img convert", log)
             raw.unlink()
             safe_rmtree(tree)
             bar.update(task, advance=1, description="done")
