@@ -31,7 +31,7 @@ from orchestrator.adapters.variants.moduletree import (DEPMOD_OUTPUTS, compress_
                                                        modinfo_field, run_depmod)
 from orchestrator.adapters.variants.packages import DebianPackages, Downloaded, debian_package_version, nearest_version
 from orchestrator.adapters.variants.patches import TouchedFile, apply_patch, check_patch_scope, touched_files
-from orchestrator.adapters.variants.progress import Progress
+from orchestrator.adapters.progress import StepLog
 from orchestrator.adapters.variants.steps import Build, leftovers, swap_in
 from orchestrator.adapters.variants.toolchain import compiler_mismatch, host_compiler
 from orchestrator.app.kernels import KernelProvider
@@ -653,7 +653,7 @@ def test_packages_come_through_the_debian_sources_apt_client(kbisect_home, tmp_p
     assert packages.pick("linux-source-6.1", "6.1.190-1") == "6.1.192-2"
     with pytest.raises(KbisectError, match="no linux-source-6.1 of the 6.12 line"):
         packages.pick("linux-source-6.1", "6.12.57-1")
-    progress = Progress(Console(file=io.StringIO()))
+    progress = StepLog(Console(file=io.StringIO()))
     first = packages.download("linux-source-6.1", "6.1.192-2", progress)
     again = packages.download("linux-source-6.1", "6.1.192-2", progress)
     assert first == again and first.path.parent == tmp_path / "downloads" and first.size == 3

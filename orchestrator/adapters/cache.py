@@ -13,28 +13,21 @@ Why this shape:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Iterator
 
 from filelock import FileLock
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from orchestrator.adapters import config
+from orchestrator.adapters.progress import transfer_bar
 from orchestrator.core.errors import ChecksumError, KbisectError, KernelTrouble, SourceUnreachable, UnavailableError
 
 CHUNK = 1 << 20
 USER_AGENT = "kbisect/0.1 (kernel bisection)"
-_stderr = Console(stderr=True)
 
 
 def downloads_dir(source: str) -> Path:
@@ -67,19 +60,6 @@ def locked(path: Path, timeout: float = 3600) -> Iterator[None]:
         yield
 
 
-def progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=_stderr,
-        transient=True,
-        disable=not _stderr.is_terminal,
-    )
-
-
 def _session():
     import requests
 
@@ -92,8 +72,6 @@ def short_url(url: str) -> str:
     """A URL short enough for a one-line error: long query strings are elided."""
     if len(url) < 120:
         return url
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     head = f"{parts.scheme}://{parts.netloc}{parts.path}"
     return head + ("?…" if parts.query else "") if len(head) < 150 else head[:70] + "…" + head[-70:]
@@ -134,8 +112,6 @@ def http_get_bytes(url: str, timeout: float = 60) -> bytes | None:
 
 
 def http_get_json(url: str, timeout: float = 60) -> object | None:
-    import json
-
     text = http_get_text(url, timeout)
     if text is None:
         return None
@@ -189,7 +165,7 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
                     digest = hashlib.sha256()
                     got = 0
                     truncated = False
-                    with progress() as bar, open(tmp, "wb") as out:
+                    with transfer_bar() as bar, open(tmp, "wb") as out:
                         task = bar.add_task(f"download {label}", total=total)
                         try:
                             for chunk in response.iter_content(CHUNK):

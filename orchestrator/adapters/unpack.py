@@ -15,14 +15,17 @@ import os
 import posixpath
 import shutil
 import stat
+import subprocess
 import tarfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from rich.progress import Progress
 
-from orchestrator.adapters.cache import CHUNK, locked, progress, sha256_file
+from orchestrator.adapters.cache import CHUNK, locked, sha256_file
+from orchestrator.adapters.progress import transfer_bar
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.core import identity
 from orchestrator.core.errors import KbisectError
@@ -102,8 +105,6 @@ def _current(target: Path, want: str | None) -> UnpackedKernel | None:
 
 
 def zlib_error() -> type[Exception]:
-    import zlib
-
     return zlib.error
 
 
@@ -168,8 +169,6 @@ def open_data(deb: Path, scratch: Path) -> tuple[tarfile.TarFile, Path | None]:
         member = archive.getmember(zst[0])
         scratch.mkdir(parents=True, exist_ok=True)
         tmp = scratch / f".{deb.name}.{os.getpid()}.data.tar"
-        import subprocess
-
         with open(tmp, "wb") as out:
             proc = subprocess.Popen(["unzstd", "-q", "-c"], stdin=subprocess.PIPE, stdout=out,
                                     stderr=subprocess.DEVNULL)
@@ -299,7 +298,7 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
             return done
         kvers: set[str] = set()
         with _staged(target) as partial:
-            with progress() as bar:
+            with transfer_bar() as bar:
                 for deb in debs:
                     _extract_deb(Path(deb), partial, kvers, bar)
             if not (partial / "vmlinuz").is_file():

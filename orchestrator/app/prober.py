@@ -11,7 +11,10 @@ from typing import Any, Callable
 
 from orchestrator.adapters.store import Store, reproducer_hash
 from orchestrator.app.kernels import KernelProvider
+from orchestrator.app.policy import Decision, decide, skip_outcome
 from orchestrator.core.bug import Bug
+from orchestrator.core.engine import RunOutcome
+from orchestrator.core.errors import KbisectError
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
 _WORDS = {"good": Verdict.GOOD, "bad": Verdict.BAD, "skip": Verdict.SKIP,
@@ -20,8 +23,6 @@ _WORDS = {"good": Verdict.GOOD, "bad": Verdict.BAD, "skip": Verdict.SKIP,
 
 def _parse_verdict(value: object, where: str) -> list[Verdict]:
     """`bad`, `good`, `skip`, an exit code (0/1/125), or a list of those (several runs)."""
-    from orchestrator.core.errors import KbisectError
-
     if isinstance(value, list):
         out: list[Verdict] = []
         for item in value:
@@ -41,8 +42,6 @@ def load_replay(path: Path) -> dict[str, list[Verdict]]:
     """Read a `--verdicts` file: a YAML or JSON object mapping kernel specs to verdicts
     (ktest's BISECT_REPLAY, and how a user feeds in verdicts found by hand)."""
     import yaml
-
-    from orchestrator.core.errors import KbisectError
 
     path = Path(path)
     if not path.is_file():
@@ -100,10 +99,6 @@ class ResumingProbe:
 
     def __call__(self, cand: Any) -> Any:
         """One run for the engine: a RunOutcome (replay, store or a real probe)."""
-        from orchestrator.core.engine import RunOutcome
-        from orchestrator.app.policy import Decision, decide, skip_outcome
-        from orchestrator.core.errors import KbisectError
-
         spec = cand.spec if hasattr(cand, "spec") else str(cand)
         n = self.seq.get(spec, 0)
         self.seq[spec] = n + 1
@@ -132,8 +127,6 @@ class ResumingProbe:
 
     def _stored(self, spec: str, kernel_id: str, n: int) -> Any:
         """The stored answer for the n-th run of these bytes (a RunOutcome), or None."""
-        from orchestrator.core.engine import RunOutcome
-
         if self.store is None or self.fresh:
             return None
         record = self.store.get(self.bug.id, kernel_id, self.repro_hash, n, self.since, run_key=self.run_key)

@@ -15,21 +15,16 @@ from typing import Any
 
 import click
 
+from orchestrator.adapters.progress import stderr_console
 from orchestrator.cli.base import check_keyring, cli, mainline_options
 from orchestrator.core.errors import KbisectError
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Progress:
     """Bisection steps on stderr: which stage, which kernel, what it said and where from."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.console = _console()
+        self.console = stderr_console()
         self.quiet = quiet
 
     def event(self, message: str) -> None:

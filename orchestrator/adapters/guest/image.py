@@ -22,6 +22,7 @@ from pathlib import Path
 
 from orchestrator.adapters import config
 from orchestrator.adapters.fsutil import reap_dead_owners
+from orchestrator.adapters.progress import stage_bar
 from orchestrator.core.errors import InstallationError
 
 RECIPE_DIR = config.REPO_ROOT / "images"
@@ -195,9 +196,6 @@ def _ext4_image(work: Path, tree: Path, log: Path) -> Path:
 
 def build(rhash: str | None = None, progress: bool = True) -> RootImage:
     """Build the image for the recipe in `images/` (caller holds the lock)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     if os.geteuid() != 0:
         raise InstallationError("building the root image needs root (mmdebstrap, device nodes)")
     rhash = rhash or recipe_hash()
@@ -218,18 +216,8 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
         ("mkfs.ext4 -d", None),
         ("qemu-img convert to qcow2", None),
     ]
-    console = Console(stderr=True)
     t0 = time.monotonic()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]root image[/] {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not progress,
-        transient=False,
-    ) as bar:
+    with stage_bar(progress) as bar:
         task = bar.add_task(steps[0][0], total=len(steps))
         try:
             cmd = _mmdebstrap_cmd(pkgs, suite, tree, sources)

@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
+from orchestrator.adapters.progress import StatusLine
 from orchestrator.adapters import config
 from orchestrator.adapters.guest import vm as vmmod
 from orchestrator.adapters.guest.session import GuestOptions, Machine, ProbeSession, prepare_machine
@@ -44,57 +45,6 @@ def aggregate(records: list[ProbeRecord], bad_needed: int = 1) -> Verdict:
     if any(r.verdict == Verdict.GOOD for r in records):
         return Verdict.GOOD
     return Verdict.SKIP
-
-
-# -- progress -------------------------------------------------------------------------------
-
-class Progress:
-    """Phase names on stderr (rich status line), reproducer output streamed beneath it.
-
-    rich is imported only when enabled: rich.console is a slow import (~70 ms) that quiet runs
-    and the engine's tests need not pay.
-    """
-
-    def __init__(self, enabled: bool, label: str) -> None:
-        self.enabled = enabled
-        self.label = label
-        self._status = None
-        if enabled:
-            from rich.console import Console
-            from rich.errors import LiveError
-
-            self.console = Console(stderr=True, highlight=False)
-            self._status = self.console.status(f"{label}: starting")
-            try:
-                self._status.start()
-            except LiveError:  # another probe in this process owns the live display
-                self._status = None
-
-    def phase(self, text: str) -> None:
-        if self._status is not None:
-            self._status.update(f"[bold]{self.label}[/]: {text}")
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(f"[dim]  | {_escape(text)}[/]")
-
-    def done(self, markup: str, text: str) -> None:
-        """Stop the status line and print `markup` followed by the plain (escaped) `text`."""
-        if self.enabled:
-            self.stop()
-            self.console.print(markup + _escape(text))
-
-    def stop(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
-
-
-def _escape(text: str) -> str:
-    """`text` safe inside rich markup (only called when progress is shown; see Progress)."""
-    from rich.markup import escape
-
-    return escape(text)
 
 
 # -- signal handling ------------------------------------------------------------------------
@@ -211,7 +161,7 @@ def run_probe_kernel(
         raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
     opts = GuestOptions(accel=accel, uri=uri or vmmod.DEFAULT_URI, memory_mb=memory_mb, cpus=cpus)
     started_at = time.time()
-    prog = Progress(progress, f"{kernel.spec} × {bug.id}")
+    prog = StatusLine(progress, f"{kernel.spec} × {bug.id}")
     run = current_run()
     session = ProbeSession(
         bug, partial(_machine, kernel, opts, run, progress), _probe_dir(results_dir, run.id),
@@ -239,7 +189,7 @@ def run_probe_kernel(
     return rec
 
 
-def _output(prog: Progress, echo: bool, on_output: Callable[[str, str], None] | None) -> Callable[[str, str], None]:
+def _output(prog: StatusLine, echo: bool, on_output: Callable[[str, str], None] | None) -> Callable[[str, str], None]:
     """The reproducer's output lines: echoed under the status line, and handed to the caller."""
 
     def output(which: str, line: str) -> None:

@@ -19,7 +19,7 @@ from orchestrator.adapters import cache, config, sources
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.adapters.variants.packages import DebianPackages, PackageFetcher
 from orchestrator.adapters.variants.patches import check_patch_scope, touched_files
-from orchestrator.adapters.variants.progress import Progress
+from orchestrator.adapters.progress import StepLog
 from orchestrator.adapters.variants.steps import (Build, Request, adopt, fetch_base, fetch_packages, leftovers,
                                                   rebuild_modules, workspace)
 from orchestrator.adapters.variants.toolchain import host_compiler
@@ -139,7 +139,7 @@ class VariantBuilder:
         return self.build_variant(str(parsed.base_spec), patch, parsed.variant)
 
     def _build(self, request: Request) -> UnpackedKernel:
-        progress, started = Progress(), time.monotonic()
+        progress, started = StepLog(), time.monotonic()
         base = fetch_base(request, self.fetch_base, self.compiler)
         debs = fetch_packages(base, self.packages, progress)
         with workspace(request.dest) as (work, staging):

@@ -21,7 +21,7 @@ from typing import Iterable, Protocol
 from orchestrator.adapters import cache, config
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.sources.debian import Apt
-from orchestrator.adapters.variants.progress import Progress
+from orchestrator.adapters.progress import StepLog
 from orchestrator.adapters.fsutil import run_tool
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.versions import DebianPackageVersion
@@ -42,7 +42,7 @@ class PackageFetcher(Protocol):
 
     def pick(self, package: str, wanted: str) -> str: ...
 
-    def download(self, package: str, version: str, progress: Progress) -> Downloaded: ...
+    def download(self, package: str, version: str, progress: StepLog) -> Downloaded: ...
 
     def depends(self, deb: Downloaded) -> list[str]: ...
 
@@ -152,7 +152,7 @@ class DebianPackages:
                                    f"(have {', '.join(versions)})")
         return choice
 
-    def download(self, package: str, version: str, progress: Progress) -> Downloaded:
+    def download(self, package: str, version: str, progress: StepLog) -> Downloaded:
         """One package version into the downloads cache, once: apt writes into a private temporary
         directory renamed into place, so an interrupted download never leaves a truncated .deb."""
         safe_version = version.replace(":", "%3a")
@@ -172,7 +172,7 @@ class DebianPackages:
         progress.note(f"{package} {version}: {size / 1e6:.1f} MB")
         return Downloaded(package, version, final, size)
 
-    def _fetch(self, package: str, version: str, into: Path, progress: Progress) -> Path:
+    def _fetch(self, package: str, version: str, into: Path, progress: StepLog) -> Path:
         """`apt-get download` in a worker thread, so the step can show the megabytes arriving."""
         with progress.step(f"downloading {package} {version}") as step, ThreadPoolExecutor(1) as pool:
             job = pool.submit(self.apt.download, package, version, into)

@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from orchestrator.adapters.variants.progress import Progress, Step
+from orchestrator.adapters.progress import Step, StepLog
 from orchestrator.core.errors import KbisectError
 
 _TARBALL_RE = re.compile(r"^\.?/?usr/src/linux-source-[^/]+\.tar\.(xz|gz|bz2)$")
@@ -62,7 +62,7 @@ def _extract_inner(inner: tarfile.TarFile, wanted: Wanted, dest: Path, step: Ste
 
 
 def extract_source_files(source_deb: Path, directories: set[str], files: set[str], dest: Path,
-                         progress: Progress) -> tuple[str, list[str]]:
+                         progress: StepLog) -> tuple[str, list[str]]:
     """Extract `files` and the build inputs of `directories` from a linux-source .deb into `dest`.
 
     Returns (top directory name inside the tarball, extracted paths relative to the tree).

@@ -30,7 +30,7 @@ from orchestrator.adapters.variants.moduletree import (DEPMOD_OUTPUTS, compress_
                                                        modversions, run_depmod)
 from orchestrator.adapters.variants.packages import Downloaded, PackageFetcher, debian_package_version
 from orchestrator.adapters.variants.patches import TouchedFile, apply_patch
-from orchestrator.adapters.variants.progress import Progress
+from orchestrator.adapters.progress import StepLog
 from orchestrator.adapters.variants.sourcetree import extract_source_files
 from orchestrator.adapters.fsutil import run_tool
 from orchestrator.adapters.variants.toolchain import compiler_mismatch
@@ -90,7 +90,7 @@ class Build:
     debs: BuildPackages
     work: Path  # scratch, removed when the build ends
     staging: Path  # the variant being assembled beside its final place
-    progress: Progress
+    progress: StepLog
     started: float
     plans: list[ModulePlan] = field(default_factory=list)
     shipped: dict[ModuleKey, Path] = field(default_factory=dict)  # the base's module each plan replaces
@@ -128,7 +128,7 @@ def fetch_base(request: Request, fetch: Callable[[KernelSpec], UnpackedKernel],
     return BaseKernel(kernel, kconfig, cc, cc_line, debian_package_version(kernel))
 
 
-def fetch_packages(base: BaseKernel, packages: PackageFetcher, progress: Progress) -> BuildPackages:
+def fetch_packages(base: BaseKernel, packages: PackageFetcher, progress: StepLog) -> BuildPackages:
     """The exact flavour headers, their -common and kbuild dependencies, and the source package."""
     headers_pkg = f"linux-headers-{base.kernel.kver}"
     headers_ver = packages.pick(headers_pkg, base.package_version)
