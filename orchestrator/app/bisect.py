@@ -20,11 +20,11 @@ from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
-from orchestrator.core.differential import DISTRO_SERIES, Differential, KernelIndex, canonical, make_kernel
+from orchestrator.core.differential import Differential, KernelIndex, canonical, make_kernel
 from orchestrator.core.engine import Candidate, Probe, judge
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.verdict import ProbeRecord, Verdict
-from orchestrator.core.versions import KernelSpec, parse_spec
+from orchestrator.core.versions import KernelSpec, parse_spec, series_of_base
 
 # (source, mirror, lo, hi, ubuntu series) -> listed entries (KernelEntry, or anything with a
 # `version` and optionally `available` / `reason`; a bare version string will do)
@@ -95,14 +95,13 @@ class BisectRequest:
 def ubuntu_series(distro: str | None, specs: list[KernelSpec]) -> str | None:
     """The Ubuntu series to list: named by --distro (ubuntu:focal), or the one whose kernels
     carry the base of an ubuntu spec (5.4 -> focal)."""
-    by_base = {base: name for name, base in DISTRO_SERIES["ubuntu"].items()}
     if distro and distro.split(":", 1)[0].strip().lower() == "ubuntu":
         series = distro.split(":", 1)[1].strip().lower()
-        return by_base.get(series, series)
+        return series_of_base("ubuntu", series) or series  # "ubuntu:5.4" names focal by its base
     for spec in specs:
         if spec.source == "ubuntu":
             major, minor = spec.version.split(".")[:2]
-            return by_base.get(f"{major}.{minor}")
+            return series_of_base("ubuntu", f"{major}.{minor}")
     return None
 
 

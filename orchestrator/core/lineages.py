@@ -23,7 +23,8 @@ from typing import Callable, Iterable, Union
 
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.judging import Candidate
-from orchestrator.core.versions import (
+from orchestrator.core.versions import (  # DISTRO_SERIES: the one series table (--distro ubuntu:focal)
+    DISTRO_SERIES,
     DebianKernel,
     KernelVersion,
     UbuntuVersion,
@@ -33,11 +34,6 @@ from orchestrator.core.versions import (
     parse_version,
 )
 
-# Distro series names → the upstream base their kernels carry (for --distro ubuntu:focal).
-DISTRO_SERIES = {
-    "ubuntu": {"bionic": "4.15", "focal": "5.4", "jammy": "5.15", "noble": "6.8"},
-    "debian": {"buster": "4.19", "bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"},
-}
 
 # A kernel's parsed version: one of the versions.py classes, or the free-form name of a local build.
 Version = Union[KernelVersion, UbuntuVersion, DebianKernel, str]
