@@ -233,7 +233,7 @@ def test_corrupt_vmlinuz_is_boot_failure(shared_home, tmp_path):
     # Keep the bzImage header so QEMU loads it; destroy the compressed payload.
     (root / "vmlinuz").write_bytes(data[:0x4000] + os.urandom(len(data) - 0x4000))
     shutil.copytree(good.modules, root / "modules", copy_function=os.link)
-    k = UnpackedKernel(spec="test:corrupt-6.1", root=root, kver=good.kver)
+    k = UnpackedKernel(ref="test:corrupt-6.1", root=root, kver=good.kver)
     k.save()
     t0 = time.monotonic()
     rec = _probe(k, _bug(tmp_path, "never-runs", "exit 0\n"), boot_timeout=40)

@@ -37,7 +37,7 @@ from orchestrator.adapters.variants.toolchain import compiler_mismatch, host_com
 from orchestrator.app.kernels import KernelProvider
 from orchestrator.core import identity
 from orchestrator.core.errors import KbisectError, VariantBuildError
-from orchestrator.core.versions import parse_spec
+from orchestrator.core.versions import KernelRef, parse_spec
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
@@ -305,7 +305,7 @@ def test_package_version_read_from_the_bzimage_header(tmp_path):
     text = b"6.1.0-54-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.190-1 (2026-10-16)\0"
     blob[0x500 : 0x500 + len(text)] = text
     (tmp_path / "vmlinuz").write_bytes(bytes(blob))
-    kernel = UnpackedKernel(spec=BASE, root=tmp_path, kver=KVER)
+    kernel = UnpackedKernel(ref=BASE, root=tmp_path, kver=KVER)
     assert debian_package_version(kernel) == "6.1.190-1"
     kernel.extra["package_version"] = "6.1.188-1"
     assert debian_package_version(kernel) == "6.1.188-1"
@@ -388,7 +388,7 @@ def _fake_base(home: Path, cc_text: str = KERNEL_CC, ip_tunnel: str = "m") -> Un
     (root / "modules" / "kernel" / "net" / "ipv4").mkdir(parents=True)
     (root / "vmlinuz").write_bytes(b"not a kernel")
     (root / "config").write_text(f'CONFIG_CC_VERSION_TEXT="{cc_text}"\nCONFIG_NET_IP_TUNNEL={ip_tunnel}\n')
-    kernel = UnpackedKernel(spec=BASE, root=root, kver=KVER, extra={"package_version": "6.1.190-1"}, id=BASE_ID)
+    kernel = UnpackedKernel(ref=KernelRef.of(BASE).with_id(BASE_ID), root=root, kver=KVER, extra={"package_version": "6.1.190-1"})
     kernel.save()
     return kernel
 
@@ -468,7 +468,7 @@ def _cached_variant(name: str, patch_sha256: str, vmlinuz: bytes = b"an earlier 
     dest = variant_dir(spec)
     (dest / "modules").mkdir(parents=True)
     (dest / "vmlinuz").write_bytes(vmlinuz)
-    UnpackedKernel(spec=str(spec), root=dest, kver=KVER, extra={"patch_sha256": patch_sha256}, id="e" * 64).save()
+    UnpackedKernel(ref=spec.with_id("e" * 64), root=dest, kver=KVER, extra={"patch_sha256": patch_sha256}).save()
     return dest
 
 

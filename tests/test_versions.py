@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
+from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.changelog import upstream_from_changelog, upstream_stable_from_changelog
 from orchestrator.core.versions import (
     DebianKernel,
-    KernelSpec,
+    KernelRef,
     KernelVersion,
     parse_debian_kernel,
     parse_debian_package_version,
@@ -241,7 +243,7 @@ def test_specs_round_trip(text, source, version, variant, canonical):
     assert (spec.source, spec.version, spec.variant) == (source, version, variant)
     assert str(spec) == canonical
     assert parse_spec(str(spec)) == spec
-    assert spec.base_spec == KernelSpec(source, version)
+    assert spec.base_spec == KernelRef(source, version)
 
 
 @pytest.mark.parametrize("bad", ["", "nosuch:5.4", "mainline:banana", "debian:6.1", "5.4+bad/name",
@@ -250,3 +252,36 @@ def test_bad_specs_one_line(bad):
     with pytest.raises(KbisectError) as info:
         parse_spec(bad)
     assert "\n" not in str(info.value)
+
+
+def test_kernel_ref_is_the_spec_plus_an_id():
+    ref = parse_spec("debian:6.12.94+deb13-cloud-amd64+revert-abc")
+    assert str(ref) == ref.spec == "debian:6.12.94+deb13-cloud-amd64+revert-abc"
+    assert parse_spec(str(ref)) == ref and ref.id is None
+    known = ref.with_id("a" * 64)
+    assert known.id == "a" * 64 and str(known) == str(ref)  # the id never shows in the spec
+    assert known != ref and known == ref.with_id("a" * 64)  # other bytes under one name: another kernel
+    assert known.with_id("") == ref  # "" (kernel.json before ids) means unknown
+    assert known.base_spec == KernelRef("debian", "6.12.94+deb13-cloud-amd64")  # the variant's id goes too
+    assert {known: 1}[ref.with_id("a" * 64)] == 1  # frozen: usable as a key
+
+
+@pytest.mark.parametrize("text", ["mainline:5.7-rc4", "local:6.9.0-rc1+", "mainline:k3", "test:corrupt-6.1",
+                                  "mainline:v5.7", "5.4"])
+def test_kernel_ref_of_keeps_recorded_specs_verbatim(text):
+    assert str(KernelRef.of(text)) == text
+
+
+def test_kernel_ref_of_parses_canonical_specs():
+    assert KernelRef.of("mainline:5.4.41+revert-x") == KernelRef("mainline", "5.4.41", "revert-x")
+
+
+def test_unpacked_kernel_json_round_trip_keeps_spec_and_id(tmp_path):
+    ref = parse_spec("mainline:5.4.41+revert-227adfb2b1df").with_id("b" * 64)
+    UnpackedKernel(ref, tmp_path, "5.4.41-050441-generic", {"patch_sha256": "c" * 64}).save()
+    record = json.loads((tmp_path / "kernel.json").read_text())
+    assert (record["spec"], record["id"]) == ("mainline:5.4.41+revert-227adfb2b1df", "b" * 64)
+    assert sorted(record) == ["extra", "id", "kver", "root", "spec"]  # the file's keys as every release wrote them
+    loaded = UnpackedKernel.load(tmp_path)
+    assert loaded.ref == ref and (loaded.spec, loaded.id) == (str(ref), "b" * 64)
+    assert loaded.patch_sha256 == "c" * 64 and loaded.kver == "5.4.41-050441-generic"

@@ -263,7 +263,7 @@ def _fake_kernel(root, module_bytes: bytes):
     (root / "modules" / "kernel" / "drivers" / "net").mkdir(parents=True)
     (root / "vmlinuz").write_bytes(b"\x00" * 64)
     (root / "modules" / "kernel" / "drivers" / "net" / "veth.ko").write_bytes(module_bytes)
-    return UnpackedKernel(spec="local:test", root=root, kver="6.1.0-test")
+    return UnpackedKernel(ref="local:test", root=root, kver="6.1.0-test")
 
 
 def test_cache_key_follows_module_bytes_not_size(kbisect_home, tmp_path):
@@ -496,4 +496,4 @@ def test_missing_vmlinuz_is_boot_failure(kbisect_home, tmp_path):
 
     (tmp_path / "k").mkdir()
     with pytest.raises(BootFailure, match="no vmlinuz"):
-        bootfiles.cache_key(UnpackedKernel(spec="local:novmlinuz", root=tmp_path / "k", kver="6.1.0-test"))
+        bootfiles.cache_key(UnpackedKernel(ref="local:novmlinuz", root=tmp_path / "k", kver="6.1.0-test"))

@@ -19,22 +19,57 @@ packages may be gone from the download cache, and the recorded hashes are the ve
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.versions import KernelRef
 
 MANIFEST = "kernel.json"
 
 
 @dataclass
 class UnpackedKernel:
-    spec: str  # "debian:6.1.0-54-cloud-amd64", "mainline:5.7-rc4", "debian:6.1.0-54-cloud-amd64+revert-x"
+    ref: KernelRef  # "debian:6.1.0-54-cloud-amd64+revert-x" and, once unpacked, its content id
     root: Path
     kver: str  # what `uname -r` prints in the guest, and the modules directory name
     extra: dict = field(default_factory=dict)  # source-specific facts (package versions, upstream base...)
-    id: str = ""  # content id (core.identity); "" only before the unpacker has recorded it
+
+    @property
+    def spec(self) -> str:
+        """"debian:6.1.0-54-cloud-amd64", "mainline:5.7-rc4": the name kernel.json records."""
+        return str(self.ref)
+
+    @property
+    def id(self) -> str:
+        """The content id (core.identity); "" only before the unpacker has recorded it."""
+        return self.ref.id or ""
+
+    @property
+    def upstream(self) -> str | None:
+        """The upstream version the kernel is built on ("5.4.41"), when its source says."""
+        return self.extra.get("upstream")
+
+    @property
+    def package_version(self) -> str | None:
+        """The distro package version it was unpacked from ("6.1.190-1"), for Debian kernels."""
+        return self.extra.get("package_version")
+
+    @property
+    def commit(self) -> str | None:
+        """The upstream commit the build names (mainline builds), if any."""
+        return self.extra.get("commit")
+
+    @property
+    def unverified(self) -> bool:
+        """Fetched without a checksum to check (mainline --allow-unverified)."""
+        return bool(self.extra.get("unverified"))
+
+    @property
+    def patch_sha256(self) -> str | None:
+        """The patch a variant was built with; None for a stock kernel."""
+        return self.extra.get("patch_sha256")
 
     @property
     def vmlinuz(self) -> Path:
@@ -54,10 +89,17 @@ class UnpackedKernel:
         path = self.root / "System.map"
         return path if path.exists() else None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.ref, str):  # callers holding a spec string ("local:test")
+            self.ref = KernelRef.of(self.ref)
+
+    def manifest(self) -> str:
+        """The kernel.json text: `spec` and `id` as separate keys, as every release wrote them."""
+        record = {"spec": self.spec, "id": self.id, "root": str(self.root), "kver": self.kver, "extra": self.extra}
+        return json.dumps(record, indent=2, sort_keys=True)
+
     def save(self) -> None:
-        record = asdict(self)
-        record["root"] = str(self.root)
-        atomic_write(self.root / MANIFEST, json.dumps(record, indent=2, sort_keys=True))
+        atomic_write(self.root / MANIFEST, self.manifest())
 
     @classmethod
     def load(cls, root: Path) -> "UnpackedKernel":
@@ -66,8 +108,8 @@ class UnpackedKernel:
         if not path.exists():
             raise KbisectError(f"{root} holds no unpacked kernel (no {MANIFEST})")
         record = json.loads(path.read_text())
-        kernel = cls(spec=record["spec"], root=Path(root), kver=record["kver"], extra=record.get("extra", {}),
-                     id=record.get("id") or "")
+        ref = KernelRef.of(record["spec"]).with_id(record.get("id"))
+        kernel = cls(ref=ref, root=Path(root), kver=record["kver"], extra=record.get("extra", {}))
         if not kernel.id:
             kernel._backfill_id()
         return kernel
@@ -78,7 +120,7 @@ class UnpackedKernel:
         # function-level import: cache imports this module (it builds UnpackedKernels)
         from orchestrator.adapters.unpack import content_id
 
-        self.id = content_id(self)
+        self.ref = self.ref.with_id(content_id(self))
         try:
             self.save()
         except OSError:  # read-only or shared cache: the id is still right for this process

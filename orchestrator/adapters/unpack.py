@@ -29,6 +29,7 @@ from orchestrator.adapters.progress import transfer_bar
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.core import identity
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.versions import KernelRef
 
 
 # --------------------------------------------------------------------------- content ids
@@ -309,7 +310,7 @@ def unpack_debs(debs: list[Path], target: Path, spec: str, extra: dict | None = 
             for name, data in (files or {}).items():
                 (partial / Path(name).name).write_bytes(data)
             kver = next(iter(kvers))
-        kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}), id=kernel_id)
+        kernel = UnpackedKernel(KernelRef.of(spec).with_id(kernel_id), target, kver, dict(extra or {}))
         kernel.save()
         return kernel
 
@@ -338,6 +339,6 @@ def adopt_tree(src: Path, target: Path, spec: str, kver: str, extra: dict | None
             else:
                 (partial / "modules").mkdir()
             kernel_id = tree_content_id(partial / "vmlinuz", partial / "modules")
-        kernel = UnpackedKernel(spec=spec, root=target, kver=kver, extra=dict(extra or {}), id=kernel_id)
+        kernel = UnpackedKernel(KernelRef.of(spec).with_id(kernel_id), target, kver, dict(extra or {}))
         kernel.save()
         return kernel

@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.adapters import report
+from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.store import Store
 from orchestrator.adapters.variants import build_variant
 from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
-from orchestrator.core.differential import Differential, KernelIndex, canonical, make_kernel
+from orchestrator.core.differential import Differential, KernelIndex, canonical, kernel_of, make_kernel
 from orchestrator.core.engine import Candidate, Probe, judge
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.verdict import ProbeRecord, Verdict
-from orchestrator.core.versions import KernelSpec, parse_spec, series_of_base
+from orchestrator.core.versions import KernelRef, parse_spec, series_of_base
 
 # (source, mirror, lo, hi, ubuntu series) -> listed entries (KernelEntry, or anything with a
 # `version` and optionally `available` / `reason`; a bare version string will do)
@@ -71,7 +72,7 @@ class BisectDeps:
     real_probe: RealProbe = field(default=real_probe)
     kernel_ids: Callable[[str | None], Callable[[str], str]] = field(default=kernel_ids)  # mirror -> (spec -> id)
     store: Callable[[], Store] = field(default=Store)
-    build_variant: Callable[[str, Path, str], Any] = field(default=build_variant)
+    build_variant: Callable[[str, Path, str], UnpackedKernel] = field(default=build_variant)
 
 
 @dataclass
@@ -92,7 +93,7 @@ class BisectRequest:
 
 # -- listings ---------------------------------------------------------------------------------
 
-def ubuntu_series(distro: str | None, specs: list[KernelSpec]) -> str | None:
+def ubuntu_series(distro: str | None, specs: list[KernelRef]) -> str | None:
     """The Ubuntu series to list: named by --distro (ubuntu:focal), or the one whose kernels
     carry the base of an ubuntu spec (5.4 -> focal)."""
     if distro and distro.split(":", 1)[0].strip().lower() == "ubuntu":
@@ -127,7 +128,7 @@ def build_index(good: str, bad: str, distro: str | None, mirror: str | None,
     index = KernelIndex(loaders={s: loader(s) for s in ("mainline", "ubuntu", "debian", "local")})
     for spec in (g, b):
         if spec.variant:
-            index.add([make_kernel(spec.source, spec.version, variant=spec.variant)])
+            index.add([kernel_of(spec)])
     return index
 
 
@@ -224,7 +225,7 @@ class RevertCheck:
 
     bug: Bug
     prober: ResumingProbe
-    build_variant: Callable[[str, Path, str], Any]
+    build_variant: Callable[[str, Path, str], UnpackedKernel]
     on_event: Callable[[str], None]
     on_probe: Callable[[Probe], None] | None = None
 
@@ -252,7 +253,7 @@ class RevertCheck:
             # an extra check after the answer: whatever stops the build (even trouble that would
             # abort a bisection) is reported as not run, never allowed to lose the answer itself
             return {"status": "not-run", "sha": sha, "reason": f"variant build failed: {exc}"}
-        cand = Candidate(variant.spec, variant.spec.split(":", 1)[-1])
+        cand = Candidate(variant.ref)
         verdicts = [judge(self.bug.repeat, self.prober, cand, "revert", on_probe=self.on_probe).verdict
                     for _ in range(3)]
         confirmed = all(v is Verdict.GOOD for v in verdicts)

@@ -13,10 +13,10 @@ from typing import Callable
 from orchestrator.adapters import sources, variants
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.core.errors import KbisectError
-from orchestrator.core.versions import KernelSpec, parse_spec
+from orchestrator.core.versions import KernelRef, parse_spec
 
 
-def _fetch_source(spec: KernelSpec, mirror: str | None) -> UnpackedKernel:
+def _fetch_source(spec: KernelRef, mirror: str | None) -> UnpackedKernel:
     return sources.fetch(spec, mirror)
 
 
@@ -25,9 +25,9 @@ class KernelProvider:
     """`get(spec)` for every use case; tests pass fakes for the two collaborators."""
 
     mirror: str | None = None
-    fetch_source: Callable[[KernelSpec, str | None], UnpackedKernel] = field(default=_fetch_source)
+    fetch_source: Callable[[KernelRef, str | None], UnpackedKernel] = field(default=_fetch_source)
     build_variant: Callable[[str], UnpackedKernel] = field(default=variants.build_on_demand)
-    cached: Callable[[KernelSpec], UnpackedKernel | None] = field(default=sources.cached)
+    cached: Callable[[KernelRef], UnpackedKernel | None] = field(default=sources.cached)
 
     def get(self, spec: str) -> UnpackedKernel:
         path = Path(spec)
@@ -42,7 +42,7 @@ class KernelProvider:
             # only while its recorded patch_sha256 matches the patch now (an edited patch rebuilds).
             # One without a recorded patch was placed by hand: there is nothing to compare it with.
             done = self.cached(parsed)
-            if done is not None and not done.extra.get("patch_sha256"):
+            if done is not None and not done.patch_sha256:
                 return done
             return self.build_variant(str(parsed))
         return self.fetch_source(parsed, self.mirror)

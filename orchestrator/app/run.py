@@ -31,8 +31,8 @@ def run_probe(kernel_spec: str, bug: Bug, *, mirror: str | None = None, accel: s
 def _stamped(rec: ProbeRecord, spec: str, kernel: UnpackedKernel) -> ProbeRecord:
     """The record under the spec the caller asked for, with the kernel's provenance."""
     rec.kernel = spec
-    rec.upstream_commit = kernel.extra.get("commit")
-    rec.unverified = bool(kernel.extra.get("unverified"))
+    rec.upstream_commit = kernel.commit
+    rec.unverified = kernel.unverified
     return rec
 
 

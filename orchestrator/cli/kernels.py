@@ -60,9 +60,9 @@ def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as
     table.add_column("detail")
     for entry in entries:
         if entry.available:
-            detail = entry.extra.get("package_version") or entry.extra.get("build") or ""
-            if entry.extra.get("upstream") and entry.extra.get("upstream") != entry.version:
-                detail = f"{detail} (upstream {entry.extra['upstream']})".strip()
+            detail = entry.build or ""
+            if entry.upstream and entry.upstream != entry.version:
+                detail = f"{detail} (upstream {entry.upstream})".strip()
         else:
             detail = entry.reason or ""
         table.add_row(entry.version, "yes" if entry.available else "[red]no[/red]", detail)
@@ -119,9 +119,9 @@ def show_cmd(spec: str | None, as_json: bool) -> None:
         click.echo(f"{info['spec']}\n  root: {info['root']}\n  kver: {info['kver']}\n"
                    f"  vmlinuz: {info['vmlinuz_bytes']} bytes, config: {info['config']}, "
                    f"System.map: {info['system_map']}, modules: {info['module_files']} files")
-        if kernel.extra.get("commit"):
-            click.echo(f"  upstream commit: {kernel.extra['commit']} ({kernel.extra.get('commit_label', '?')})")
-        if kernel.extra.get("unverified"):
+        if kernel.commit:
+            click.echo(f"  upstream commit: {kernel.commit} ({kernel.extra.get('commit_label', '?')})")
+        if kernel.unverified:
             click.echo("  UNVERIFIED: published without CHECKSUMS, fetched with --allow-unverified")
         for key, value in sorted(kernel.extra.items()):
             if key not in ("files", "commit", "commit_label"):

@@ -56,6 +56,7 @@ from orchestrator.core.lineages import (
     canonical,
     debian_lineage,
     distro_lineage,
+    kernel_of,
     make_kernel,
 )
 from orchestrator.core.probing import MAX_WALK, Probing, moved_over
@@ -68,7 +69,7 @@ __all__ = [
     "ADVICE", "DISTRO_SERIES", "MAX_WALK", "Carrier", "DiffResult", "Differential", "Kernel", "KernelIndex",
     "Lineage", "Origin", "Probing", "Stage", "StageOutcome", "Undecided", "base_check", "canonical",
     "debian_lineage", "distro_lineage", "given_range", "lineage_of_bad", "mainline_walk", "make_kernel",
-    "run_stages", "stable_behind_distro", "upstream_rcs",
+    "kernel_of", "run_stages", "stable_behind_distro", "upstream_rcs",
 ]
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 from orchestrator.core.bug import RepeatPolicy
 from orchestrator.core.textenum import TextEnum
 from orchestrator.core.verdict import ProbeRecord, Verdict
+from orchestrator.core.versions import KernelRef
 
 
 class Phase(TextEnum):
@@ -36,14 +37,21 @@ class Phase(TextEnum):
 class Candidate:
     """One kernel to judge: a point of the lineage being bisected, or a kernel judged alone."""
 
-    spec: str  # full spec handed to the probe, e.g. "mainline:5.7-rc5"
+    ref: KernelRef  # the kernel handed to the probe; a spec string is read with KernelRef.of
     label: str = ""  # display form as in `kernels list`, e.g. "5.7-rc5"
     available: bool = True
     reason: str = ""  # why it is unavailable (failed build, gone...)
 
     def __post_init__(self) -> None:
+        if isinstance(self.ref, str):  # callers holding a spec string ("mainline:5.7-rc5")
+            self.ref = KernelRef.of(self.ref)
         if not self.label:
-            self.label = self.spec.split(":", 1)[-1]
+            self.label = self.ref.cache_name
+
+    @property
+    def spec(self) -> str:
+        """The full spec, e.g. "mainline:5.7-rc5": what the probe and JSON records name."""
+        return str(self.ref)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from orchestrator.core.judging import Candidate
 from orchestrator.core.versions import (  # DISTRO_SERIES: the one series table (--distro ubuntu:focal)
     DISTRO_SERIES,
     DebianKernel,
+    KernelRef,
     KernelVersion,
     UbuntuVersion,
     parse_debian_kernel,
@@ -77,15 +78,26 @@ class Lineage(str):
 class Kernel:
     """One listed kernel with what the differential needs to know about it."""
 
-    spec: str  # canonical "source:version"
-    source: str
+    ref: KernelRef  # canonical source, version and variant (a patched rebuild, kbisect kernels patch)
     label: str  # version as `kernels list` prints it
     version: Version
     lineage: Lineage
     base: KernelVersion | None  # the mainline release X.Y it belongs to
     available: bool = True
     reason: str = ""
-    variant: str | None = None  # a patched rebuild of `version` (kbisect kernels patch)
+
+    @property
+    def spec(self) -> str:
+        """The canonical "source:version[+variant]"."""
+        return str(self.ref)
+
+    @property
+    def source(self) -> str:
+        return self.ref.source
+
+    @property
+    def variant(self) -> str | None:
+        return self.ref.variant
 
     @property
     def sort_key(self) -> tuple:
@@ -94,7 +106,7 @@ class Kernel:
         return (key, 1 if self.variant else 0, self.variant or "")
 
     def candidate(self) -> Candidate:
-        return Candidate(self.spec, self.label, self.available, self.reason)
+        return Candidate(self.ref, self.label, self.available, self.reason)
 
 
 def _parse(source: str, version: str) -> tuple[Version, Lineage, KernelVersion | None]:
@@ -128,11 +140,16 @@ def debian_lineage(d: DebianKernel) -> Lineage:
     return Lineage.distro("debian", d.upstream.base, build)
 
 
+def kernel_of(ref: KernelRef, available: bool = True, reason: str = "") -> Kernel:
+    """The differential's view of a kernel named by a ref (variant included)."""
+    return make_kernel(ref.source, ref.version, available, reason, ref.variant)
+
+
 def make_kernel(source: str, version: str, available: bool = True, reason: str = "",
                 variant: str | None = None) -> Kernel:
     v, lineage, base = _parse(source, str(version))
     label = str(v) + (f"+{variant}" if variant else "")
-    return Kernel(f"{source}:{label}", source, label, v, lineage, base, available, reason, variant)
+    return Kernel(KernelRef(source, str(v), variant), label, v, lineage, base, available, reason)
 
 
 def canonical(spec: str) -> str:

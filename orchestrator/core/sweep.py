@@ -29,7 +29,7 @@ from typing import Iterable
 
 from orchestrator.core.bug import DEFAULT_LINES
 from orchestrator.core.errors import KbisectError
-from orchestrator.core.lineages import make_kernel
+from orchestrator.core.lineages import kernel_of
 from orchestrator.core.lines import is_line, ver_key
 from orchestrator.core.textenum import TextEnum
 from orchestrator.core.verdict import Verdict
@@ -71,7 +71,7 @@ def column_of(spec: str) -> tuple[str, str]:
     parsed = parse_spec(spec)
     if parsed.source == "local":
         return str(parsed), str(parsed)
-    kernel = make_kernel(parsed.source, parsed.version, variant=parsed.variant)
+    kernel = kernel_of(parsed)
     column = str(kernel.base) if parsed.source == "debian" else f"{parsed.source}:{kernel.base}"
     if parsed.variant:
         column += f"+{parsed.variant}"

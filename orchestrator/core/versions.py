@@ -6,13 +6,14 @@ Debian ABI names `6.1.0-54-cloud-amd64`). Bisection needs them totally ordered, 
 comparison of lineages needs each version to know whether it is on the mainline line
 (X.Y and its release candidates) or on a stable line (X.Y.z). Everything here is pure so
 that listing, bisection and reports can share it without touching the network.
+(Over 500 lines: the version grammars and the KernelRef naming them are one vocabulary.)
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from orchestrator.core.errors import KbisectError
 
@@ -434,35 +435,63 @@ def normalize_version(source: str, version: str) -> str:
 
 
 @dataclass(frozen=True)
-class KernelSpec:
-    """`SOURCE:VERSION[+VARIANT]`, e.g. `mainline:5.7-rc4`, `debian:6.1.0-54-cloud-amd64+revert-227adfb2b1df`.
+class KernelRef:
+    """One kernel's identity: `SOURCE:VERSION[+VARIANT]`, plus its content id once known.
 
-    A bare version (`4.15`) means the mainline build. The variant names a patched rebuild
-    of the same kernel (built elsewhere); it is kept verbatim.
+    The one type for "a kernel" from listing to verdict store, so no layer re-encodes the spec
+    string and parses it back. `str(ref)` is the spec (`mainline:5.7-rc4`,
+    `debian:6.1.0-54-cloud-amd64+revert-227adfb2b1df`) and never shows the id: the id
+    (orchestrator.core.identity) is learnt only when the bytes are unpacked, and the same name can
+    come to stand for other bytes (a rebuilt `local:` tree), which is why it is part of equality.
     """
 
     source: str
     version: str
     variant: str | None = None
+    id: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.version}" + (f"+{self.variant}" if self.variant else "")
+        return f"{self.source}:{self.cache_name}" if self.source else self.cache_name
 
     @property
-    def base_spec(self) -> "KernelSpec":
-        """The same kernel without its variant."""
-        return KernelSpec(self.source, self.version)
+    def spec(self) -> str:
+        return str(self)
+
+    @property
+    def base_spec(self) -> "KernelRef":
+        """The same kernel without its variant (and so without the variant's id)."""
+        return KernelRef(self.source, self.version)
 
     @property
     def cache_name(self) -> str:
         """The directory name under kernels/<source>/: `<version>` or `<version>+<variant>`."""
         return self.version + (f"+{self.variant}" if self.variant else "")
 
+    def with_id(self, id: str | None) -> "KernelRef":
+        """The same kernel, now that its content id is known."""
+        return replace(self, id=id or None)
+
+    @classmethod
+    def of(cls, text: str) -> "KernelRef":
+        """The ref a spec string names, keeping the string verbatim (`str(KernelRef.of(t)) == t`).
+
+        Parsed when the string is a canonical spec; anything else (a recorded spec from an older
+        release, a test's `test:corrupt`) is split at its first `:` and carried as it is, since
+        the record holding it must be written back unchanged."""
+        try:
+            parsed = parse_spec(text)
+        except KbisectError:
+            parsed = None
+        if parsed is not None and str(parsed) == text:
+            return parsed
+        source, sep, rest = text.partition(":")
+        return cls(source, rest) if sep else cls("", text)  # no source: str() is `text` again
+
 
 _VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def parse_spec(text: str) -> KernelSpec:
+def parse_spec(text: str) -> KernelRef:
     """Parse `SOURCE:VERSION[+NAME]`; a bare version means mainline. One clear line on failure.
 
     Debian names can themselves hold a `+` (`6.12.94+deb13-amd64`), so the variant is only
@@ -496,4 +525,4 @@ def parse_spec(text: str) -> KernelSpec:
         variant = None
     if not _valid_version(source, version):
         raise KbisectError(f"not a {source} kernel version: {rest!r} in spec {text!r}")
-    return KernelSpec(source, normalize_version(source, version), variant)
+    return KernelRef(source, normalize_version(source, version), variant)

@@ -16,7 +16,7 @@ from typing import Any
 from orchestrator.adapters import cache
 from orchestrator.core.errors import KbisectError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
-from orchestrator.core.versions import SOURCES, KernelSpec, parse_spec
+from orchestrator.core.versions import SOURCES, KernelRef, parse_spec
 
 
 @dataclass
@@ -57,8 +57,23 @@ class KernelEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def ref(self) -> KernelRef:
+        """The listed kernel (a listing row has no variant, and no content id until unpacked)."""
+        return KernelRef(self.source, self.version)
+
+    @property
     def spec(self) -> str:
-        return f"{self.source}:{self.version}"
+        return str(self.ref)
+
+    @property
+    def upstream(self) -> str | None:
+        """The upstream version a distro build is based on ("6.1.190"), when the listing says."""
+        return self.extra.get("upstream") or None
+
+    @property
+    def build(self) -> str | None:
+        """How the source names this build: the package version (Debian) or the mainline build stamp."""
+        return self.extra.get("package_version") or self.extra.get("build") or None
 
     def to_json(self) -> dict[str, Any]:
         record = {
@@ -116,7 +131,7 @@ def get_source(name: str, mirror: str | None = None, **mainline_options: Any) ->
     raise KbisectError(f"unknown kernel source {name!r} (known: {', '.join(SOURCES)})")
 
 
-def cached(spec: str | KernelSpec) -> UnpackedKernel | None:
+def cached(spec: str | KernelRef) -> UnpackedKernel | None:
     """The finished unpack of `spec` if the cache holds one (kernel.json present), else None."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     root = cache.kernels_dir(parsed.source) / parsed.cache_name
@@ -132,7 +147,7 @@ def cached(spec: str | KernelSpec) -> UnpackedKernel | None:
     return None
 
 
-def fetch(spec: str | KernelSpec, mirror: str | None = None, **mainline_options: Any) -> UnpackedKernel:
+def fetch(spec: str | KernelRef, mirror: str | None = None, **mainline_options: Any) -> UnpackedKernel:
     """Return the unpacked kernel for `spec`, downloading, verifying and unpacking it if needed.
 
     A `+variant` spec is served only when it was built already: building one is the kernel

@@ -404,7 +404,7 @@ class DebianSource(Source):
 def _in_range(entry: KernelEntry, lo: str | None, hi: str | None) -> bool:
     """Bounds are ABI names (exact order) or upstream versions: `6.1` means the whole 6.1 series."""
     kernel = parse_debian_kernel(entry.version)
-    upstream = parse_version(entry.extra["upstream"]) if entry.extra.get("upstream") else kernel.upstream
+    upstream = parse_version(entry.upstream) if entry.upstream else kernel.upstream
 
     def bound(text: str) -> DebianKernel | KernelVersion:
         try:

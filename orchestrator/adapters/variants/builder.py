@@ -24,10 +24,10 @@ from orchestrator.adapters.variants.steps import (Build, Request, adopt, fetch_b
                                                   rebuild_modules, workspace)
 from orchestrator.adapters.variants.toolchain import host_compiler
 from orchestrator.core.errors import KbisectError
-from orchestrator.core.versions import KernelSpec, parse_spec
+from orchestrator.core.versions import KernelRef, parse_spec
 
 
-def variant_dir(spec: KernelSpec) -> Path:
+def variant_dir(spec: KernelRef) -> Path:
     """Where the variant `spec` lives: `kernels/<source>/<version>+<name>/`."""
     return cache.kernels_dir(spec.source) / spec.cache_name
 
@@ -68,7 +68,7 @@ def _load(dest: Path) -> UnpackedKernel | None:
 def _current(request: Request) -> UnpackedKernel | None:
     """The cached variant if it was built from exactly this patch; a stale one is rebuilt."""
     kernel = _load(request.dest)
-    return kernel if kernel is not None and kernel.extra.get("patch_sha256") == request.patch_sha256 else None
+    return kernel if kernel is not None and kernel.patch_sha256 == request.patch_sha256 else None
 
 
 def _clear_leftovers(dest: Path) -> None:
@@ -102,7 +102,7 @@ def find_control_patch(name: str, root: Path | None = None) -> Path:
 class VariantBuilder:
     """Builds patched variants; each way out to the world is a collaborator a test can replace."""
 
-    fetch_base: Callable[[KernelSpec], UnpackedKernel] = field(default=sources.fetch)
+    fetch_base: Callable[[KernelRef], UnpackedKernel] = field(default=sources.fetch)
     packages: PackageFetcher = field(default_factory=DebianPackages)
     compiler: Callable[[dict[str, str]], tuple[str, str]] = field(default=host_compiler)
     make: Callable[[Build], None] = field(default=rebuild_modules)  # fills the staging tree

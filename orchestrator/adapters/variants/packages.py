@@ -97,10 +97,9 @@ def kernel_version_string(vmlinuz: Path) -> str | None:
 
 def debian_package_version(base: UnpackedKernel) -> str:
     """The Debian package version (6.1.190-1) the base kernel came from."""
-    for key in ("package_version", "pkg_version", "deb_version", "debian_version", "version"):
-        value = base.extra.get(key)
-        if isinstance(value, str) and _PACKAGE_VERSION_RE.match(value):
-            return value
+    value = base.package_version
+    if isinstance(value, str) and _PACKAGE_VERSION_RE.match(value):
+        return value
     m = re.search(r"Debian (\d+\.\d+(?:\.\d+)?-\S+)", kernel_version_string(base.vmlinuz) or "")
     if m:
         return m.group(1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import re
 import shutil
@@ -18,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, TextIO
 
@@ -36,7 +35,7 @@ from orchestrator.adapters.fsutil import run_tool
 from orchestrator.adapters.variants.toolchain import compiler_mismatch
 from orchestrator.core import identity
 from orchestrator.core.errors import KbisectError, VariantBuildError
-from orchestrator.core.versions import KernelSpec
+from orchestrator.core.versions import KernelRef
 
 BOOT_FILES = ("vmlinuz", "config", "System.map")
 ModuleKey = tuple[str, str]  # (directory, module)
@@ -47,8 +46,8 @@ class Request:
     """What to build, checked before anything is fetched: the patch's bytes are read once, so the
     hash recorded is the hash of what was applied even if the file is edited meanwhile."""
 
-    base: KernelSpec
-    spec: KernelSpec
+    base: KernelRef
+    spec: KernelRef
     patch_name: str
     patch_bytes: bytes
     patch_sha256: str
@@ -114,7 +113,7 @@ class Build:
 # ---------------------------------------------------------------------------- before the workspace
 
 
-def fetch_base(request: Request, fetch: Callable[[KernelSpec], UnpackedKernel],
+def fetch_base(request: Request, fetch: Callable[[KernelRef], UnpackedKernel],
                compiler: Callable[[dict[str, str]], tuple[str, str]]) -> BaseKernel:
     """The stock kernel, refused when this host's compiler is not the one that built it."""
     kernel = fetch(request.base)
@@ -357,11 +356,9 @@ def swap_in(staging: Path, dest: Path) -> None:
 def adopt(build: Build) -> UnpackedKernel:
     """kernel.json written last into staging, then the tree swapped in at the variant's place."""
     request = build.request
-    result = UnpackedKernel(spec=str(request.spec), root=request.dest, kver=build.base.kernel.kver,
-                            extra=record(build), id=identity.variant_id(build.base.kernel.id, request.patch_sha256))
-    manifest = asdict(result)
-    manifest["root"] = str(request.dest)
-    (build.staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    ref = request.spec.with_id(identity.variant_id(build.base.kernel.id, request.patch_sha256))
+    result = UnpackedKernel(ref, request.dest, build.base.kernel.kver, record(build))
+    (build.staging / MANIFEST).write_text(result.manifest())
     swap_in(build.staging, request.dest)
     if not result.extra["source_exact"]:
         build.progress.note(f"source {build.debs.source.package} {build.base.package_version} not in the archive; "
