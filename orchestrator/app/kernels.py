@@ -1,7 +1,7 @@
 """Any kernel spec to an unpacked kernel: a directory, a source's kernel, or a patched variant.
 
-The provider composes the kernel sources and the variant builder so that neither imports the
-other (a variant is built from a source's kernel; a source knows nothing of variants).
+The provider composes the kernel sources and the variant builder, so the sources know nothing of
+variants (a variant is built from a source's kernel; the builder fetches its base through them).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _fetch_source(spec: KernelRef, mirror: str | None) -> UnpackedKernel:
 
 @dataclass
 class KernelProvider:
-    """`get(spec)` for every use case; tests pass fakes for the two collaborators."""
+    """`get(spec)` for every use case; tests pass fakes for the collaborators."""
 
     mirror: str | None = None
     fetch_source: Callable[[KernelRef, str | None], UnpackedKernel] = field(default=_fetch_source)
