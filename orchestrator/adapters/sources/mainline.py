@@ -86,6 +86,9 @@ class MainlineSource(Source):
             raise KbisectError(f"--keyring {ring}: no such file")
         self.refresh = refresh
         self.warn = warn
+        # listing memos are kept per mirror and keyring: hashed once here, not per directory
+        ring = cache.sha256_file(self.keyring) if self.keyring else ""
+        self._memo_key = hashlib.sha256(f"{self.base}\n{ring}".encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ listing
 
@@ -116,9 +119,7 @@ class MainlineSource(Source):
             return list(pool.map(lambda item: self._listed_entry(*item), wanted))
 
     def _memo_path(self, mdir: MainlineDir) -> Path:
-        ring = cache.sha256_file(self.keyring) if self.keyring else ""
-        key = hashlib.sha256(f"{self.base}\n{ring}".encode()).hexdigest()[:16]
-        return config.subdir("listings") / "mainline" / key / f"{mdir.name}.json"
+        return config.subdir("listings") / "mainline" / self._memo_key / f"{mdir.name}.json"
 
     def _listed_entry(self, mdir: MainlineDir, modified: str | None) -> KernelEntry:
         """entry() for listings. Only good, verified builds are remembered, keyed by the
@@ -194,7 +195,7 @@ class MainlineSource(Source):
             status = header_opinion(cache.http_get_text(urljoin(top, "HEADER.html")))
             if status.ok is None:
                 status = BuildStatus(False, f"no {ARCH}/status (build not finished, or not published)")
-        choice = self._verified_build(complete_builds(rows, "per-arch", where), where, rows, status)
+        choice = self._verified_build("per-arch", complete_builds(rows, "per-arch", where), where, rows, status)
         if "self-tests/" in rows:
             note = selftests_note(cache.http_get_text(urljoin(where, "self-tests/status")))
             if note:
@@ -205,12 +206,12 @@ class MainlineSource(Source):
         status = built_status(cache.http_get_text(urljoin(top, "BUILT")) if "BUILT" in rows else None)
         if status.ok is None and "BUILT" not in rows:
             status = header_opinion(cache.http_get_text(urljoin(top, "HEADER.html")))
-        return self._verified_build(complete_builds(rows, "flat", top), top, rows, status)
+        return self._verified_build("flat", complete_builds(rows, "flat", top), top, rows, status)
 
-    def _verified_build(self, builds: list[Build], where: str, rows: list[str], status: BuildStatus) -> Choice:
+    def _verified_build(self, layout: str, builds: list[Build], where: str, rows: list[str],
+                        status: BuildStatus) -> Choice:
         """The newest build CHECKSUMS covers (it covers the latest publication only), checked
         against the keyring when one is given; without CHECKSUMS only with --allow-unverified."""
-        layout = "per-arch" if where.endswith(f"/{ARCH}/") else "flat"
         choice = Choice(layout, notes=[status.note] if status.note else [])
         if status.ok is False:
             choice.reason = status.reason
