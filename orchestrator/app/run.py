@@ -20,20 +20,7 @@ from orchestrator.core.verdict import ProbeRecord, Verdict
 def run_probe(kernel_spec: str, bug: Bug, *, mirror: str | None = None, accel: str | None = None,
               **opts) -> ProbeRecord:
     """Fetch `kernel_spec` (any source) and probe it with `bug`; see run_probe_kernel."""
-    t0 = time.monotonic()
-    kernel = fetch_kernel(kernel_spec, mirror=mirror)
-    fetch_s = time.monotonic() - t0
-    rec = _stamped(run_probe_kernel(kernel, bug, accel=accel, **opts), kernel_spec, kernel)
-    rec.phases["prepare"] = round(rec.phases.get("prepare", 0.0) + fetch_s, 3)
-    return rec
-
-
-def _stamped(rec: ProbeRecord, spec: str, kernel: UnpackedKernel) -> ProbeRecord:
-    """The record under the spec the caller asked for, with the kernel's provenance."""
-    rec.kernel = spec
-    rec.upstream_commit = kernel.commit
-    rec.unverified = kernel.unverified
-    return rec
+    return _probes(kernel_spec, bug, 1, mirror, accel=accel, **opts)[0]
 
 
 def run_repeated(kernel_spec: str, bug: Bug, repeat: int = 1, **opts) -> tuple[Verdict, list[ProbeRecord]]:
@@ -43,14 +30,23 @@ def run_repeated(kernel_spec: str, bug: Bug, repeat: int = 1, **opts) -> tuple[V
     """
     if repeat < 1:
         raise KbisectError("--repeat must be at least 1")
-    mirror = opts.pop("mirror", None)
+    records = _probes(kernel_spec, bug, repeat, opts.pop("mirror", None), **opts)
+    return aggregate(records, bug.repeat.bad_needed), records
+
+
+def _probes(kernel_spec: str, bug: Bug, repeat: int, mirror: str | None, **opts) -> list[ProbeRecord]:
+    """Fetch once, probe `repeat` times; the fetch counts in the first record's prepare phase."""
     t0 = time.monotonic()
     kernel = fetch_kernel(kernel_spec, mirror=mirror)
     fetch_s = time.monotonic() - t0
-    records = []
-    for i in range(repeat):
-        rec = _stamped(run_probe_kernel(kernel, bug, **opts), kernel_spec, kernel)
-        if i == 0:
-            rec.phases["prepare"] = round(rec.phases.get("prepare", 0.0) + fetch_s, 3)
-        records.append(rec)
-    return aggregate(records, bug.repeat.bad_needed), records
+    records = [_stamped(run_probe_kernel(kernel, bug, **opts), kernel_spec, kernel) for _ in range(repeat)]
+    records[0].phases["prepare"] = round(records[0].phases.get("prepare", 0.0) + fetch_s, 3)
+    return records
+
+
+def _stamped(rec: ProbeRecord, spec: str, kernel: UnpackedKernel) -> ProbeRecord:
+    """The record under the spec the caller asked for, with the kernel's provenance."""
+    rec.kernel = spec
+    rec.upstream_commit = kernel.commit
+    rec.unverified = kernel.unverified
+    return rec
