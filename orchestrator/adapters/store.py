@@ -250,6 +250,9 @@ class SweepLog:
         if fresh:
             sql += " AND fresh=1 AND finished_at IS NULL"
         with self.conn:
+            # One write transaction from the look-up to the insert: two sweeps started together
+            # must agree on one row for the day, not each find none and insert its own.
+            self.conn.execute("BEGIN IMMEDIATE")
             row = self.conn.execute(sql + " ORDER BY id DESC LIMIT 1", (key, day)).fetchone()
             if row:
                 self.conn.execute("UPDATE sweeps SET plan=?, finished_at=NULL WHERE id=?", (json.dumps(plan), row[0]))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -33,10 +35,37 @@ def check_keyring(keyring: str | None) -> str | None:
     return keyring
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM/SIGHUP, raised where the process is so every `finally` (staging dirs, locks,
+    VMs) runs: a service manager's stop is a clean stop at any point, not only inside a probe."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a KbisectError becomes one line on stderr and a non-zero exit, never a traceback."""
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        _run(argv)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="kbisect", standalone_mode=False)
+    except Terminated as exc:
+        click.echo(f"kbisect: stopped by signal {exc.signum}", err=True)
+        sys.exit(128 + exc.signum)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

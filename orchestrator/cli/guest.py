@@ -99,20 +99,9 @@ def image_group() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if the image for this recipe exists.")
 def image_build(force: bool) -> None:
     """Build (or find) the root image for the recipe in images/ and print its path."""
-    import shutil
-
     from orchestrator.adapters.guest import image
 
-    if force:
-        d = image.image_dir()
-        from filelock import FileLock
-
-        with FileLock(str(d.parent / f"{d.name}.lock")):
-            shutil.rmtree(d, ignore_errors=True)
-    from orchestrator.adapters.guest.probe import terminate_as_interrupt
-
-    with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C: no half-built tree left
-        img = image.ensure(progress=True)
+    img = image.rebuild(progress=True) if force else image.ensure(progress=True)
     click.echo(str(img.path))
 
 

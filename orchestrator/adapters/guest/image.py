@@ -23,7 +23,7 @@ from pathlib import Path
 from orchestrator.adapters import config
 from orchestrator.adapters.fsutil import reap_dead_owners
 from orchestrator.adapters.progress import stage_bar
-from orchestrator.core.errors import InstallationError
+from orchestrator.core.errors import InstallationError, KbisectError
 
 RECIPE_DIR = config.REPO_ROOT / "images"
 RECIPE_FILES = ("packages.txt", "init", "sshd_config")
@@ -139,6 +139,67 @@ def ensure(progress: bool = True) -> RootImage:
         return build(rhash, progress=progress)
 
 
+def rebuild(progress: bool = True) -> RootImage:
+    """`image build --force`: a new image for the current recipe, never pulled from under a VM.
+
+    A running VM reads the base through its overlay (and its SSH session was pinned to the
+    image's host key), so a rebuild while any live overlay names the base is refused with one
+    line. The new image is built aside and swapped in at the end; if a VM started meanwhile,
+    the old image is kept as `<hash>.old-<pid>` until `kbisect gc` finds it unused."""
+    from filelock import FileLock
+
+    rhash = recipe_hash()
+    final = image_dir(rhash)
+    with FileLock(str(config.subdir("images") / f"{rhash}.lock")):
+        users = overlays_using(final / "root.qcow2")
+        if users:
+            raise KbisectError(f"image build --force: {len(users)} running VM overlay(s) use {final / 'root.qcow2'} "
+                               f"(first: {users[0]}); stop those runs (or wait for them) and try again")
+        return build(rhash, progress=progress, replace=True)
+
+
+# qcow2 header (QEMU docs/interop/qcow2.txt): magic "QFI\xfb", then at byte 8 the backing file
+# name's offset (big-endian u64) and at byte 16 its length (u32).
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def backing_file(qcow2: Path) -> str | None:
+    """The backing file a qcow2 overlay names, read from its header (None: none, or not qcow2)."""
+    try:
+        with open(qcow2, "rb") as fh:
+            header = fh.read(20)
+            if len(header) < 20 or header[:4] != QCOW2_MAGIC:
+                return None
+            offset, size = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:20], "big")
+            if not offset or not 0 < size <= 4096:
+                return None
+            fh.seek(offset)
+            return fh.read(size).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def overlays_using(base: Path) -> list[Path]:
+    """Overlays of live runs (their owner process alive) whose backing file is `base`."""
+    from orchestrator.adapters.guest.vm import owner_alive
+
+    want = os.path.realpath(base)
+    found = []
+    for state in config.subdir("runs").glob("*/state.json"):
+        try:
+            st = json.loads(state.read_text())
+            alive = owner_alive(int(st["pid"]), st.get("start"))
+        except (OSError, ValueError, KeyError, TypeError):
+            alive = True  # a run still writing its state: assume it is alive
+        if not alive:
+            continue
+        for overlay in state.parent.glob("*/*.qcow2"):
+            named = backing_file(overlay)
+            if named and os.path.realpath(named) == want:
+                found.append(overlay)
+    return found
+
+
 def _run(cmd: list[str], what: str, log: Path) -> None:
     with open(log, "ab") as fh:
         fh.write(("\n$ " + " ".join(cmd) + "\n").encode())
@@ -194,8 +255,9 @@ def _ext4_image(work: Path, tree: Path, log: Path) -> Path:
     return raw
 
 
-def build(rhash: str | None = None, progress: bool = True) -> RootImage:
-    """Build the image for the recipe in `images/` (caller holds the lock)."""
+def build(rhash: str | None = None, progress: bool = True, replace: bool = False) -> RootImage:
+    """Build the image for the recipe in `images/` (caller holds the lock); `replace`: a
+    finished image of this recipe may exist and is swapped out (see `rebuild`)."""
     if os.geteuid() != 0:
         raise InstallationError("building the root image needs root (mmdebstrap, device nodes)")
     rhash = rhash or recipe_hash()
@@ -249,9 +311,41 @@ def build(rhash: str | None = None, progress: bool = True) -> RootImage:
     }
     (work / "image.json").write_text(json.dumps(meta, indent=2))
     os.chmod(work / "root.qcow2", 0o444)  # the base is never written, by anyone
-    shutil.rmtree(final, ignore_errors=True)
+    _retire(final)
     work.rename(final)
     return RootImage(path=final / "root.qcow2", recipe_hash=rhash, host_key=host_key, meta=meta)
+
+
+def _held_open(path: Path) -> bool:
+    """Does any process hold `path` open? (/proc/<pid>/fd; root sees every process's.)"""
+    try:
+        want = os.stat(path)
+    except OSError:
+        return False
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(fd)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                return True
+    return False
+
+
+def _retire(final: Path) -> None:
+    """Move a finished image out of the way of its replacement: removed now if no live
+    overlay uses it, else kept as `<hash>.old-<pid>` for `gc_builds` to remove once unused."""
+    if not final.exists():
+        return
+    if overlays_using(final / "root.qcow2"):
+        final.rename(final.with_name(f"{final.name}.old-{os.getpid()}"))
+    else:
+        shutil.rmtree(final, ignore_errors=True)
 
 
 def _install_recipe(tree: Path, log: Path) -> str:
@@ -314,8 +408,17 @@ def _du_bytes(path: Path) -> int:
 
 
 def gc_builds() -> list[Path]:
-    """Remove half-finished builds of dead processes (a killed `image build`)."""
-    return reap_dead_owners(config.subdir("images"), "*.build-*", safe_rmtree)
+    """Remove half-finished builds of dead processes (a killed `image build`), and images a
+    rebuild replaced once no live overlay uses them."""
+    images = config.subdir("images")
+    removed = reap_dead_owners(images, "*.build-*", safe_rmtree)
+    for old in images.glob("*.old-*"):
+        # A retired image is named by no overlay any more (the new image took its path): it is in
+        # use exactly while a QEMU process still holds it open.
+        if not _held_open(old / "root.qcow2"):
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use

@@ -57,6 +57,17 @@ def cmdline_key_arg() -> str:
     return f"kbisect.key={key.get_name()}:{key.get_base64()}"
 
 
+def safe_name(name: str) -> str | None:
+    """A guest-supplied file name reduced to a base name that stays in its directory.
+
+    The guest is the system under test (and may be hostile): a name with `/`, `..` or a NUL
+    must never choose where the host writes. None for a name with nothing safe left."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
+    if base in ("", ".", ".."):
+        return None
+    return base[:255]
+
+
 class SSHUnavailable(BootFailure):
     """The guest never offered SSH (boot failure, crash, or timeout)."""
 
@@ -131,6 +142,33 @@ class RunResult:
     timed_out: bool
     aborted: str | None  # why the host stopped waiting (e.g. "kernel panic"), if it did
     seconds: float
+
+
+def fetch_tree(sftp, remote: str, local: Path) -> list[Path]:
+    """Copy the regular files under `remote` (an SFTP client's path) into `local`.
+
+    Names come from the guest and are reduced by `safe_name`; links and special files are
+    skipped (only regular files are artefacts). A missing remote directory gives nothing."""
+    got: list[Path] = []
+    try:
+        entries = sftp.listdir_attr(remote)
+    except OSError:
+        return got
+    local.mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        name = safe_name(e.filename)
+        if name is None:
+            continue
+        rp = remote.rstrip("/") + "/" + e.filename  # the guest's own name, read under `remote`
+        lp = local / name
+        if lp.exists() or lp.is_symlink():  # two guest names reduced to one: keep the first
+            continue
+        if stat.S_ISDIR(e.st_mode or 0):
+            got += fetch_tree(sftp, rp, lp)
+        elif stat.S_ISREG(e.st_mode or 0):
+            sftp.get(rp, str(lp))
+            got.append(lp)
+    return got
 
 
 class Guest:
@@ -224,24 +262,7 @@ class Guest:
 
         A dropped session raises GuestInfra."""
         with session_lost():
-            return self._fetch_dir(remote, local)
-
-    def _fetch_dir(self, remote: str, local: Path) -> list[Path]:
-        got: list[Path] = []
-        try:
-            entries = self.sftp.listdir_attr(remote)
-        except OSError:
-            return got
-        local.mkdir(parents=True, exist_ok=True)
-        for e in entries:
-            rp = posixpath.join(remote, e.filename)
-            lp = local / e.filename
-            if stat.S_ISDIR(e.st_mode or 0):
-                got += self._fetch_dir(rp, lp)
-            elif stat.S_ISREG(e.st_mode or 0):
-                self.sftp.get(rp, str(lp))
-                got.append(lp)
-        return got
+            return fetch_tree(self.sftp, remote, local)
 
     # -- commands --------------------------------------------------------------------------
     def run(
