@@ -95,3 +95,21 @@ def test_statuses_phases_and_ends_are_str_valued_enums_with_unchanged_json() -> 
     flat = bisect(cands, lambda c: G, verify=0)
     assert flat.disagreeing_end is End.BAD and flat.to_json()["disagreeing_end"] == "bad"
     assert type(flat.to_json()["disagreeing_end"]) is str
+
+
+def test_a_run_with_the_bugs_own_trace_decides_whatever_bad_needed_says() -> None:
+    """syzbot's rule (issue 11, item 5): a panic with the bug's signature is bad on its own; a
+    bad only the exit code judged still needs `bad_needed` of them."""
+    from orchestrator.core.verdict import ProbeRecord
+
+    strict = RepeatPolicy(runs=3, bad_needed=3, flaky=True)
+    panic = ProbeRecord("mainline:5.7", "b", B, "kernel panic: Kernel panic - not syncing: Fatal exception",
+                        signature=r"\bskb_gso_transport_seglen\b")
+    probe = Queue(RunOutcome(B, 1.0, panic.reason, record=panic), RunOutcome(G, 1.0, "clean"),
+                  RunOutcome(G, 1.0, "clean"))
+    out = judge(strict, probe, Candidate("mainline:5.7"), Phase.SWEEP)
+    assert out.verdict is B and out.bad_runs == 1 and out.runs == 1
+    exit_code_bad = ProbeRecord("mainline:5.7", "b", B, "exit 1")
+    probe = Queue(RunOutcome(B, 1.0, "exit 1", record=exit_code_bad), RunOutcome(G, 1.0, "clean"),
+                  RunOutcome(G, 1.0, "clean"))
+    assert judge(strict, probe, Candidate("mainline:5.7"), Phase.SWEEP).verdict is G

@@ -2,8 +2,9 @@
 
 The host kernel is recent, so every catalogued bug is fixed here: each reproducer must say GOOD
 (exit 0). Where the host kernel lacks a feature a reproducer needs (gretap, IPVS, fou, netem,
-kprobes...), the test skips with the reproducer's own reason - but only after checking
-independently that the feature really is missing, so a broken script cannot hide behind a skip.
+kprobes...), the test checks that independently (`host_lacks`: the feature tried in a scratch
+namespace the test creates), requires the reproducer to have said skip, and skips naming that
+machine fact - never the reproducer's own message, so a broken script cannot hide behind a skip.
 
 BAD is shown where it can be honestly: the parsers get synthetic captures of the buggy kernels'
 symptoms, and test aids (environment variables documented in each run.sh) make the *kernel*
@@ -65,24 +66,70 @@ def leftover_namespaces(sfx_prefixes: tuple[str, ...] = ("kbge-", "kbrp-", "kbvc
     return [n for n in out if n.startswith(sfx_prefixes)]
 
 
-def kernel_has(kind: str) -> bool:
-    """Independent check that the host kernel offers a feature (so a skip is the kernel's fault)."""
+def _scratch(*cmds: tuple[str, ...]) -> str | None:
+    """Run CMDS in order in a scratch namespace the test creates; the first failure's text, else None."""
     name = f"kbt-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], capture_output=True)
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode:
+        return f"`ip netns add` fails: {made.stderr.strip()[:100]}"
     try:
-        def ok(*cmd: str) -> bool:
-            return subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True).returncode == 0
-        if kind == "gretap":
-            return ok("ip", "link", "add", "g", "type", "gretap", "local", "192.0.2.1", "remote", "192.0.2.2")
-        if kind == "netem":
-            return ok("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
-        if kind == "ipvs":
-            return ok("ipvsadm", "-L", "-n") and ok("ip", "fou", "add", "port", "6080", "gue")
-        if kind == "kprobes":
-            return Path("/sys/kernel/tracing/kprobe_events").exists() or Path("/sys/kernel/debug/tracing/kprobe_events").exists()
-        raise ValueError(kind)
+        for cmd in cmds:
+            proc = subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True,
+                                  env={"PATH": HOST_PATH})
+            if proc.returncode:
+                why = (proc.stderr or proc.stdout).strip().splitlines()
+                return f"`{' '.join(cmd)}` fails in a scratch namespace: {why[-1][:100] if why else f'exit {proc.returncode}'}"
+        return None
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _modprobe(module: str) -> None:
+    """Load MODULE if the host has it as a module, as the reproducers do (built in: a no-op failure)."""
+    subprocess.run(["modprobe", "-q", module], capture_output=True)
+
+
+def host_lacks(kind: str) -> str | None:
+    """The machine fact that the host cannot offer KIND, checked by the test itself (never read
+    from a reproducer's output); None when the feature works here. A skip quotes this fact."""
+    if kind == "gretap":
+        _modprobe("ip_gre")
+        return _scratch(("ip", "link", "add", "name", "kbt0", "type", "gretap", "local", "192.0.2.1", "remote", "192.0.2.2"))
+    if kind == "netem":
+        _modprobe("sch_netem")
+        return _scratch(("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"))
+    if kind == "fou":
+        _modprobe("fou")
+        return _scratch(("ip", "fou", "add", "port", "6080", "gue"))
+    if kind == "ipvs":
+        _modprobe("ip_vs")
+        return _scratch(("ipvsadm", "-L", "-n"))
+    if kind == "ipip":
+        _modprobe("ipip")
+        return _scratch(("ip", "link", "add", "name", "kbt0", "type", "ipip", "local", "192.0.2.1", "remote", "192.0.2.2"),
+                        ("ip", "link", "show", "dev", "tunl0"))
+    if kind == "vxlan":
+        _modprobe("vxlan")
+        return _scratch(("ip", "link", "add", "name", "kbt0", "type", "vxlan", "id", "42", "dstport", "4789"))
+    if kind == "kprobes":
+        # gro-inner-th mounts tracefs itself when it is not mounted; do the same before looking.
+        if not Path("/sys/kernel/tracing/README").exists():
+            subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True)
+        paths = ("/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events")
+        if any(Path(p).exists() for p in paths):
+            return None
+        mounted = Path("/sys/kernel/tracing/README").exists()
+        return f"none of {', '.join(paths)} exists" + ("" if mounted else " (tracefs cannot be mounted)")
+    if kind == "btf":
+        return None if Path("/sys/kernel/btf/vmlinux").exists() else "/sys/kernel/btf/vmlinux does not exist"
+    if kind in ("bpftrace", "nft"):
+        return None if shutil.which(kind, path=HOST_PATH) else f"`{kind}` is not on {HOST_PATH}"
+    raise ValueError(kind)
+
+
+def missing_facts(*kinds: str) -> list[str]:
+    """Every KIND the host lacks, each with its independently checked fact."""
+    return [f"{kind}: {fact}" for kind in kinds if (fact := host_lacks(kind))]
 
 
 # ---------------------------------------------------------------- static checks (no root needed)
@@ -178,17 +225,25 @@ def test_rp_filter_lo_broken_setup_is_skip_not_bad(tmp_path):
     assert code == 125 and "fails even with rp_filter=0" in line
 
 
-def _veth_csum_method() -> str | None:
-    if kernel_has("netem"):
+def veth_csum_method() -> str | None:
+    """How veth-csum can corrupt on this host: netem when the kernel has it, else nftables."""
+    if host_lacks("netem") is None:
         return "netem"
-    return "nft" if shutil.which("nft", path=HOST_PATH) else None
+    return "nft" if host_lacks("nft") is None else None
+
+
+def skip_unless_host_has(*kinds: str) -> None:
+    """Skip naming the independently checked facts when the host lacks any of KINDS."""
+    facts = missing_facts(*kinds)
+    if facts:
+        pytest.skip("host lacks " + "; ".join(facts))
 
 
 @needs_netns
 def test_veth_csum_good_on_host(tmp_path):
-    method = _veth_csum_method()
+    method = veth_csum_method()
     if method is None:
-        pytest.skip("host kernel has no netem and nft is not installed (apt-get install nftables)")
+        skip_unless_host_has("netem", "nft")
     code, line, err = run_repro("veth-csum", tmp_path, env={"VETH_CSUM_CORRUPT": method})
     assert code == 0, f"{line}\n{err[-2000:]}"
     assert "identical, TcpInCsumErrors +" in line and line.endswith(f"({method}) (good)")
@@ -200,17 +255,15 @@ def test_veth_csum_good_on_host(tmp_path):
 def test_veth_csum_reports_bad_when_corruption_reaches_the_application(tmp_path):
     # Corrupting *before* the checksum is computed gives segments with valid checksums over bad
     # data: every kernel delivers them, so the script's data comparison must say bad.
-    if not shutil.which("nft", path=HOST_PATH):
-        pytest.skip("nft is not installed (apt-get install nftables)")
+    skip_unless_host_has("nft")
     code, line, _ = run_repro("veth-csum", tmp_path, env={"VETH_CSUM_CORRUPT": "nft-before-csum"})
     assert code == 1 and line.startswith("received data differs at byte") and line.endswith("(bad)")
 
 
 @needs_netns
 def test_vxlan_zero_mac_good_on_host(tmp_path):
+    skip_unless_host_has("vxlan")
     code, line, err = run_repro("vxlan-zero-mac", tmp_path)
-    if code == 125 and "cannot create a vxlan device" in line:
-        pytest.skip(line)
     assert code == 0, f"{line}\n{err[-2000:]}"
     assert line == "inner src 00:00:00:00:00:00 frame delivered through vx0 (nolearning) (good)"
     assert not leftover_namespaces()
@@ -220,41 +273,45 @@ def test_vxlan_zero_mac_good_on_host(tmp_path):
 def test_vxlan_zero_mac_reports_a_real_kernel_drop_as_bad(tmp_path):
     # With learning on, even fixed kernels drop zero-source frames in vxlan_snoop(): the same
     # check the bug applied unconditionally. The script must report that drop as bad.
+    skip_unless_host_has("vxlan")
     code, line, _ = run_repro("vxlan-zero-mac", tmp_path, env={"VXLAN_LEARNING": "1"})
-    if code == 125 and "cannot create a vxlan device" in line:
-        pytest.skip(line)
     assert code == 1 and "dropped by vx0 (learning)" in line and line.endswith("(bad)")
+
+
+def run_or_skip(bug_id: str, tmp_path: Path, kinds: tuple[str, ...]) -> tuple[int, str, str]:
+    """Run BUG_ID; when the host lacks one of KINDS (checked here, independently), the reproducer
+    must have said skip - never good or bad - and the test skips naming the missing facts."""
+    code, line, err = run_repro(bug_id, tmp_path)
+    facts = missing_facts(*kinds)
+    if facts:
+        assert code == 125 and line.startswith("skip:"), f"host lacks {facts} but the reproducer said: {line}"
+        pytest.skip("host lacks " + "; ".join(facts))
+    return code, line, err
 
 
 @needs_netns
 def test_gretap_ecn_on_host(tmp_path):
-    code, line, err = run_repro("gretap-ecn", tmp_path)
-    if not kernel_has("gretap"):
-        assert code == 125 and "no gretap" in line, line
-        pytest.skip(f"host kernel has no gretap; the reproducer said: {line}")
+    code, line, err = run_or_skip("gretap-ecn", tmp_path, ("gretap",))
     assert code == 0, f"{line}\n{err[-2000:]}"
     assert line == "inner dst 18:be:92:a0:ee:26 src 18:be:92:a0:6c:05 (good)"
 
 
+IPVS_NEEDS = ("fou", "ipvs", "ipip")
+GRO_NEEDS = ("netem", "kprobes", "btf", "bpftrace")
+
+
 @needs_netns
 def test_ipvs_gue_mtu_on_host(tmp_path):
-    code, line, err = run_repro("ipvs-gue-mtu", tmp_path)
-    if not kernel_has("ipvs"):
-        assert code == 125 and line.startswith("skip:"), line
-        pytest.skip(f"host kernel has no IPVS/fou; the reproducer said: {line}")
+    code, line, err = run_or_skip("ipvs-gue-mtu", tmp_path, IPVS_NEEDS)
     assert code == 0, f"{line}\n{err[-2000:]}"
-    assert line.endswith("(good)")
+    assert line.startswith("1 MiB through IPVS GUE: ok") and line.endswith("tx_dropped +0 (good)")
 
 
 @needs_netns
 def test_gro_inner_th_on_host(tmp_path):
-    code, line, err = run_repro("gro-inner-th", tmp_path)
-    if not (kernel_has("netem") and kernel_has("kprobes") and Path("/sys/kernel/btf/vmlinux").exists()
-            and shutil.which("bpftrace", path=HOST_PATH)):
-        assert code == 125 and line.startswith("skip:"), line
-        pytest.skip(f"host lacks netem/kprobes/BTF/bpftrace for this oracle; the reproducer said: {line}")
+    code, line, err = run_or_skip("gro-inner-th", tmp_path, GRO_NEEDS)
     assert code == 0, f"{line}\n{err[-2000:]}"
-    assert line.endswith("(good)")
+    assert "encapsulated GSO skbs checked" in line and line.endswith("(good)")
 
 
 @needs_netns

@@ -26,23 +26,53 @@ def writeup_path(bug: Bug) -> Path | None:
     return None
 
 
-def load(path: Path) -> Bug:
-    """Load and validate `<path>/bug.yaml`."""
-    import yaml
+# A bug.yaml is a page of text; anything far larger is not one (and is not read whole).
+MAX_BUG_YAML_BYTES = 1 << 20
 
-    path = Path(path)
-    source = path / "bug.yaml"
+
+def _read_text(source: Path) -> str:
+    """The file as UTF-8 text, or one KbisectError naming it (unreadable, too large, binary)."""
     try:
-        text = source.read_text()
+        with open(source, "rb") as fh:
+            raw = fh.read(MAX_BUG_YAML_BYTES + 1)
     except OSError as exc:
         raise KbisectError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BUG_YAML_BYTES:
+        raise KbisectError(f"{source}: larger than {MAX_BUG_YAML_BYTES} bytes, not a bug description")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise KbisectError(f"{source}: binary data (NUL byte at {nul}), not YAML text")
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KbisectError(f"{source}: not UTF-8 text (byte {raw[exc.start]:#04x} at {exc.start}); "
+                           "is it a binary file?") from None
+
+
+def _yaml(source: Path, text: str) -> object:
+    """safe_load, with every way it can fail on a damaged file as one line: YAML errors, and the
+    ValueErrors its constructors raise (a date like 2020-13-45, `!!int x`), deep nesting."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise KbisectError(f"{source}:{where} not valid YAML: {problem}") from None
+    except RecursionError:
+        raise KbisectError(f"{source}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # PyYAML's constructors on bad scalars
+        raise KbisectError(f"{source}: not valid YAML: {exc}") from None
+
+
+def load(path: Path) -> Bug:
+    """Load and validate `<path>/bug.yaml`: any damage (binary, empty, truncated, malformed) is
+    one KbisectError naming the file."""
+    path = Path(path)
+    source = path / "bug.yaml"
+    data = _yaml(source, _read_text(source))
     if data is None:
         raise KbisectError(f"{source}: empty file")
     bug = parse(data, path, source)
@@ -54,7 +84,9 @@ def resolve(bug: str) -> Bug:
     """A catalog id (`gretap-ecn`) or a path to a reproducer directory.
 
     A directory with only a `run.sh` (an ad-hoc reproducer) is accepted with defaults, so a user
-    can bisect a script without writing a catalog entry first.
+    can bisect a script without writing a catalog entry first. Those defaults have no
+    `signatures:`, so a kernel trace during its run is unrelated (a skip); a bug.yaml beside the
+    script with `signatures:` (or `unrelated_traces: bad`) makes traces count.
     """
     path = Path(bug)
     candidate = config.reproducers_dir() / bug

@@ -1,9 +1,10 @@
 """Reports: result.json (machine-readable, the `--json` output) and report.html (for people).
 
 Both go to `<results_dir>/<run-id>/`. The HTML report shows every probe with its verdict, runs,
-time and reason, the console excerpt of each real boot (the evidence behind a verdict), every
-stage of the differential, and the git candidates, so a finding can be checked without
-re-running anything. The template lives in this module so the report cannot go missing from
+time and reason, the console excerpt of each real boot (the evidence behind a verdict), the
+kernel traces that matched none of the bug's signatures (per kernel: they made a run a skip, or
+with `unrelated_traces: bad` a bad), every stage of the differential, and the git candidates, so
+a finding can be checked without re-running anything. The template lives in this module so the report cannot go missing from
 an install.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from orchestrator.adapters import config
 from orchestrator.adapters.fsutil import atomic_write
+from orchestrator.core.classify import find_traces
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -57,6 +59,12 @@ code { font-size: 95%; }
 <td>{{ p.origins|join(", ") }}</td><td>{% if p.unverified %}<strong>UNVERIFIED kernel</strong> (no CHECKSUMS) {% endif %}{{ p.reason }}</td></tr>
 {% if p.console_excerpt %}<tr><td></td><td colspan="7"><pre>{{ p.console_excerpt }}</pre></td></tr>{% endif %}
 {% endfor %}</table>
+{% if unrelated %}<h2>Unrelated kernel traces</h2>
+<p>Traces that matched none of the bug's signatures, by kernel ({{ unrelated|length }} kernel{{ "" if unrelated|length == 1 else "s" }}).</p>
+<table><tr><th>kernel</th><th>traces</th></tr>
+{% for kernel, traces in unrelated.items() %}<tr><td><code>{{ kernel }}</code></td><td>{% for t in traces %}<b>{{ t.headline }}</b>
+<pre>{{ t.excerpt }}</pre>{% endfor %}</td></tr>
+{% endfor %}</table>{% endif %}
 {% if r.candidates %}<h2>Candidate commits</h2>
 <table><tr><th>#</th><th>sha</th><th>subject</th><th>score</th><th>upstream</th><th>reasons</th></tr>
 {% for c in r.candidates %}<tr><td>{{ loop.index }}</td><td><code>{{ c.sha[:12] }}</code></td><td>{{ c.subject }}</td>
@@ -93,15 +101,35 @@ def probe_consoles(probes: list[Any]) -> dict[int, str]:
     return out
 
 
+def unrelated_traces(probes: list[Any]) -> dict[str, list[dict[str, str]]]:
+    """Per kernel, the distinct traces of its real boots that matched none of the bug's
+    signatures ({"headline", "excerpt"} each), in probe order; kernels without any are left out."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in probes:
+        for rec in getattr(p, "records", []):
+            excerpt = getattr(rec, "unrelated_trace", "")
+            if not excerpt:
+                continue
+            found = find_traces(excerpt)
+            headline = found[0].headline if found else excerpt.strip().splitlines()[0][:300]
+            traces = out.setdefault(str(getattr(p, "kernel", rec.kernel)), [])
+            if all(t["headline"] != headline for t in traces):
+                traces.append({"headline": headline, "excerpt": excerpt})
+    return out
+
+
 def write(result: dict[str, Any], run_id: str, consoles: dict[int, str] | None = None,
-          out_dir: Path | None = None) -> Path:
+          out_dir: Path | None = None, unrelated: dict[str, list[dict[str, str]]] | None = None) -> Path:
     """Write result.json and report.html; return the directory. `result["report"]` is set to
-    the HTML path before anything is written, so both files agree."""
+    the HTML path before anything is written, so both files agree. `unrelated` (from
+    `unrelated_traces`) goes into both as `unrelated_traces`."""
     directory = Path(out_dir) if out_dir else config.results_dir() / run_id
     directory.mkdir(parents=True, exist_ok=True)
     html_path = directory / "report.html"
     result["report"] = str(html_path)
     result.setdefault("run_id", run_id)
+    if unrelated:
+        result["unrelated_traces"] = unrelated
     view = json.loads(json.dumps(result))  # plain data for the template
     for i, text in (consoles or {}).items():
         if i < len(view.get("probes", [])):
@@ -112,7 +140,8 @@ def write(result: dict[str, Any], run_id: str, consoles: dict[int, str] | None =
         p.setdefault("bad_runs", 0)
         p.setdefault("phase", "")
     view.setdefault("flagged", False)
-    atomic_write(html_path, _render(TEMPLATE, r=view, run_id=run_id, when=_utc()))
+    atomic_write(html_path, _render(TEMPLATE, r=view, run_id=run_id, when=_utc(),
+                                    unrelated=view.get("unrelated_traces") or {}))
     atomic_write(directory / "result.json", json.dumps(result, indent=2, sort_keys=False) + "\n")
     return directory
 

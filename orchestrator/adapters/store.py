@@ -86,19 +86,7 @@ def reproducer_hash(bug: Bug) -> str:
 
 
 def _record_from_json(data: dict) -> ProbeRecord:
-    return ProbeRecord(
-        kernel=data["kernel"],
-        bug=data["bug"],
-        verdict=Verdict(data["verdict"]),
-        reason=data.get("reason", ""),
-        phases=dict(data.get("phases", {})),
-        console_excerpt=data.get("console_excerpt", ""),
-        output=data.get("output", ""),
-        artefacts=list(data.get("artefacts", [])),
-        started_at=float(data.get("started_at", 0.0)),
-        upstream_commit=data.get("upstream_commit"),
-        unverified=bool(data.get("unverified", False)),
-    )
+    return ProbeRecord.from_json(data)
 
 
 class Store:

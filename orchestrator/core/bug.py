@@ -7,6 +7,11 @@ reads its exit code (0 good, 1 bad, 125 skip) and its last output line.
 `bug.yaml` is validated on load against the schema below. A bisection is only as true as its
 reproducer, so a malformed file is refused with one line naming the file and the field rather
 than half-loaded: a typo in `repeat.runs` must not silently turn a flaky bug deterministic.
+
+`signatures:` are regular expressions of the bug's own kernel trace (a function in the oops, a
+BUG or WARNING line); a trace matching one is the bug's evidence. Any other trace is unrelated:
+it makes the run a skip unless `unrelated_traces: bad` says that every trace counts (syzbot's
+rule: count only crashes with the bug's own signature). The rules are in core/classify.py.
 """
 
 from __future__ import annotations
@@ -17,12 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.textenum import TextEnum
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
 VERDICTS = ("good", "bad", "skip")
 # Debian lines `kbisect bugs verify` proves each reproducer on ("newest" = newest reachable kernel).
 DEFAULT_LINES = ("5.10", "6.1", "6.12", "newest")
+
+
+class TracePolicy(TextEnum):
+    """What a kernel trace that matches none of the bug's signatures makes of a run."""
+
+    SKIP = "skip"  # the kernel was unwell for another reason: no verdict either way
+    BAD = "bad"  # the bug wants any trace to count (its failure has no stable signature)
 
 
 @dataclass
@@ -113,6 +126,10 @@ class Bug:
     history: History = field(default_factory=History)
     controls: list[Control] = field(default_factory=list)
     verify: VerifyPlan = field(default_factory=VerifyPlan)
+    # regular expressions of the bug's own trace lines (searched in each trace's excerpt, one
+    # line per ^...$); empty: no trace is the bug's, only the reproducer's exit code says bad
+    signatures: list[str] = field(default_factory=list)
+    unrelated_traces: TracePolicy = TracePolicy.SKIP
     # the write-up file `writeup` names, when it exists (resolved by the catalog loader, which
     # knows where the repository and the shared notes are)
     writeup_path: Path | None = None
@@ -156,6 +173,8 @@ class _Checker:
             raise self.fail(where, f"{value!r} is a number; quote it (\"{value}\") so YAML keeps it as written")
         if not isinstance(value, str):
             raise self.fail(where, f"expected a string, got {type(value).__name__}")
+        if "\0" in value:  # a YAML "\0" escape: no path, name or pattern holds one
+            raise self.fail(where, "contains a NUL character")
         if not empty_ok and not value.strip():
             raise self.fail(where, "must not be empty")
         if pattern is not None and not pattern.match(value):
@@ -190,7 +209,7 @@ class _Checker:
 
 
 TOP_FIELDS = {"id", "title", "summary", "writeup", "entry", "timeout", "repeat", "isolate", "keywords",
-              "paths", "modules", "tools", "history", "controls", "verify"}
+              "paths", "modules", "tools", "history", "controls", "verify", "signatures", "unrelated_traces"}
 TOP_REQUIRED = {"id", "title", "summary", "keywords", "paths", "history", "timeout", "repeat"}
 
 
@@ -283,6 +302,26 @@ def _verify(chk: _Checker, value: Any) -> VerifyPlan:
                       no_control=chk.string(value.get("no_control", ""), "verify.no_control"))
 
 
+def _signatures(chk: _Checker, value: Any) -> list[str]:
+    """Each a valid regular expression that cannot match nothing (an empty match would make every
+    trace the bug's: that is `unrelated_traces: bad`, said openly)."""
+    patterns = chk.strings(value, "signatures")
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled = re.compile(pattern, re.MULTILINE)
+        except re.error as exc:
+            raise chk.fail(f"signatures[{i}]", f"{pattern!r} is not a valid regular expression: {exc}") from None
+        if compiled.search("") is not None:
+            raise chk.fail(f"signatures[{i}]", f"{pattern!r} matches an empty string, so any trace; "
+                                                "say unrelated_traces: bad instead")
+    return patterns
+
+
+def _trace_policy(chk: _Checker, value: Any) -> TracePolicy:
+    word = chk.verdict(value, "unrelated_traces", choices=tuple(p.value for p in TracePolicy))
+    return TracePolicy(word)
+
+
 def parse(data: Any, root: Path, source: Path | None = None) -> Bug:
     """Validate one loaded bug.yaml and build its Bug. Raises KbisectError naming file and field."""
     source = source or root / "bug.yaml"
@@ -319,6 +358,8 @@ def parse(data: Any, root: Path, source: Path | None = None) -> Bug:
         history=_history(chk, data["history"]),
         controls=controls,
         verify=verify,
+        signatures=_signatures(chk, data.get("signatures", []) or []),
+        unrelated_traces=_trace_policy(chk, data.get("unrelated_traces", TracePolicy.SKIP.value)),
         data=data,
     )
 

@@ -162,6 +162,7 @@ class _Tally:
     reasons: list[str] = field(default_factory=list)
     origins: list[str] = field(default_factory=list)
     records: list[ProbeRecord] = field(default_factory=list)
+    decisive: bool = False  # a run was bad with the bug's own trace signature
 
     def add(self, run: RunOutcome) -> None:
         if run.verdict is Verdict.GOOD:
@@ -174,6 +175,7 @@ class _Tally:
         self.origins.append(run.origin)
         if run.record is not None:
             self.records.append(run.record)
+            self.decisive = self.decisive or run.record.decisive
         if run.reason and run.reason not in self.reasons:
             self.reasons.append(run.reason)
 
@@ -201,7 +203,9 @@ def judge(policy: RepeatPolicy, probe: ProbeFn, kernel: Candidate, phase: Phase 
     while verdict is None:
         for run in _as_runs(probe(kernel)):
             tally.add(run)
-        verdict = decide(policy, tally.good, tally.bad, tally.skip)
+        # The kernel's own word with the bug's signature decides on its own, whatever
+        # `bad_needed` asks of runs that only the reproducer's exit code judged (syzbot's rule).
+        verdict = Verdict.BAD if tally.decisive else decide(policy, tally.good, tally.bad, tally.skip)
     seconds = tally.seconds
     if not seconds:
         seconds = time.monotonic() - started if "probe" in tally.origins else 0.0

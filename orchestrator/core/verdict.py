@@ -48,10 +48,41 @@ class ProbeRecord:
     # --allow-unverified builds without CHECKSUMS): a verdict on an unverified kernel says so
     upstream_commit: str | None = None
     unverified: bool = False
+    # the bug signature (a regular expression of bug.yaml) that the run's kernel trace matched:
+    # the kernel's own evidence of this bug, so one such run is BAD whatever the repeat policy says
+    signature: str = ""
+    # the excerpt of a kernel trace (or panic) that matched none of the bug's signatures: kept
+    # whatever the verdict, so reports can list the kernel's other troubles
+    unrelated_trace: str = ""
 
     @property
     def seconds(self) -> float:
         return round(sum(self.phases.values()), 3)
+
+    @property
+    def decisive(self) -> bool:
+        """BAD on the kernel's own word (a trace with the bug's signature): one such run decides a
+        repeated probe, as syzbot counts only crashes with the bug's signature and then trusts them."""
+        return self.verdict == Verdict.BAD and bool(self.signature)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ProbeRecord":
+        """The inverse of to_json; records written before a field existed load with its default."""
+        return cls(
+            kernel=data["kernel"],
+            bug=data["bug"],
+            verdict=Verdict(data["verdict"]),
+            reason=data.get("reason", ""),
+            phases=dict(data.get("phases", {}) or {}),
+            console_excerpt=data.get("console_excerpt", "") or "",
+            output=data.get("output", "") or "",
+            artefacts=list(data.get("artefacts", []) or []),
+            started_at=float(data.get("started_at", 0.0) or 0.0),
+            upstream_commit=data.get("upstream_commit"),
+            unverified=bool(data.get("unverified", False)),
+            signature=data.get("signature", "") or "",
+            unrelated_trace=data.get("unrelated_trace", "") or "",
+        )
 
     def to_json(self) -> dict:
         return {
@@ -67,4 +98,6 @@ class ProbeRecord:
             "started_at": self.started_at,
             "upstream_commit": self.upstream_commit,
             "unverified": self.unverified,
+            "signature": self.signature,
+            "unrelated_trace": self.unrelated_trace,
         }

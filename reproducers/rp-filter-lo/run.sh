@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")"
 . ./common.sh
 
-need_tools ip tc ping sysctl timeout
+need_tools ip tc ping sysctl nstat timeout
 load_modules veth sch_ingress cls_u32 act_mirred
 
 N1=kbrp-1-$SFX
@@ -50,24 +50,27 @@ redirect() {
 redirect "$N1" veth1 2>"$OUT/tc.err" || skip "tc clsact/u32/mirred setup failed: $(tail -n1 "$OUT/tc.err")"
 redirect "$N2" veth2 2>>"$OUT/tc.err" || skip "tc clsact/u32/mirred setup failed: $(tail -n1 "$OUT/tc.err")"
 
+# set_rpf VALUE: rp_filter=VALUE on every interface of both namespaces (each namespace has only
+# its own veth end), plus the loop's prerequisites, each read back: a write that does not take
+# would make the rp_filter=1 ping prove nothing (issue 11: it used to be silenced, never read).
 set_rpf() {
-    local ns key
+    local ns dev key
     for ns in "$N1" "$N2"; do
-        for key in all default lo veth1 veth2; do
-            ip netns exec "$ns" sysctl -qw "net.ipv4.conf.$key.rp_filter=$1" 2>/dev/null
+        dev=veth1; [ "$ns" = "$N2" ] && dev=veth2
+        for key in all default lo "$dev"; do
+            set_sysctl_checked "$ns" "net.ipv4.conf.$key.rp_filter" "$1"
         done
         # RPF_ACCEPT_LOCAL=0 is a test aid only: it breaks the loop even with rp_filter=0, which
         # must end in skip (in-script control failed), never in bad.
-        ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.accept_local=${RPF_ACCEPT_LOCAL:-1}
-        ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.route_localnet=1
-        ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.log_martians=1
+        set_sysctl_checked "$ns" net.ipv4.conf.all.accept_local "${RPF_ACCEPT_LOCAL:-1}"
+        set_sysctl_checked "$ns" net.ipv4.conf.all.route_localnet 1
+        # Not judged: log_martians only adds the "martian source" line to the report.
+        ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.log_martians=1 >/dev/null 2>&1
     done
 }
 
-# nstat-free counter read: TcpExt IPReversePathFilter from /proc/net/netstat.
-rpf_drops() {
-    ip netns exec "$1" awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else { for (i = 1; i <= NF; i++) if (n[i] == "IPReversePathFilter") print $i } }' /proc/net/netstat
-}
+# TcpExt IPReversePathFilter: the drops the verdict line reports; unreadable is a skip.
+rpf_drops() { nstat_value "$1" TcpExtIPReversePathFilter; }
 
 set_rpf 0
 if ! ip netns exec "$N2" ping -n -w 3 -c 1 192.0.2.1 >"$OUT/ping-rpf0.txt" 2>&1; then
@@ -75,11 +78,11 @@ if ! ip netns exec "$N2" ping -n -w 3 -c 1 192.0.2.1 >"$OUT/ping-rpf0.txt" 2>&1;
 fi
 
 set_rpf 1
-before=$(rpf_drops "$N1")
+read_counter before "TcpExtIPReversePathFilter in $N1 (before)" rpf_drops "$N1"
 ip netns exec "$N2" ping -n -w 3 -c 1 192.0.2.1 >"$OUT/ping-rpf1.txt" 2>&1
 rc=$?
-after=$(rpf_drops "$N1")
-drops=$(( ${after:-0} - ${before:-0} ))
+read_counter after "TcpExtIPReversePathFilter in $N1 (after)" rpf_drops "$N1"
+drops=$((after - before))
 save_dmesg
 martian=""
 grep -q "martian source 192.0.2.1" "$OUT/dmesg.txt" 2>/dev/null && martian=", martian source logged"

@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")"
 . ./common.sh
 
-need_tools ip ethtool python3 timeout sha256sum
+need_tools ip ethtool python3 nstat timeout sha256sum
 load_modules veth sch_netem nf_tables nft_numgen
 SIZE_MB=${VETH_CSUM_MB:-8}
 METHOD=${VETH_CSUM_CORRUPT:-auto}
@@ -29,7 +29,9 @@ ip -n "$S" addr add 192.0.2.1/24 dev c0
 ip -n "$R" addr add 192.0.2.2/24 dev c1
 ip -n "$S" link set c0 up
 ip -n "$R" link set c1 up
-ip netns exec "$S" ethtool -K c0 tx off >"$OUT/ethtool.txt" 2>&1 || skip "ethtool -K c0 tx off failed"
+# With tx checksumming on, segments leave CHECKSUM_PARTIAL and the bug's CHECKSUM_NONE path is
+# never taken: a good would then prove nothing, so the offload must read back off.
+set_offload_checked "$S" c0 tx off tx-checksumming
 
 if [ "$METHOD" = auto ]; then
     if command -v tc >/dev/null && ip netns exec "$S" tc qdisc add dev c0 root netem corrupt 5% 2>/dev/null; then
@@ -43,6 +45,12 @@ elif [ "$METHOD" = netem ]; then
         || skip "netem corrupt unavailable: $(tail -n1 "$OUT/netem.err")"
     METHOD=netem-applied
 fi
+# check_nft_table NS CHAIN: the corrupting rule must be loaded (an nft that exits 0 without it
+# would leave nothing corrupted).
+check_nft_table() {
+    expect_readback "nftables corrupting rule (table ip kbcsum, chain $2) in $1" \
+        "numgen random mod 20 (== )?0 .*set 0x55" ip netns exec "$1" nft list table ip kbcsum
+}
 if [ "$METHOD" = nft-before-csum ]; then
     # Test aid only: corrupt on the sender's output hook, BEFORE the checksum is computed, so the
     # segment carries a valid checksum over corrupted data. Every kernel must deliver it: this
@@ -56,6 +64,7 @@ table ip kbcsum {
     }
 }
 NFT
+    check_nft_table "$S" out
 elif [ "$METHOD" = nft ]; then
     need_tools nft
     # Byte 100 of the TCP header area is always payload (TCP headers end by byte 60).
@@ -67,19 +76,21 @@ table ip kbcsum {
     }
 }
 NFT
+    check_nft_table "$R" pre
 elif [ "$METHOD" = netem-applied ]; then
     METHOD=netem
+    expect_readback "netem corrupt 5% on c0" "qdisc netem .*corrupt 5%" ip netns exec "$S" tc qdisc show dev c0
 else
     skip "unknown VETH_CSUM_CORRUPT=$METHOD"
 fi
 log "corrupting with $METHOD, streaming ${SIZE_MB} MiB"
 
-csum_errors() {
-    ip netns exec "$R" awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else { for (i = 1; i <= NF; i++) if (n[i] == "InCsumErrors") print $i } }' /proc/net/snmp
-}
+# TcpInCsumErrors in R: a good needs it to rise (the corruption was seen and dropped); a counter
+# that cannot be read is a skip, never +0 or +all.
+csum_errors() { nstat_value "$R" TcpInCsumErrors; }
 
 head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom >"$OUT/sent.bin" || skip "cannot create test data"
-before=$(csum_errors)
+read_counter before "TcpInCsumErrors in $R (before)" csum_errors
 # A transfer can die before it says anything: on a kernel with the bug, corruption that hits a
 # TCP header is accepted too and may reset the connection (seen: short@563272, sender rc 1). A
 # short, identical prefix is no evidence either way, so try again (a fresh port each time);
@@ -99,8 +110,8 @@ for attempt in $(seq 1 "$TRIES"); do
     esac
     log "attempt $attempt/$TRIES: transfer incomplete ($result, sender rc $send_rc); trying again"
 done
-after=$(csum_errors)
-errs=$(( ${after:-0} - ${before:-0} ))
+read_counter after "TcpInCsumErrors in $R (after)" csum_errors
+errs=$((after - before))
 ip netns exec "$R" nft list ruleset >"$OUT/nft-ruleset.txt" 2>/dev/null
 ip netns exec "$S" nft list ruleset >>"$OUT/nft-ruleset.txt" 2>/dev/null
 ip netns exec "$S" tc -s qdisc show dev c0 >"$OUT/qdisc.txt" 2>/dev/null

@@ -31,9 +31,17 @@ LEARN=nolearning
 [ "${VXLAN_LEARNING:-0}" = 1 ] && LEARN=learning
 ip -n "$B" link add vx0 type vxlan id 42 dstport 4789 local 192.0.2.2 $LEARN \
     2>"$OUT/vxlan.err" || skip "cannot create a vxlan device: $(tail -n1 "$OUT/vxlan.err")"
+# The device's mode is the verdict's premise: with learning on, fixed kernels drop zero sources
+# too (a false bad), so read it back rather than trust that `ip link add` applied every option.
+expect_readback "vxlan vx0 id 42 dstport 4789" "vxlan id 42 .*dstport 4789 " ip -d -n "$B" link show dev vx0
+if [ "$LEARN" = nolearning ]; then
+    expect_readback "vxlan vx0 nolearning" " nolearning " ip -d -n "$B" link show dev vx0
+else
+    refuse_readback "vxlan vx0 learning" " nolearning " ip -d -n "$B" link show dev vx0
+fi
 ip -n "$B" addr add 10.42.0.2/24 dev vx0
 ip -n "$B" link set vx0 up
-for key in all default vx0; do ip netns exec "$B" sysctl -qw "net.ipv4.conf.$key.rp_filter=0" 2>/dev/null; done
+for key in all default vx0; do set_sysctl_checked "$B" "net.ipv4.conf.$key.rp_filter" 0; done
 VXMAC=$(mac_of "$B" vx0)
 [ -n "$VXMAC" ] || skip "cannot read vx0's MAC address"
 

@@ -37,8 +37,12 @@ VERDICT_COLOUR = {Verdict.GOOD: "green", Verdict.BAD: "red", Verdict.SKIP: "yell
 
 
 def aggregate(records: list[ProbeRecord], bad_needed: int = 1) -> Verdict:
-    """One verdict from repeated probes: BAD once `bad_needed` runs were bad, else GOOD if any
-    run was good, else SKIP."""
+    """One verdict from repeated probes: BAD once `bad_needed` runs were bad or one run was bad on
+    the kernel's own word (a trace with the bug's signature, `ProbeRecord.decisive`: a flaky
+    reproducer needs several bad exits, a matching oops is not flaky), else GOOD if any run was
+    good, else SKIP."""
+    if any(r.decisive for r in records):
+        return Verdict.BAD
     bad = sum(r.verdict == Verdict.BAD for r in records)
     if bad >= max(1, bad_needed):
         return Verdict.BAD
@@ -206,7 +210,7 @@ def _record(kernel: UnpackedKernel, bug: Bug, started_at: float, obs: Observatio
     return ProbeRecord(
         kernel=kernel.spec, bug=bug.id, verdict=j.verdict, reason=j.reason, phases=obs.phases,
         console_excerpt=j.excerpt, output=tail(output, OUTPUT_TAIL_LINES), artefacts=obs.artefacts,
-        started_at=started_at,
+        started_at=started_at, signature=j.signature, unrelated_trace=j.unrelated_trace,
     )
 
 

@@ -25,18 +25,22 @@ from typing import Callable, Sequence
 from orchestrator.adapters import catalog
 from orchestrator.adapters.guest import accel as accelmod
 from orchestrator.adapters.guest import bootfiles, image, ssh
+from orchestrator.adapters.guest import console as consolemod
 from orchestrator.adapters.guest import vm as vmmod
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.core.bug import Bug
-from orchestrator.core.classify import PANIC_LINE_RE, PANIC_RE, REASON_MAX_CHARS, Observation, last_line
+from orchestrator.core.classify import PANIC_LINE_RE, PANIC_RE, REASON_MAX_CHARS, RUN_MARKER, Observation, last_line
 from orchestrator.core.errors import BootFailure, GuestInfra
 
 REMOTE_DIR = "/root/repro"
 DMESG_FILE = "/root/.kbisect-dmesg"
 DEFAULT_BOOT_TIMEOUT = {"kvm": 90.0, "tcg": 180.0}
-# A kernel that prints nothing at all this long after start never will (corrupt image; a good
-# one prints its banner within ~1 s, even under TCG on a loaded host).
+# A kernel that prints nothing at all for this long after start never will (a corrupt image; a
+# good one prints its banner within a few seconds even under TCG). A loaded host can stall QEMU
+# for a long time, though, so the rule waits half the boot timeout (SILENT_FRACTION), and never
+# less than SILENT_BOOT: it is there to stop waiting for kernels that never start, not to race.
 SILENT_BOOT = {"kvm": 15.0, "tcg": 30.0}
+SILENT_FRACTION = 0.5
 RUN_GRACE = 30.0  # host-side slack over the guest-side `timeout`
 CONSOLE_SETTLE = 0.5  # after a dead guest, let the console file receive the whole trace
 DEAD_STATES = ("crashed", "shutoff", "gone")
@@ -130,11 +134,18 @@ def _ssh_login(host_key: str, port: int, deadline: float, blocker: Callable[[], 
     return ssh.Guest(port, host_key, sock=sock)
 
 
+def silent_limit(accel: str, boot_timeout: float) -> float:
+    """Seconds without any console output after which a boot is given up as never started."""
+    return min(boot_timeout, max(SILENT_BOOT.get(accel, SILENT_BOOT["tcg"]), boot_timeout * SILENT_FRACTION))
+
+
 def run_command(bug: Bug) -> str:
     """The reproducer's command line in the guest; dmesg is saved in the same session (one round
-    trip fewer than a second exec)."""
+    trip fewer than a second exec). The marker written to /dev/kmsg at debug level (below the
+    console's log level, so only dmesg has it) is where the run's part of dmesg begins."""
     return (
         "i=0; while [ ! -e /run/kbisect/ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+        f"echo '<7>{RUN_MARKER}' > /dev/kmsg 2>/dev/null; "
         f"cd {REMOTE_DIR} && timeout -k 5 {int(bug.timeout)} bash {shlex.quote(bug.entry)}; "
         f"rc=$?; dmesg > {DMESG_FILE} 2>&1; exit $rc"
     )
@@ -157,6 +168,7 @@ class ProbeSession:
         boot_timeout: float | None = None,  # None: DEFAULT_BOOT_TIMEOUT for the accelerator
         phase: Callable[[str], None] = _quiet,
         on_output: Callable[[str, str], None] | None = None,
+        console: Callable[[object], consolemod.Console] = consolemod.for_vm,
     ) -> None:
         self.bug = bug
         self.probe_dir = probe_dir
@@ -166,6 +178,8 @@ class ProbeSession:
         self._boot_timeout = boot_timeout
         self._phase = phase
         self._on_output = on_output
+        self._console_for = console
+        self._console: consolemod.Console | None = None
         self._machine: Machine | None = None
         self._guest: ssh.Guest | None = None
         self._run_offset = 0  # console byte offset where the reproducer's part begins
@@ -177,6 +191,7 @@ class ProbeSession:
         t = time.monotonic()
         self._phase("preparing (root image, boot files)")
         self._machine = self._prepare()
+        self._console = self._console_for(self._machine.vm)
         self._timed("prepare", t)
 
     def boot(self) -> bool:
@@ -198,7 +213,7 @@ class ProbeSession:
         vm, guest = self._need_machine().vm, self._need_guest()
         t = time.monotonic()
         self._phase("uploading reproducer")
-        self._run_offset = vm.console_size()  # provisional: a guest dying during upload counts
+        self._run_offset = self._need_console().size()  # provisional: a guest dying during upload counts
         ok = False
         try:
             # The overlay is fresh, so /root/repro is empty: no remote rm needed.
@@ -214,11 +229,11 @@ class ProbeSession:
 
     def run(self) -> None:
         """Run the reproducer under its timeout; stop early when the guest dies or panics."""
-        vm, guest = self._need_machine().vm, self._need_guest()
+        guest = self._need_guest()
         obs = self.observation
         t = time.monotonic()
         self._phase(f"running {self.bug.entry} (timeout {self.bug.timeout}s)")
-        self._run_offset = vm.console_size()
+        self._run_offset = self._need_console().size()
         try:
             result = guest.run(run_command(self.bug), self.bug.timeout + RUN_GRACE,
                                on_output=self._on_output, should_abort=self._abort_reason)
@@ -240,6 +255,7 @@ class ProbeSession:
         self.observation.crashed = st == "crashed"
         if st == "running" and not self._aborted:
             self.observation.artefacts += _collect(guest, self.probe_dir)
+            self.observation.dmesg = _read_dmesg(self.probe_dir, self.observation.artefacts)
         else:
             time.sleep(CONSOLE_SETTLE)
         self._timed("collect", t)
@@ -255,7 +271,7 @@ class ProbeSession:
         if self._guest is not None:
             self._guest.close()
         if self._machine is not None:
-            self._keep_console(self._machine.vm)
+            self._keep_console()
             self._machine.vm.destroy(background=background)
         self._timed("teardown", t)
 
@@ -270,12 +286,13 @@ class ProbeSession:
         deadline = time.monotonic() + limit
         self._phase(f"waiting for ssh on 127.0.0.1:{m.vm.port}")
         since = time.monotonic()
-        silent_limit = min(SILENT_BOOT[m.accel], limit)
+        silent = silent_limit(m.accel, limit)
+        con = self._need_console()
 
         def blocker() -> str | None:
-            why = _boot_blocker(m.vm)
-            if why is None and time.monotonic() - since > silent_limit and m.vm.console_size() == 0:
-                why = f"no console output within {silent_limit:.0f}s (the kernel never started)"
+            why = _boot_blocker(m.vm, con)
+            if why is None and time.monotonic() - since > silent and con.size() == 0:
+                why = f"no console output within {silent:.0f}s (the kernel never started)"
             return why
 
         return m.connect(m.vm.port, deadline, blocker)
@@ -286,20 +303,23 @@ class ProbeSession:
         st = vm.state()
         if st in DEAD_STATES:
             return f"guest {st}"
-        if PANIC_RE.search(vm.console(self._run_offset)):
+        if PANIC_RE.search(self._need_console().text(self._run_offset)):
             return "kernel panic on console"
         return None
 
-    def _keep_console(self, vm: vmmod.VM) -> None:
-        """Split the console at the run's start and save it beside the record (console.log first).
+    def _keep_console(self) -> None:
+        """Split the console at the run's start and save it beside the record (console.log first,
+        every rotated part joined in order); note any text lost after the run started.
 
-        The offset is a byte offset applied to the decoded text, as before: exact for the ASCII
-        a kernel console prints.
+        The offset is a byte offset applied to the decoded text: exact for the ASCII a kernel
+        console prints.
         """
         obs = self.observation
-        text = vm.console()
+        con = self._need_console()
+        text = con.text()
         if obs.booted:
             obs.console_boot, obs.console_run = text[: self._run_offset], text[self._run_offset:]
+            obs.console_lost = con.lost_after(self._run_offset)
         else:
             obs.console_boot, obs.console_run = text, ""
         try:
@@ -317,26 +337,31 @@ class ProbeSession:
             raise RuntimeError("ProbeSession: prepare() has not run")
         return self._machine
 
+    def _need_console(self) -> consolemod.Console:
+        if self._console is None:
+            raise RuntimeError("ProbeSession: prepare() has not run")
+        return self._console
+
     def _need_guest(self) -> ssh.Guest:
         if self._guest is None:
             raise RuntimeError("ProbeSession: boot() did not log in")
         return self._guest
 
 
-def _boot_blocker(vm: vmmod.VM) -> str | None:
+def _boot_blocker(vm: vmmod.VM, console: consolemod.Console) -> str | None:
     """Why waiting for SSH is pointless, or None while the guest may still come up."""
     st = vm.state()
-    con = vm.console()
+    con = console.text()
     if st in DEAD_STATES:
         time.sleep(0.3)
-        con = vm.console()
+        con = console.text()
         return f"guest {st} before ssh: {_last_meaningful(con)}"
     m = INITRAMFS_FAILED_RE.search(con)
     if m:
         return m.group(0)
     if PANIC_RE.search(con):
         time.sleep(0.3)
-        return _last_meaningful(vm.console(), prefer_panic=True)
+        return _last_meaningful(console.text(), prefer_panic=True)
     return None
 
 
@@ -371,3 +396,14 @@ def _collect(guest: ssh.Guest, probe_dir: Path) -> list[str]:
             return got
     got.append(str(dest))
     return got
+
+
+def _read_dmesg(probe_dir: Path, artefacts: list[str]) -> str:
+    """The dmesg saved beside the record, when it arrived ("" otherwise): classify scans it too."""
+    path = probe_dir / "dmesg.txt"
+    if str(path) not in artefacts:
+        return ""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
