@@ -64,7 +64,7 @@ def _lineage_ends() -> tuple[str, str]:
     return line[-1].spec, base.spec
 
 
-def test_real_bisection_over_debian_kernels_finds_the_positive_control(shared_home, tmp_path) -> None:
+def test_real_bisection_over_debian_kernels_finds_the_positive_control(vm_host, shared_home, tmp_path) -> None:
     prev, newest = _lineage_ends()
     bad = f"{newest}+{VARIANT}"
     env = dict(os.environ)

@@ -194,4 +194,15 @@ def test_bug_yaml_that_is_a_directory_or_unreadable_is_one_line(tmp_path):
     d.mkdir()
     (d / "run.sh").write_text("exit 0\n")
     (d / "bug.yaml").mkdir()
-    assert "cannot read" in _one_line_error(d)
+    assert "not a regular file" in _one_line_error(d)
+
+
+def test_bug_yaml_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    """Reading a fifo blocks until a writer comes: the catalog must refuse it, not hang."""
+    import os
+
+    d = tmp_path / "demo-bug"
+    d.mkdir()
+    (d / "run.sh").write_text("exit 0\n")
+    os.mkfifo(d / "bug.yaml")
+    assert "not a regular file" in _one_line_error(d)

@@ -23,6 +23,7 @@ from orchestrator.core.verdict import Verdict
 from orchestrator.core.versions import parse_version
 from tests.bisect_mirror import build_mirror, serve
 from tests.gretap_history import K, UNAVAILABLE, mainline_versions, verdict, verdicts
+from tests.report_html import Document, assert_links_resolve, probe_rows, summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,8 +196,17 @@ def test_done_when_command_on_a_mirror(mirror, tmp_path) -> None:
         assert {"kernel", "verdict", "runs", "seconds", "reason"} <= set(p)
     assert all(p["origins"] in (["replay"], ["known"]) for p in data["probes"])
     report = Path(data["report"])
-    assert report.is_file() and "5.4.41" in report.read_text()
-    assert json.loads((report.parent / "result.json").read_text())["first_bad"] == "5.4.41"
+    # the report states the answer and each probe (read as a document: tests/report_html.py)
+    doc = Document(report.read_text())
+    facts = summary(doc)
+    assert (facts["status"], facts["lineage"], facts["last good"], facts["first bad"]) == (
+        "found", "stable-5.4", "5.4.40", "5.4.41")
+    assert facts["origin"] == "stable-backport (via the stable line)"
+    assert facts["upstream"] == f"5.7-rc{K - 1} good, 5.7-rc{K} bad"
+    assert probe_rows(doc) == [(p["verdict"], p["kernel"], p["phase"], p["verdict"]) for p in data["probes"]]
+    assert {p["verdict"] for p in data["probes"]} == {"good", "bad"}
+    assert_links_resolve(doc, report)
+    assert json.loads((report.parent / "result.json").read_text()) == data
     # progress went to stderr, not stdout
     assert "boundary found: 5.4.40 good, 5.4.41 bad" in proc.stderr
     (tmp_path / "done-when.json").write_text(proc.stdout)

@@ -46,11 +46,12 @@ echo "ok on $(uname -r)"
 """
 
 
-def _bug(tmp_path: Path, name: str, script: str, timeout: int = 60) -> Bug:
+def _bug(tmp_path: Path, name: str, script: str, timeout: int = 60, signatures: list[str] | None = None) -> Bug:
+    """A reproducer in tmp_path; `signatures` are its bug's own trace lines (core.bug)."""
     d = tmp_path / name
     d.mkdir()
     (d / "run.sh").write_text(script)
-    return Bug(id=name, dir=d, timeout=timeout)
+    return Bug(id=name, dir=d, timeout=timeout, signatures=list(signatures or []))
 
 
 def _domains() -> list[tuple[str, str]]:
@@ -87,6 +88,7 @@ def _ours_or_orphaned() -> list[str]:
 
 
 def _base_image_fingerprint() -> tuple[str, str] | None:
+    """(path, sha256) of the current recipe's root image, None when it is not built."""
     import hashlib
 
     from orchestrator.adapters.guest import image
@@ -101,22 +103,38 @@ def _base_image_fingerprint() -> tuple[str, str] | None:
     return str(img.path), h.hexdigest()
 
 
+def _host_networks() -> tuple[list[str], list[str]]:
+    """Every libvirt network on the URI (active or not, as `virsh net-list --all`) and every
+    bridge on the host (`ip -j link show type bridge`): kbisect must create neither."""
+    from orchestrator.adapters.guest import vm as vmmod
+
+    conn = vmmod.connect(URI)
+    try:
+        networks = sorted(net.name() for net in conn.listAllNetworks(0))
+    finally:
+        conn.close()
+    out = subprocess.run(["ip", "-j", "link", "show", "type", "bridge"], capture_output=True, text=True, check=True)
+    bridges = sorted(link["ifname"] for link in json.loads(out.stdout or "[]"))
+    return networks, bridges
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _no_leaks(shared_home):
+def _no_leaks(vm_host, shared_home):
+    from orchestrator.adapters.guest import image
+
+    # Built here, not by the module's first boot, so that even from an empty cache there is a
+    # fingerprint to compare with at the end (the first probe would build it all the same).
+    image.ensure(progress=False)
     before = _base_image_fingerprint()
+    networks_before = _host_networks()
+    assert before is not None
     yield
     from orchestrator.adapters.guest import vm as vmmod
 
     # Every VM wrote to its own overlay: the shared base image is byte-for-byte unchanged.
-    after = _base_image_fingerprint()
-    if before is not None and after is not None and before[0] == after[0]:
-        assert before == after, "the base root image changed"
-    # No libvirt network was started (QEMU user networking only).
-    conn = vmmod.connect(URI)
-    try:
-        assert "default" not in conn.listNetworks(), "a libvirt network is active"
-    finally:
-        conn.close()
+    assert _base_image_fingerprint() == before, "the base root image changed"
+    # No libvirt network and no bridge appeared (QEMU user networking only).
+    assert _host_networks() == networks_before, "a libvirt network or a host bridge was created"
 
     vmmod.wait_pending()  # probes hand libvirt's slow domain stop to a tracked thread
     assert _ours_or_orphaned() == [], "kbisect domains left behind"
@@ -189,23 +207,25 @@ def test_cli_run_json_good_on_6_1(shared_home, tmp_path):
 
 
 def test_panic_is_bad_with_excerpt(shared_home, tmp_path):
-    bug = _bug(tmp_path, "panic", "echo crashing now\nsync\necho c > /proc/sysrq-trigger\nsleep 60\n")
-    t0 = time.monotonic()
+    bug = _bug(tmp_path, "panic", "echo crashing now\nsync\necho c > /proc/sysrq-trigger\nsleep 3600\n",
+               timeout=600, signatures=[r"sysrq triggered crash"])
     rec = _probe(KERNELS["6.1"], bug)
     assert rec.verdict is Verdict.BAD, rec.reason
     assert rec.reason.startswith("kernel panic:") and "sysrq" in rec.reason
     assert "Kernel panic - not syncing" in rec.console_excerpt
-    assert rec.phases["run"] < 20  # pvpanic ends the run at once, not at the 60 s timeout
-    assert time.monotonic() - t0 < 120
+    # pvpanic ended the run: it did not last until the reproducer's 600 s timeout (the margin
+    # is for a loaded host; a run that waited for the timeout would take 600 s and more)
+    assert rec.phases["run"] < 300, rec.phases
 
 
 def test_console_warning_during_run_is_bad(shared_home, tmp_path):
-    """A kernel trace on the console during the run wins over the reproducer's exit 0."""
+    """A kernel trace with the bug's signature on the console during the run wins over the
+    reproducer's exit 0."""
     script = (
         "echo '<4>WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 kbisect_test+0x0/0x10' > /dev/kmsg\n"
         "sleep 1\necho exiting 0\nexit 0\n"
     )
-    rec = _probe(KERNELS["6.1"], _bug(tmp_path, "warn", script))
+    rec = _probe(KERNELS["6.1"], _bug(tmp_path, "warn", script, signatures=[r"kbisect_test\+0x0"]))
     assert rec.verdict is Verdict.BAD, rec.reason
     assert rec.reason.startswith("kernel trace: WARNING: CPU: 0")
     assert "kbisect_test" in rec.console_excerpt
@@ -218,9 +238,10 @@ def test_exit_1_is_bad_with_last_line(shared_home, tmp_path):
 
 
 def test_hang_is_skip_after_timeout(shared_home, tmp_path):
-    rec = _probe(KERNELS["6.1"], _bug(tmp_path, "hang", "echo hanging\nsleep 1000\n", timeout=8))
+    rec = _probe(KERNELS["6.1"], _bug(tmp_path, "hang", "echo hanging\nsleep 3600\n", timeout=8))
     assert rec.verdict is Verdict.SKIP and rec.reason == "reproducer timed out after 8s"
-    assert 8 <= rec.phases["run"] < 8 + 35
+    # stopped by its 8 s timeout, not by the end of the hour-long sleep (generous for a loaded host)
+    assert 8 <= rec.phases["run"] < 600, rec.phases
 
 
 def test_corrupt_vmlinuz_is_boot_failure(shared_home, tmp_path):
@@ -235,16 +256,23 @@ def test_corrupt_vmlinuz_is_boot_failure(shared_home, tmp_path):
     shutil.copytree(good.modules, root / "modules", copy_function=os.link)
     k = UnpackedKernel(ref="test:corrupt-6.1", root=root, kver=good.kver)
     k.save()
-    t0 = time.monotonic()
     rec = _probe(k, _bug(tmp_path, "never-runs", "exit 0\n"), boot_timeout=40)
-    elapsed = time.monotonic() - t0
     assert rec.verdict is Verdict.SKIP and rec.reason.startswith("boot failure"), rec.reason
     assert "upload" not in rec.phases and "run" not in rec.phases
-    assert elapsed < 40 + 30, elapsed
-    assert rec.console_excerpt is not None
+    # gave up at the boot deadline instead of waiting forever (generous for a loaded host)
+    assert rec.phases["boot"] < 40 + 300, rec.phases
+    # the excerpt is what the console really held (its tail), kept as the console.log artefact
+    from orchestrator.core.classify import tail
+
+    console = next(Path(a) for a in rec.artefacts if Path(a).name == "console.log")
+    text = console.read_text(errors="replace")
+    assert rec.console_excerpt == tail(text), (rec.console_excerpt[-500:], text[-500:])
+    print(f"corrupt kernel: {rec.reason}; console {len(text)} characters; phases {rec.phases}")
+    if not text.strip():  # a kernel that never starts prints nothing (no earlyprintk): the reason says so
+        assert "console" in rec.reason, rec.reason
 
 
-def _wait_for_domain(prefix_pid: int, timeout: float = 120) -> str:
+def _wait_for_domain(prefix_pid: int, timeout: float = 600) -> str:
     from orchestrator.adapters.guest import vm
 
     deadline = time.monotonic() + timeout
@@ -273,16 +301,29 @@ def _start_sleepy_run(shared_home, tmp_path) -> subprocess.Popen:
     return _start_run(shared_home, repro)
 
 
-def _domain_of_killed_run(shared_home, tmp_path) -> str:
-    """The domain a SIGKILLed `kbisect run` left behind (no cleanup can run after SIGKILL)."""
+def _killed_run(shared_home, tmp_path) -> tuple[str, Path]:
+    """The domain name and run directory of a SIGKILLed `kbisect run` (no cleanup of its own can
+    run after SIGKILL: the run directory, overlay included, is left behind)."""
     proc = _start_sleepy_run(shared_home, tmp_path)
     try:
         name = _wait_for_domain(proc.pid)
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    assert name in [n for n, _ in _domains()]  # really left behind
-    return name
+    run_dir = shared_home / "runs" / re.match(r"kbisect-(\w+)-\d+", name).group(1)
+    assert (run_dir / "state.json").is_file()  # really left behind
+    return name, run_dir
+
+
+def _survives(name: str, settle: float = 30.0) -> bool:
+    """Whether the domain is still defined once libvirt had `settle` seconds to destroy it with its
+    dead owner's connection (VIR_DOMAIN_START_AUTODESTROY, where the connection allows it)."""
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        if name not in [n for n, _ in _domains()]:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -292,24 +333,35 @@ def test_signal_destroys_the_vm(shared_home, tmp_path, sig):
     try:
         name = _wait_for_domain(proc.pid)
         proc.send_signal(sig)
-        rc = proc.wait(timeout=60)
+        rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert rc == 130, proc.stderr.read()
+    err = proc.stderr.read()
+    assert rc == (143 if sig == signal.SIGTERM else 130), err  # 128 + SIGTERM; Ctrl-C's 130
+    if sig == signal.SIGTERM:
+        assert "kbisect: stopped by signal 15" in err
     assert name not in [n for n, _ in _domains()]
 
 
 def test_kill9_leftover_is_reaped_by_gc(shared_home, tmp_path):
-    name = _domain_of_killed_run(shared_home, tmp_path)
+    name, run_dir = _killed_run(shared_home, tmp_path)
+    survived = _survives(name)  # False when libvirt destroyed it with the dead owner's connection
     env = dict(os.environ, KBISECT_HOME=str(shared_home))
     r = subprocess.run([sys.executable, "-m", "orchestrator", "gc"], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
-    # On a shared host another kbisect run starting meanwhile may reap it first (same rule).
-    assert f"domain {name}" in r.stderr or "removed" in r.stderr
+    lines = r.stderr.strip().splitlines()
+    items = [line.removeprefix("removed ") for line in lines if line.startswith("removed ")]
+    # gc says what it removed, one line each, and a count that matches: the killed run's
+    # directory (overlay, console), and its domain exactly when the domain outlived its owner.
+    # (Another kbisect process on the same host could reap them first; CI runs one test
+    # process, so there it cannot.)
+    assert lines[-1] == f"gc: removed {len(items)} leftover(s)", r.stderr
+    assert f"run dir {run_dir}" in items, r.stderr
+    assert (f"domain {name}" in items) == survived, (survived, r.stderr)
+    assert len(items) == len(set(items)), r.stderr
     assert name not in [n for n, _ in _domains()]
-    run_id = re.match(r"kbisect-(\w+)-\d+", name).group(1)
-    assert not (shared_home / "runs" / run_id).exists()
+    assert not run_dir.exists()
 
 
 def test_cli_repeat_aggregates_and_exits_bad(shared_home, tmp_path):
@@ -331,10 +383,11 @@ def test_cli_repeat_aggregates_and_exits_bad(shared_home, tmp_path):
 
 def test_new_run_reaps_stale_domain_of_dead_process(shared_home, tmp_path):
     """A killed orchestrator's VM is destroyed by the next probe, without `kbisect gc`."""
-    name = _domain_of_killed_run(shared_home, tmp_path)
+    name, run_dir = _killed_run(shared_home, tmp_path)
     from orchestrator.adapters.guest import probe
 
     probe._reaped.clear()  # this test process may have reaped already; a new run always does
     rec = _probe(KERNELS["6.1"], _bug(tmp_path, "quick", "echo fine\n"))
     assert rec.verdict is Verdict.GOOD
     assert name not in [n for n, _ in _domains()]
+    assert not run_dir.exists()  # the dead run's overlay went with it

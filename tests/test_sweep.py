@@ -167,15 +167,20 @@ def _entry(version: str, upstream: str) -> dict:
 
 
 class World:
-    """What the CLI sees: a Debian listing, a clock, and a probe whose answers the test sets."""
+    """What the CLI sees: a Debian listing, a clock, and a probe whose answers the test sets.
+
+    The clock is fixed (T0, a morning in 2025): "the same UTC day" is the same because the test
+    says so, never because real time has not crossed midnight yet. It moves only when a test
+    moves it: `next_night()` a whole day on, `catch_up()` to real time. The results database
+    stamps stored probes with real time, and a --fresh sweep counts only probes stored since it
+    started, so a test that starts a fresh sweep after earlier boots catches up first (a sweep
+    that begins after those boots, as in real life)."""
 
     def __init__(self, monkeypatch, tmp_path) -> None:
         self.listing = [_entry("5.10.0-46-cloud-amd64", "5.10.244"), _entry("6.1.0-55-cloud-amd64", "6.1.150")]
         self.verdicts: dict[tuple[str, str], Verdict | Exception] = {}
         self.boots: list[tuple[str, str]] = []
-        # The clock is real time (a --fresh sweep counts only probes stored since it started, and
-        # the store stamps probes with real time), moved on by a whole day per "next night".
-        self.offset = 0.0
+        self.now = T0
         self.results = tmp_path / "results"
         monkeypatch.setenv("KBISECT_RESULTS", str(self.results))
 
@@ -191,9 +196,16 @@ class World:
         # the kernel provider's content ids: each spec its own bytes unless a test rebuilds one
         self.ids: dict[str, str] = {}
         # the sweep's collaborators, handed to the command run through main() (app.deps)
-        self.deps = SweepDeps(real_probe=real_probe, clock=lambda: time.time() + self.offset,
+        self.deps = SweepDeps(real_probe=real_probe, clock=lambda: self.now,
                               debian_entries=lambda: list(self.listing),
                               kernel_id=lambda spec: self.ids.get(spec, "id-" + spec))
+
+    def next_night(self) -> None:
+        self.now += DAY
+
+    def catch_up(self) -> None:
+        """Move the clock to real time: later than every probe stored so far."""
+        self.now = max(self.now, time.time())
 
     def run(self, args: list[str], capsys) -> tuple[int, str, str]:
         code = 0
@@ -226,6 +238,9 @@ def test_cli_first_second_and_next_night(world, capsys) -> None:
     html = Path(data["report"]).read_text()
     assert Path(data["json"]).name == "matrix.json" and Path(data["report"]).parent.parent == world.results
     first_id = data["sweep"]["id"]
+    # the sweep's day, and its directory, come from the injected clock, not from real time
+    assert data["sweep"]["day"] == "2025-10-09" and data["sweep"]["started_at"] == T0
+    assert Path(data["report"]).parent.name == f"sweep-20251009-{first_id}"
 
     # the same command again the same day: the same sweep, every cell from the store, no boot
     code, out, err = world.run(ARGS, capsys)
@@ -235,13 +250,14 @@ def test_cli_first_second_and_next_night(world, capsys) -> None:
     assert all(c["source"] == "store" and c["flag"] == "new" for c in data["cells"])
 
     # next night Debian has 6.1.0-56 and gretap-ecn is bad there: a regression, exit 1
-    world.offset += DAY
+    world.next_night()
     world.listing.append(_entry("6.1.0-56-cloud-amd64", "6.1.153"))
     world.verdicts[("gretap-ecn", K56)] = Verdict.BAD
     code, out, err = world.run(ARGS, capsys)
     data = json.loads(out)
     assert code == 1, err
     assert data["sweep"]["id"] != first_id and not data["sweep"]["resumed"]
+    assert data["sweep"]["day"] == "2025-10-10"
     assert world.boots[4:] == [("gretap-ecn", K56), ("veth-csum", K56)]  # 5.10 did not move: stored
     assert data["counts"] == {"regression": 1, "fixed": 0, "new": 0, "unchanged": 3, "skip": 0}
     assert data["regressions"][0]["bug"] == "gretap-ecn" and data["regressions"][0]["line"] == "6.1"
@@ -270,14 +286,14 @@ def test_cli_first_second_and_next_night(world, capsys) -> None:
 def test_a_skip_keeps_the_earlier_verdict_and_is_not_a_regression(world, capsys) -> None:
     args = ["--bug", "gretap-ecn", "--line", "6.1", "--json", "--quiet"]
     assert world.run(args, capsys)[0] == 0
-    world.offset += DAY
+    world.next_night()
     world.listing.append(_entry("6.1.0-56-cloud-amd64", "6.1.153"))
     world.verdicts[("gretap-ecn", K56)] = Verdict.SKIP
     code, out, _ = world.run(args, capsys)
     cell = json.loads(out)["cells"][0]
     assert code == 3 and cell["flag"] == "skip" and cell["earlier"]["kernel"] == K55  # its only cell: undecided
     # the night after, bad on 57: compared with the good on 55, not with the skip on 56
-    world.offset += DAY
+    world.next_night()
     world.listing.append(_entry("6.1.0-57-cloud-amd64", "6.1.158"))
     world.verdicts[("gretap-ecn", K57)] = Verdict.BAD
     code, out, _ = world.run(args, capsys)
@@ -297,7 +313,7 @@ def test_a_skip_is_reused_by_its_own_sweep_and_probed_again_by_the_next(world, c
     resumed = json.loads(out)
     assert resumed["sweep"]["id"] == first["sweep"]["id"] and resumed["probes"] == {"probe": 0, "store": 1}
     assert len(world.boots) == 1
-    world.offset += DAY  # the next night, the same kernel, the host fixed
+    world.next_night()  # the same kernel, the host fixed
     world.verdicts[("gretap-ecn", K55)] = Verdict.BAD
     code, out, _ = world.run(args, capsys)
     data = json.loads(out)
@@ -309,9 +325,9 @@ def test_a_skip_is_reused_by_its_own_sweep_and_probed_again_by_the_next(world, c
 def test_a_kernel_whose_bytes_changed_is_probed_again(world, capsys) -> None:
     args = ["--bug", "gretap-ecn", "--line", "6.1", "--json", "--quiet"]
     assert world.run(args, capsys)[0] == 0 and len(world.boots) == 1
-    world.offset += DAY
+    world.next_night()
     assert json.loads(world.run(args, capsys)[1])["probes"] == {"probe": 0, "store": 1}
-    world.offset += DAY
+    world.next_night()
     world.ids[K55] = "re-uploaded"  # the same name, other bytes
     data = json.loads(world.run(args, capsys)[1])
     assert data["probes"] == {"probe": 1, "store": 0} and len(world.boots) == 2
@@ -336,6 +352,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(world, capsys) -> None:
 def test_fresh_boots_everything_and_a_killed_fresh_sweep_keeps_its_boots(world, capsys) -> None:
     assert world.run(ARGS, capsys)[0] == 0 and len(world.boots) == 4
     world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")] = KeyboardInterrupt()
+    world.catch_up()  # the fresh sweep starts after those four boots were stored
     code, _, _ = world.run(ARGS + ["--fresh"], capsys)
     assert code == 130 and len(world.boots) == 6  # two fresh boots before the kill
     del world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")]
@@ -345,6 +362,7 @@ def test_fresh_boots_everything_and_a_killed_fresh_sweep_keeps_its_boots(world, 
     # the two cells booted afresh before the kill come back stored; the other two boot again
     assert data["probes"] == {"probe": 2, "store": 2} and len(world.boots) == 8
     assert sorted(world.boots[4:]) == sorted(world.boots[:4])
+    world.catch_up()
     code, out, _ = world.run(ARGS + ["--fresh"], capsys)  # finished: a new fresh sweep boots all
     again = json.loads(out)
     assert again["sweep"]["id"] == data["sweep"]["id"] + 1 and again["probes"]["probe"] == 4
@@ -379,6 +397,50 @@ def test_a_night_where_nothing_was_decided_is_not_quiet(world, capsys) -> None:
     assert world.run(ARGS, capsys)[0] == 0
 
 
+def test_pinned_and_variant_columns_end_to_end(world, capsys) -> None:
+    """`--kernel` pins a line to a kernel other than the newest listed, and a patched variant
+    gets a column of its own: each column boots its own kernel, names it in its header and is
+    flagged against its own history; with pins only, Debian is not even listed."""
+    world.listing.append(_entry("6.1.0-56-cloud-amd64", "6.1.153"))  # the newest 6.1: not the pinned one
+    variant = f"{K55}+revert-227adfb2b1df"
+    world.verdicts[("gretap-ecn", variant)] = Verdict.BAD  # the positive control shows the bug
+    args = ["--bug", "gretap-ecn", "--line", "5.10", "--line", "6.1", "--kernel", K55, "--kernel", variant, "--json"]
+    code, out, err = world.run(args, capsys)
+    data = json.loads(out)
+    assert code == 0, err  # a first bad verdict is new, not a regression
+    k510 = "debian:5.10.0-46-cloud-amd64"
+    assert data["columns"] == [{"line": "5.10", "kernel": k510}, {"line": "6.1", "kernel": K55},
+                               {"line": "6.1+revert-227adfb2b1df", "kernel": variant}]
+    cells = {c["line"]: c for c in data["cells"]}
+    assert [(line, c["kernel"], c["verdict"], c["flag"]) for line, c in sorted(cells.items())] == [
+        ("5.10", k510, "good", "new"), ("6.1", K55, "good", "new"), ("6.1+revert-227adfb2b1df", variant, "bad", "new")]
+    assert sorted(world.boots) == sorted([("gretap-ecn", k510), ("gretap-ecn", K55), ("gretap-ecn", variant)])
+    assert f"fake bad on {variant}" == cells["6.1+revert-227adfb2b1df"]["reason"]
+    html = Path(data["report"]).read_text()
+    assert f"<th>6.1<br><code>{K55}</code></th>" in html and K56 not in html
+    assert f"<th>6.1+revert-227adfb2b1df<br><code>{variant}</code></th>" in html
+    assert re.search(r'<td class="bad new"[^>]*>\s*<span class="verdict">bad</span>', html)
+
+    # the next night, the same pins: every cell from the store, each compared with its own column
+    world.next_night()
+    code, out, _ = world.run(args, capsys)
+    data = json.loads(out)
+    assert code == 0 and data["probes"] == {"probe": 0, "store": 3} and len(world.boots) == 3
+    assert {(c["line"], c["flag"]) for c in data["cells"]} == {
+        ("5.10", "unchanged"), ("6.1", "unchanged"), ("6.1+revert-227adfb2b1df", "unchanged")}
+
+    # pins only: no line is listed, so Debian's listing is never asked
+    def no_listing():
+        raise AssertionError("listed Debian kernels for pinned kernels only")
+
+    world.deps.debian_entries = no_listing
+    code, out, err = world.run(["--bug", "gretap-ecn", "--kernel", variant, "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0, err
+    assert data["columns"] == [{"line": "6.1+revert-227adfb2b1df", "kernel": variant}]
+    assert data["cells"][0]["verdict"] == "bad" and data["cells"][0]["source"] == "store"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--line", "six"], "--line 'six': expected a kernel line"),
     (["--bug", "no-such-bug"], "unknown bug 'no-such-bug'"),
@@ -410,25 +472,44 @@ def _kbisect(args: list[str], env: dict[str, str]) -> tuple[subprocess.Completed
     return proc, time.monotonic() - t0
 
 
+def _sweep_in_process(args: list[str], deps: SweepDeps, capsys) -> tuple[subprocess.CompletedProcess, float]:
+    """`kbisect sweep ARGS` through main() with the real probe and listing but `deps`' clock."""
+    t0 = time.monotonic()
+    code = 0
+    try:
+        with provided(deps):
+            cli_main(["sweep", *args])
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["kbisect", "sweep", *args], code, out, err), time.monotonic() - t0
+
+
 @pytest.mark.vm
 @pytest.mark.timeout(3600)
-def test_real_sweep_two_reproducers_on_the_newest_6_1(shared_home, tmp_path) -> None:
+def test_real_sweep_two_reproducers_on_the_newest_6_1(vm_host, shared_home, tmp_path, capsys) -> None:
     """Two reproducers x the newest Debian 6.1 kernel through the CLI: both cells from real boots
     (--fresh), the matrix written with the kernel in the column header, then the same command
-    again resumes the same sweep with every cell from the store and boots nothing."""
+    again resumes the same sweep with every cell from the store and boots nothing.
+
+    Real boots and the real listing, but a clock fixed at the test's start: the second command
+    is "the same day" even when the first one ends after midnight UTC."""
     from orchestrator.app import lines
 
-    env = dict(os.environ, KBISECT_HOME=str(shared_home), KBISECT_RESULTS=str(tmp_path / "results"))
+    env = dict(os.environ, KBISECT_HOME=str(shared_home))  # KBISECT_RESULTS: the test's (conftest)
     from orchestrator.core.lines import pick_line_kernels
 
     kernel = pick_line_kernels(lines.debian_entries(), ["6.1"])["6.1"]
     assert kernel and kernel.startswith("debian:6.1."), kernel
-    args = ["sweep", "--line", "6.1", "--json"] + [a for b in REAL_BUGS for a in ("--bug", b)]
+    args = ["--line", "6.1", "--json"] + [a for b in REAL_BUGS for a in ("--bug", b)]
+    started = time.time()  # later than anything stored before: --fresh boots both cells
+    deps = SweepDeps(clock=lambda: started)
 
-    proc, first_s = _kbisect(args + ["--fresh"], env)
+    proc, first_s = _sweep_in_process(args + ["--fresh"], deps, capsys)
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(proc.stdout)
-    print(f"real sweep: {first_s:.1f}s, {data['probes']}")
+    with capsys.disabled():  # the figure, outside what the next command's output is read from
+        print(f"real sweep: {first_s:.1f}s, {data['probes']}")
     assert data["columns"] == [{"line": "6.1", "kernel": kernel}]
     assert data["probes"] == {"probe": 2, "store": 0}, data["probes"]
     cells = {c["bug"]: c for c in data["cells"]}
@@ -443,10 +524,11 @@ def test_real_sweep_two_reproducers_on_the_newest_6_1(shared_home, tmp_path) -> 
     assert all(f"<tr><th>{b}</th>" in html for b in REAL_BUGS) and html.count('<td class="good ') == 2
     assert json.loads(Path(data["json"]).read_text())["cells"] == data["cells"]
 
-    again, second_s = _kbisect(args, env)
+    again, second_s = _sweep_in_process(args, deps, capsys)
     assert again.returncode == 0, again.stderr[-4000:]
     data2 = json.loads(again.stdout)
-    print(f"second run: {second_s:.1f}s, {data2['probes']}")
+    with capsys.disabled():  # the figure, outside what the next command's output is read from
+        print(f"second run: {second_s:.1f}s, {data2['probes']}")
     assert data2["sweep"]["id"] == data["sweep"]["id"] and data2["sweep"]["resumed"]
     assert data2["probes"] == {"probe": 0, "store": 2}
     assert [(c["verdict"], c["source"]) for c in data2["cells"]] == [("good", "store")] * 2

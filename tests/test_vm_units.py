@@ -9,6 +9,7 @@ bad input, the initramfs writer and the recipe hash.
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -18,7 +19,7 @@ import pytest
 
 from orchestrator.adapters.guest import bootfiles, image, probe, session, ssh, vm
 from orchestrator.app import policy
-from orchestrator.core.bug import Bug
+from orchestrator.core.bug import Bug, TracePolicy
 from orchestrator.core.classify import Observation, classify
 from orchestrator.core.errors import BootFailure, GuestInfra, InstallationError
 from orchestrator.core.verdict import ProbeRecord, Verdict
@@ -102,6 +103,9 @@ WARN_CONSOLE = """[   7.1] ------------[ cut here ]------------
 """
 
 BUG60 = Bug(id="b", dir=Path("/nonexistent"), timeout=60)
+# a bug for which any kernel trace counts (`unrelated_traces: bad`): the tests of "the kernel's word
+# wins" over exit codes and lost sessions (the default, skip on an unrelated trace, is core/classify's)
+ANY_TRACE = Bug(id="b", dir=Path("/nonexistent"), timeout=60, unrelated_traces=TracePolicy.BAD)
 
 
 def _ran(**over) -> Observation:
@@ -132,25 +136,25 @@ def test_classify_lost_session_is_skip_with_console_tail():
 
 
 def test_classify_kernel_word_wins_over_exit_0():
-    v, reason, excerpt = classify(_ran(exit_code=0, console_run=PANIC_CONSOLE), BUG60)
+    v, reason, excerpt = classify(_ran(exit_code=0, console_run=PANIC_CONSOLE), ANY_TRACE)
     assert v is Verdict.BAD and reason == "kernel panic: Kernel panic - not syncing: sysrq triggered crash"
     assert "Call Trace" in excerpt
-    v, reason, excerpt = classify(_ran(exit_code=0, console_run=WARN_CONSOLE), BUG60)
+    v, reason, excerpt = classify(_ran(exit_code=0, console_run=WARN_CONSOLE), ANY_TRACE)
     assert v is Verdict.BAD and reason.startswith("kernel trace: WARNING: CPU: 0") and "cut here" in excerpt
-    v, reason, _ = classify(_ran(exit_code=None, crashed=True), BUG60)
+    v, reason, _ = classify(_ran(exit_code=None, crashed=True), ANY_TRACE)
     assert v is Verdict.BAD and reason == "kernel panic: guest crashed"
     # Boot noise before the run does not count: only console_run is searched.
-    assert classify(_ran(exit_code=0, console_boot=WARN_CONSOLE + PANIC_CONSOLE), BUG60).verdict is Verdict.GOOD
+    assert classify(_ran(exit_code=0, console_boot=WARN_CONSOLE + PANIC_CONSOLE), ANY_TRACE).verdict is Verdict.GOOD
 
 
 def test_classify_panic_during_upload_is_bad_not_lost():
     """The upload failed because the kernel panicked: the kernel's word wins over the lost session."""
     obs = Observation(booted=True, lost="upload failed: EOFError: eof", crashed=True, console_run=PANIC_CONSOLE)
-    v, reason, excerpt = classify(obs, BUG60)
+    v, reason, excerpt = classify(obs, ANY_TRACE)
     assert v is Verdict.BAD and reason.startswith("kernel panic: Kernel panic - not syncing")
     assert "sysrq" in excerpt
     # The same failed upload without a kernel word is a skip naming the upload.
-    v, reason, _ = classify(Observation(booted=True, lost="upload failed: EOFError: eof"), BUG60)
+    v, reason, _ = classify(Observation(booted=True, lost="upload failed: EOFError: eof"), ANY_TRACE)
     assert v is Verdict.SKIP and reason == "reproducer lost: upload failed: EOFError: eof"
 
 
@@ -226,7 +230,8 @@ def test_cli_run_bad_input_is_one_line(kbisect_home, tmp_path):
     r = _kbisect("run", "--bug", str(repro), "--kernel", "not-a-spec", env_home=kbisect_home)
     assert r.returncode == 128 and "SOURCE:VERSION" in r.stderr and "Traceback" not in r.stderr
     r = _kbisect("run", "--bug", str(repro), "--kernel", "x:y", "--accel", "warp", env_home=kbisect_home)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    # a usage error too stops a `git bisect run` (128), never reads as "bad" (cli/guest.py BisectRunCommand)
+    assert r.returncode == 128 and "Traceback" not in r.stderr
 
 
 def test_accel_override_needs_no_probe(kbisect_home):
@@ -418,7 +423,7 @@ def test_session_panic_during_upload_is_bad(tmp_path):
     assert obs.lost == "upload failed: EOFError: " and obs.crashed
     assert "run" not in obs.phases and "collect" not in obs.phases
     assert obs.console_run == PANIC_CONSOLE
-    v, reason, _ = classify(obs, BUG60)
+    v, reason, _ = classify(obs, ANY_TRACE)
     assert v is Verdict.BAD and reason == "kernel panic: Kernel panic - not syncing: sysrq triggered crash"
 
 
@@ -447,7 +452,7 @@ def test_session_stops_waiting_on_a_panic_during_the_run(tmp_path):
     obs = _probe_steps(_session(tmp_path, dom, lambda *a: guest))
     assert obs.lost == "kernel panic on console"
     assert [Path(a).name for a in obs.artefacts] == ["console.log"]  # no artefacts from an aborted run
-    v, reason, _ = classify(obs, BUG60)
+    v, reason, _ = classify(obs, ANY_TRACE)
     assert v is Verdict.BAD and "sysrq triggered crash" in reason
 
 
@@ -497,3 +502,170 @@ def test_missing_vmlinuz_is_boot_failure(kbisect_home, tmp_path):
     (tmp_path / "k").mkdir()
     with pytest.raises(BootFailure, match="no vmlinuz"):
         bootfiles.cache_key(UnpackedKernel(ref="local:novmlinuz", root=tmp_path / "k", kver="6.1.0-test"))
+
+
+# -- run ids, autodestroy, gc of dead owners' leftovers (no libvirt) ------------------------
+
+def _dead_pid() -> int:
+    """A pid no process can have: beyond the kernel's pid_max."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1000
+
+
+def test_run_ids_are_claimed_exclusively(kbisect_home):
+    """Two runs drawing the same random id get two directories; a taken explicit id is refused."""
+    ids = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    first = vm.Run(new_id=lambda: next(ids))
+    second = vm.Run(new_id=lambda: next(ids))
+    assert (first.id, second.id) == ("aaaaaa", "bbbbbb")
+    assert first.dir != second.dir and (first.dir / "state.json").is_file()
+    with pytest.raises(InstallationError, match="already in use"):
+        vm.Run(run_id="aaaaaa")
+    with pytest.raises(InstallationError, match="no free run id"):
+        vm.Run(new_id=lambda: "aaaaaa")
+    first.close()
+    second.close()
+
+
+def _libvirt_error(code: int, message: str):
+    """A libvirtError as the binding raises it: (code, domain, message, ...) in `err`."""
+    import libvirt
+
+    exc = libvirt.libvirtError.__new__(libvirt.libvirtError)
+    Exception.__init__(exc, message)
+    exc.err = (code, 10, message, 2, None, None, None, 0, 0)
+    return exc
+
+
+class _FakeConn:
+    """createXML recording its flags; refuses AUTODESTROY like a driver without it when told."""
+
+    def __init__(self, refuse: tuple[int, str] | None = None) -> None:
+        self.flags: list[int] = []
+        self.refuse = refuse
+
+    def createXML(self, xml: str, flags: int):  # noqa: N802 (libvirt's naming)
+        self.flags.append(flags)
+        if flags and self.refuse:
+            raise _libvirt_error(*self.refuse)
+        return ("dom", flags)
+
+
+def test_domains_start_with_autodestroy_and_fall_back_once():
+    import libvirt
+
+    vm._no_autodestroy.clear()
+    ok = _FakeConn()
+    assert vm.create_domain(ok, "<domain/>", "qemu:///system") == ("dom", libvirt.VIR_DOMAIN_START_AUTODESTROY)
+    # virCheckFlags' answer (libvirt src/internal.h): VIR_ERR_INVALID_ARG, "unsupported flags (0x2) ..."
+    old = _FakeConn(refuse=(libvirt.VIR_ERR_INVALID_ARG, "unsupported flags (0x2) in function qemuDomainCreateXML"))
+    uri = "qemu+unix:///session?socket=/old.sock"
+    assert vm.create_domain(old, "<domain/>", uri) == ("dom", 0)
+    assert vm.create_domain(old, "<domain/>", uri) == ("dom", 0)
+    assert old.flags == [libvirt.VIR_DOMAIN_START_AUTODESTROY, 0, 0]  # asked once, then remembered
+    other = _FakeConn(refuse=(libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: process exited while connecting to monitor"))
+    with pytest.raises(libvirt.libvirtError):
+        vm.create_domain(other, "<domain/>", "qemu:///other")
+    assert "qemu:///other" not in vm._no_autodestroy and "qemu:///system" not in vm._no_autodestroy
+    vm._no_autodestroy.clear()
+
+
+def _leftover_tree(home: Path, pid: int) -> dict[str, Path]:
+    """One of each leftover kind `kbisect gc` knows, owned by `pid` (names as their writers make them)."""
+    from orchestrator.adapters.kernel import MANIFEST
+
+    kernels, downloads = home / "kernels" / "mainline", home / "downloads" / "mainline"
+    paths = {
+        "part": downloads / f".linux-image-{pid}_amd64.deb.{pid}.part",
+        "apt": home / "downloads" / "debian" / f".apt-{pid}",
+        "data_tar": kernels / f".linux-modules-{pid}.deb.{pid}.data.tar",
+        "tmp": home / "kernels" / "debian" / "6.1.0-54-cloud-amd64" / f".{MANIFEST}.{pid}.140001.tmp",
+        "variant_tmp": home / "kernels" / "debian" / f".6.1.0-54-cloud-amd64+rev{pid}.tmp-{pid}",
+        "variant_old": home / "kernels" / "debian" / f".6.1.0-54-cloud-amd64+rev{pid}.old-{pid}",
+        "image_build": home / "images" / f"0123456789abcdef.build-{pid}",
+    }
+    for key, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if key in ("apt", "variant_tmp", "variant_old", "image_build"):
+            (path / "sub").mkdir(parents=True)
+            (path / "sub" / "f").write_bytes(b"x" * 10)
+        else:
+            path.write_bytes(b"x" * 10)
+    (home / "kernels" / "debian" / "6.1.0-54-cloud-amd64" / MANIFEST).write_text("{}")
+    return paths
+
+
+def test_gc_removes_dead_owners_leftovers_and_keeps_live_ones(kbisect_home, tmp_path):
+    from filelock import FileLock
+
+    from orchestrator.app import gc
+
+    dead = _leftover_tree(kbisect_home, _dead_pid())
+    live = _leftover_tree(kbisect_home, os.getpid())
+    kernels = kbisect_home / "kernels" / "mainline"
+    # staging that only exists under its lock: one whose lock is free, one held right now
+    for name in ("5.7.2", "5.7.3"):
+        (kernels / f"{name}.partial" / "modules").mkdir(parents=True)
+    (kernels / "5.8").mkdir()  # renamed into place, killed before kernel.json
+    (kernels / "5.8" / "vmlinuz").write_bytes(b"MZ")
+    (kbisect_home / "variants" / ".6.1.0-54-cloud-amd64+x.work-ab12cd").mkdir(parents=True)
+    results = tmp_path / "results"
+    (results / "bisect-1").mkdir(parents=True)
+    (results / "bisect-1" / f".report.html.{_dead_pid()}.77.tmp").write_text("<html")
+    # a dead owner's directory a live process still works in (an orphaned mmdebstrap): kept
+    busy = kbisect_home / "images" / f"fedcba9876543210.build-{_dead_pid() + 1}"
+    busy.mkdir(parents=True)
+    child = subprocess.Popen(["sleep", "60"], cwd=busy)
+    try:
+        with FileLock(str(kernels / "5.7.3.lock")):
+            removed = gc.collect(domains=lambda uri: ["domain kbisect-dead-1"],
+                                 builds=lambda: [p for p in [dead["image_build"], busy] if _reap(p)],
+                                 leftovers=gc.Leftovers(kbisect_home, results))
+        assert busy.exists()
+    finally:
+        child.kill()
+        child.wait()
+    text = "\n".join(removed)
+    assert removed[0] == "domain kbisect-dead-1"
+    for key in ("part", "apt", "data_tar", "tmp", "variant_tmp", "variant_old", "image_build"):
+        assert not dead[key].exists() and str(dead[key]) in text, key
+        assert live[key].exists(), key  # a live owner's work is never touched
+    assert not (kernels / "5.7.2.partial").exists() and (kernels / "5.7.3.partial").exists()
+    assert not (kernels / "5.8").exists() and "no kernel.json" in text
+    assert not (kbisect_home / "variants" / ".6.1.0-54-cloud-amd64+x.work-ab12cd").exists()
+    assert not list(results.rglob("*.tmp"))
+    assert (kbisect_home / "kernels" / "debian" / "6.1.0-54-cloud-amd64" / "kernel.json").exists()
+    assert len(removed) == 12, removed
+    # the lock is free now: its staging goes next time; then nothing is left to remove
+    def again() -> list[str]:
+        return gc.collect(domains=lambda uri: [], builds=lambda: [], leftovers=gc.Leftovers(kbisect_home, results))
+
+    assert again() == [f"killed unpack's staging {kernels / '5.7.3.partial'}"]
+    assert again() == []
+
+
+def _reap(path: Path) -> bool:
+    """What image.gc_builds does for one build directory (fsutil.reap_dead_owners)."""
+    from orchestrator.adapters import fsutil
+
+    return bool(fsutil.reap_dead_owners(path.parent, path.name, fsutil.remove_path))
+
+
+def test_lock_held_sees_another_holder_and_a_dead_one(tmp_path):
+    from filelock import FileLock
+
+    from orchestrator.adapters import fsutil
+
+    lock = tmp_path / "x.lock"
+    assert not fsutil.lock_held(lock)  # no file: nobody
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"l = FileLock({str(lock)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert fsutil.lock_held(lock)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not fsutil.lock_held(lock)  # the kernel dropped a killed holder's lock
+    with FileLock(str(lock)):
+        assert fsutil.lock_held(lock)

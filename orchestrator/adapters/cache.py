@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from orchestrator.adapters import config
 from orchestrator.adapters.progress import transfer_bar
@@ -32,15 +32,23 @@ USER_AGENT = "kbisect/0.1 (kernel bisection)"
 
 def downloads_dir(source: str) -> Path:
     """Where the raw files of one source are kept (content named by their published file name)."""
-    path = config.subdir("downloads") / source
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _state_dir("downloads", source)
 
 
 def kernels_dir(source: str) -> Path:
     """Where the unpacked kernels of one source live (`<source>/<version>[+variant]/`)."""
-    path = config.subdir("kernels") / source
-    path.mkdir(parents=True, exist_ok=True)
+    return _state_dir("kernels", source)
+
+
+def _state_dir(kind: str, source: str) -> Path:
+    """`$KBISECT_HOME/<kind>/<source>`, created; one line when it cannot be (a full disk, a
+    KBISECT_HOME that is a file)."""
+    try:
+        path = config.subdir(kind) / source
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = exc.filename or f"$KBISECT_HOME/{kind}/{source}"
+        raise KbisectError(f"cannot create {where}: {exc.strerror or exc}") from None
     return path
 
 
@@ -52,12 +60,86 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# How long to wait for another kbisect's download or unpack of the same thing (seconds). A
+# generic kernel's modules take minutes to fetch and unpack on a slow link, hence the hour.
+DEFAULT_LOCK_TIMEOUT = 3600.0
+
+
+def lock_timeout() -> float:
+    """$KBISECT_LOCK_TIMEOUT (seconds), else DEFAULT_LOCK_TIMEOUT."""
+    raw = os.environ.get("KBISECT_LOCK_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise KbisectError(f"KBISECT_LOCK_TIMEOUT={raw!r}: expected a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise KbisectError(f"KBISECT_LOCK_TIMEOUT={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
 @contextmanager
-def locked(path: Path, timeout: float = 3600) -> Iterator[None]:
-    """Hold `<path>.lock` so concurrent processes never download or unpack the same thing twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=timeout):
+def locked(path: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold `<path>.lock` so concurrent processes never download or unpack the same thing twice.
+
+    Waiting longer than `timeout` (default lock_timeout()) is one KbisectError line naming the
+    lock and, when the kernel says, the process holding it: never filelock's Timeout traceback."""
+    path = Path(path)
+    lock = Path(str(path) + ".lock")
+    wait = lock_timeout() if timeout is None else timeout
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KbisectError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    try:
+        handle = FileLock(str(lock), timeout=wait)
+        handle.acquire()
+    except Timeout:
+        raise KbisectError(f"{lock} is held by {lock_holder(lock) or 'another process'}; gave up after "
+                           f"{wait:g} s (KBISECT_LOCK_TIMEOUT sets the wait)") from None
+    except OSError as exc:
+        raise KbisectError(f"cannot lock {lock}: {exc.strerror or exc}") from None
+    try:
         yield
+    finally:
+        handle.release()
+
+
+def lock_holder(lock: Path) -> str | None:
+    """"pid 1234 (kbisect kernels fetch ...)" for the process holding an flock on `lock`, read
+    from /proc/locks (Linux: proc(5), one line per lock: id, FLOCK, ADVISORY, WRITE, pid,
+    MAJOR:MINOR:INODE in hex:hex:decimal, ...); None when it cannot be told."""
+    try:
+        st = os.stat(lock)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":  # "->": a waiter, not the holder
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) != want:
+                continue
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        command = _command_of(pid)
+        return f"pid {pid}" + (f" ({command})" if command else "")
+    return None
+
+
+def _command_of(pid: int) -> str:
+    """The first 80 characters of a process's command line ("" when it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    text = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _session():
@@ -140,9 +222,12 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
     label = dest.name
     with locked(dest):
         if dest.exists():
-            if sha256 is None or sha256_file(dest) == sha256.lower():
-                return dest
-            dest.unlink()  # a cache entry changed under us: fetch it again
+            try:
+                if sha256 is None or sha256_file(dest) == sha256.lower():
+                    return dest
+                dest.unlink()  # a cache entry changed under us: fetch it again
+            except OSError as exc:  # a directory or an unreadable file where the download belongs
+                raise KbisectError(f"cached download {dest}: {exc.strerror or exc}") from None
         tmp = dest.parent / f".{dest.name}.{os.getpid()}.part"
         last_error: KernelTrouble | None = None
         try:
@@ -165,18 +250,19 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
                     digest = hashlib.sha256()
                     got = 0
                     truncated = False
-                    with transfer_bar() as bar, open(tmp, "wb") as out:
-                        task = bar.add_task(f"download {label}", total=total)
-                        try:
-                            for chunk in response.iter_content(CHUNK):
-                                out.write(chunk)
-                                digest.update(chunk)
-                                got += len(chunk)
-                                bar.advance(task, len(chunk))
-                        except requests.RequestException:  # connection dropped mid-body
-                            truncated = True
-                        except OSError as exc:
-                            raise KbisectError(f"{label}: cannot write {tmp}: {exc.strerror or exc}") from None
+                    try:  # the open, every write and the close's flush: a full disk fails at any of them
+                        with transfer_bar() as bar, open(tmp, "wb") as out:
+                            task = bar.add_task(f"download {label}", total=total)
+                            try:
+                                for chunk in response.iter_content(CHUNK):
+                                    out.write(chunk)
+                                    digest.update(chunk)
+                                    got += len(chunk)
+                                    bar.advance(task, len(chunk))
+                            except requests.RequestException:  # connection dropped mid-body
+                                truncated = True
+                    except OSError as exc:
+                        raise KbisectError(f"{label}: cannot write {tmp}: {exc.strerror or exc}") from None
                     if truncated or (total is not None and got < total):
                         expected = f"sha256 {sha256.lower()}" if sha256 else "its checksum"
                         raise ChecksumError(f"{label}: download truncated after {got} of {total or '?'} bytes; "
@@ -184,7 +270,11 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
                     if sha256 is not None and digest.hexdigest() != sha256.lower():
                         raise ChecksumError(f"{label}: sha256 mismatch (expected {sha256.lower()}, "
                                             f"got {digest.hexdigest()}); file discarded")
-                    os.replace(tmp, dest)
+                    try:
+                        os.replace(tmp, dest)
+                    except OSError as exc:
+                        raise KbisectError(f"{label}: cannot move the download into {dest}: "
+                                           f"{exc.strerror or exc}") from None
                     return dest
             assert last_error is not None
             raise last_error

@@ -3,6 +3,8 @@ the pure schema in orchestrator.core.bug, plus where the shared guest helpers li
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from orchestrator.adapters import config
@@ -33,10 +35,19 @@ MAX_BUG_YAML_BYTES = 1 << 20
 def _read_text(source: Path) -> str:
     """The file as UTF-8 text, or one KbisectError naming it (unreadable, too large, binary)."""
     try:
-        with open(source, "rb") as fh:
+        # O_NONBLOCK: a fifo named bug.yaml must not block the open; then only regular files
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise KbisectError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KbisectError(f"{source}: not a regular file (a directory, fifo, socket or device)")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
             raw = fh.read(MAX_BUG_YAML_BYTES + 1)
     except OSError as exc:
         raise KbisectError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(raw) > MAX_BUG_YAML_BYTES:
         raise KbisectError(f"{source}: larger than {MAX_BUG_YAML_BYTES} bytes, not a bug description")
     nul = raw.find(b"\0")

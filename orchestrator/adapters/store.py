@@ -31,6 +31,7 @@ from typing import Any
 
 from orchestrator.adapters import catalog, config
 from orchestrator.core.bug import Bug
+from orchestrator.core.errors import KbisectError
 from orchestrator.core.sweep import utc_day
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
@@ -95,11 +96,14 @@ class Store:
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path) if path else config.home() / "results.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self._migrate()
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+            self.conn.executescript(SCHEMA)
+            self.conn.commit()
+        except sqlite3.DatabaseError as exc:  # not a database, damaged, or its disk full
+            raise KbisectError(f"results database {self.path}: {exc}") from None
 
     def _migrate(self) -> None:
         """Bring a results.db from before content ids to this schema, once, under a write lock

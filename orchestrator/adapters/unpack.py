@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable, Iterator
 from rich.progress import Progress
 
 from orchestrator.adapters.cache import CHUNK, locked, sha256_file
-from orchestrator.adapters.fsutil import atomic_write
+from orchestrator.adapters.fsutil import atomic_write, fsync_dir, fsync_tree
 from orchestrator.adapters.progress import transfer_bar
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.core import identity
@@ -440,28 +440,6 @@ def _extract_member(deb: Path, data: tarfile.TarFile, member: tarfile.TarInfo, t
             tree.copy(linked[0], target_rel)
 
 
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory under `root` (links are their directory's entries), so a
-    rename that publishes the tree never points at unsynced data after a power loss.
-
-    Belongs beside fsutil.atomic_write (its `_fsync_dir` does the directory half)."""
-    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextmanager
 def _staged(target: Path, manifest: Callable[[], str]) -> Iterator[Path]:
     """Build in an empty `<target>.partial`, renamed to `target` only when the body succeeds.
@@ -478,25 +456,13 @@ def _staged(target: Path, manifest: Callable[[], str]) -> Iterator[Path]:
     partial.mkdir(parents=True)
     try:
         yield partial
-        _fsync_tree(partial)
+        fsync_tree(partial)
         atomic_write(partial / MANIFEST, manifest())
         os.replace(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """The rename of the staging directory itself made durable (best effort, as fsutil does)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
 
 
 def _machine_trouble(spec: str, target: Path, exc: OSError) -> KbisectError:

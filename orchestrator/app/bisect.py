@@ -172,7 +172,8 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
             check = RevertCheck(bug, prober, deps.build_variant, on_event, on_probe)
             data["revert_check"] = check.run(str(req.repo), result, data["candidates"])
     run_id = report.new_run_id(bug.id)
-    out = report.write(data, run_id, report.probe_consoles(result.probes))
+    out = report.write(data, run_id, report.probe_consoles(result.probes),
+                       unrelated=report.unrelated_traces(result.probes))
     on_event(f"report: {out / 'report.html'}")
     store.finish_run(run_key)
     store.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.adapters import sources, variants
-from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.adapters.kernel import UnpackedKernel, refetch_damaged
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.versions import KernelRef, parse_spec
 
@@ -30,6 +30,11 @@ class KernelProvider:
     cached: Callable[[KernelRef], UnpackedKernel | None] = field(default=sources.cached)
 
     def get(self, spec: str) -> UnpackedKernel:
+        """The unpacked kernel `spec` names. A damaged kernel.json met on the way (an unpack cut
+        short by a power loss) is removed by the loader and the kernel unpacked again at once."""
+        return refetch_damaged(lambda: self._get(spec))
+
+    def _get(self, spec: str) -> UnpackedKernel:
         path = Path(spec)
         if "/" in spec and path.is_dir():
             return UnpackedKernel.load(path)

@@ -16,8 +16,11 @@ from typing import Any
 import click
 
 from orchestrator.adapters.progress import stderr_console
-from orchestrator.cli.base import check_keyring, cli, mainline_options
+from orchestrator.adapters.fsutil import run_tool
+from orchestrator.cli.base import check_input_file, check_keyring, check_results_dir, cli, mainline_options
 from orchestrator.core.errors import KbisectError
+
+MAX_VERDICTS_BYTES = 4 << 20  # a replay file names kernels: thousands fit in well under a MiB
 
 
 class Progress:
@@ -107,6 +110,9 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     from orchestrator.app.prober import load_replay
     from orchestrator.core.differential import distro_lineage
 
+    # every input is checked before anything is listed, fetched or booted
+    for option, spec in (("--good", good), ("--bad", bad)):
+        _check_spec(option, spec)
     bug = catalog.resolve(bug_id)
     if distro:
         distro_lineage(distro)
@@ -115,11 +121,12 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
         os.environ["KBISECT_ALLOW_UNVERIFIED"] = "1"
     if check_keyring(keyring):
         os.environ["KBISECT_MAINLINE_KEYRING"] = str(Path(keyring).resolve())
-    replay = load_replay(verdicts_file) if verdicts_file else {}
-    if repo is not None and not Path(repo).exists():
-        raise KbisectError(f"--repo {repo}: no such directory")
+    replay = _replay(verdicts_file, load_replay) if verdicts_file else {}
+    if repo is not None:
+        _check_repo(repo)
     if verify_revert and repo is None:
         raise KbisectError("--verify-revert needs --repo (the candidate to revert comes from git narrowing)")
+    check_results_dir()  # the report is written after the last boot
     progress = Progress(quiet)
     progress.event(f"bisecting {bug.id}: good {good}, bad {bad}"
                    + (f", distro {distro}" if distro else "") + (" (fresh)" if fresh else ""))
@@ -132,6 +139,35 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     code = exit_code(data["status"])
     if code:
         sys.exit(code)
+
+
+def _check_spec(option: str, spec: str) -> None:
+    from orchestrator.core.versions import parse_spec
+
+    try:
+        parse_spec(spec)
+    except KbisectError as exc:
+        raise KbisectError(f"{option}: {exc}") from None
+
+
+def _replay(path: Path, load) -> dict:
+    """The --verdicts file through the prober's reader, after checking it is a small text file
+    (a binary or endless file is one line here, not a decoding traceback)."""
+    check_input_file("--verdicts", path, max_bytes=MAX_VERDICTS_BYTES)
+    try:
+        return load(path)
+    except (OSError, UnicodeDecodeError) as exc:  # changed since the check
+        raise KbisectError(f"--verdicts {path}: cannot read: {exc}") from None
+
+
+def _check_repo(repo: Path) -> None:
+    """--repo is used after the last boot (git narrowing): a wrong one must fail now."""
+    if not repo.is_dir():
+        raise KbisectError(f"--repo {repo}: no such directory")
+    try:
+        run_tool(["git", "-C", str(repo), "rev-parse", "--git-dir"], f"--repo {repo}: git rev-parse")
+    except KbisectError:
+        raise KbisectError(f"--repo {repo}: not a git repository") from None
 
 
 def _summary(data: dict[str, Any]) -> None:

@@ -14,14 +14,17 @@ import json
 import shutil
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.adapters import catalog
-from orchestrator.cli.base import cli
+from orchestrator.adapters import catalog, config
+from orchestrator.adapters.fsutil import atomic_write
+from orchestrator.cli.base import check_output_file, cli
 from orchestrator.core.bug import Bug
+from orchestrator.core.errors import KbisectError
 from orchestrator.core.verify import Row, failed, markdown_table
 
 
@@ -60,6 +63,7 @@ def bug_json(bug: Bug) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 def list_cmd(as_json: bool) -> None:
     """Every catalog entry, validated (a malformed bug.yaml stops the listing with its file and field)."""
+    _check_catalog()
     entries = catalog.all_bugs()
     if as_json:
         click.echo(json.dumps([bug_json(b) for b in entries], indent=2))
@@ -132,20 +136,47 @@ def verify_cmd(bug_ids: tuple[str, ...], as_json: bool, markdown: str | None, pl
     from orchestrator.app import verify
     from orchestrator.app.deps import current
 
+    # every input, and where the table goes, is checked before the first boot
+    if markdown:
+        check_output_file("--markdown", markdown)
+    for spec in kernels:
+        _check_kernel(spec)
+    if not bug_ids:
+        _check_catalog()
     deps = current(verify.VerifyDeps)
     selected = [catalog.resolve(b) for b in bug_ids] if bug_ids else catalog.all_bugs()
     rows = verify.plan(selected, kernels, deps)
     if not plan_only:
         verify.run_rows(rows, {b.id: b for b in selected}, deps.probe, echo=lambda s: click.echo(s, err=True))
     if markdown:
-        with open(markdown, "w") as fh:
-            fh.write(markdown_table(rows) + "\n")
+        try:  # whole or not at all: a full disk leaves the previous table (or none), never half of one
+            atomic_write(Path(markdown), markdown_table(rows) + "\n")
+        except OSError as exc:
+            raise KbisectError(f"--markdown {markdown}: cannot write: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
     else:
         _print_rows(rows, plan_only)
     if not plan_only and failed(rows):
         sys.exit(1)
+
+
+def _check_catalog() -> None:
+    root = config.reproducers_dir()
+    if not root.is_dir():
+        raise KbisectError(f"reproducer catalog {root} ($KBISECT_REPRODUCERS): no such directory")
+
+
+def _check_kernel(spec: str) -> None:
+    """A --kernel is an unpacked kernel directory or a spec that parses."""
+    from orchestrator.core.versions import parse_spec
+
+    if "/" in spec and Path(spec).is_dir():
+        return
+    try:
+        parse_spec(spec)
+    except KbisectError as exc:
+        raise KbisectError(f"--kernel: {exc}") from None
 
 
 def _print_rows(rows: list[Row], plan_only: bool) -> None:

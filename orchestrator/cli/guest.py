@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from orchestrator.cli.base import cli
+from orchestrator.cli.base import cli, os_error_text, results_db
 from orchestrator.core.errors import KbisectError
 
 ABORT_BISECT = 128
@@ -27,7 +27,32 @@ class RunSetupError(KbisectError):
     exit_code = ABORT_BISECT
 
 
-@cli.command("run")
+class BisectRunCommand(click.Command):
+    """`kbisect run` is a `git bisect run` script, where 1..127 (but 125) means bad: every failure
+    to test the kernel at all, a usage error or a full disk included, must exit 128 instead of
+    the CLI's usual 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = ABORT_BISECT
+            raise
+
+    def invoke(self, ctx: click.Context):
+        import sqlite3
+
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise RunSetupError(os_error_text(exc)) from None
+        except sqlite3.Error as exc:
+            raise RunSetupError(f"results database {results_db()}: {exc}") from None
+
+
+@cli.command("run", cls=BisectRunCommand)
 @click.option("--bug", "bug_ref", required=True, metavar="ID_OR_DIR", help="Catalog id or reproducer directory.")
 @click.option("--kernel", "kernel_spec", required=True, metavar="SOURCE:VERSION",
               help="e.g. debian:6.1.0-54-cloud-amd64 (or an unpacked kernel directory).")
@@ -121,11 +146,11 @@ def image_info() -> None:
 @cli.command("gc")
 @click.option("--connect", "uri", default="qemu:///system", show_default=True, help="libvirt URI.")
 def gc_cmd(uri: str) -> None:
-    """Destroy kbisect VMs and overlays left by dead (e.g. killed) kbisect processes."""
-    from orchestrator.adapters.guest import bootfiles, image, vm
+    """Remove what dead (e.g. killed) kbisect processes left: VMs, overlays and run dirs, partial
+    downloads (.part), unpack scratch and staging, apt work dirs, image/boot-file/variant builds."""
+    from orchestrator.app import gc
 
-    removed = vm.gc(uri)
-    removed += [f"build {p}" for p in image.gc_builds() + bootfiles.gc_builds()]
+    removed = gc.collect(uri)
     for r in removed:
         click.echo(f"removed {r}", err=True)
     click.echo(f"gc: removed {len(removed)} leftover(s)", err=True)

@@ -16,7 +16,7 @@ from rich.table import Table
 from orchestrator.adapters import config
 from orchestrator.cli.base import check_keyring, cli, mainline_options
 from orchestrator.core.errors import KbisectError
-from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
+from orchestrator.adapters.kernel import MANIFEST, DamagedManifest, UnpackedKernel, refetch_damaged
 from orchestrator.core.versions import SOURCES, parse_spec
 
 
@@ -81,7 +81,9 @@ def fetch_cmd(spec: str, mirror: str | None, as_json: bool, allow_unverified: bo
     A `local:` kernel whose directory changed since it was fetched is unpacked again (a new id)."""
     from orchestrator.adapters.sources import fetch
 
-    kernel = fetch(spec, mirror, **_source_options(parse_spec(spec).source, allow_unverified, keyring))
+    options = _source_options(parse_spec(spec).source, allow_unverified, keyring)
+    # a damaged kernel.json (an unpack a power loss cut short) is removed and unpacked again
+    kernel = refetch_damaged(lambda: fetch(spec, mirror, **options))
     if as_json:
         click.echo(json.dumps({"spec": kernel.spec, "id": kernel.id, "dir": str(kernel.root)}))
         return
@@ -96,7 +98,11 @@ def show_cmd(spec: str | None, as_json: bool) -> None:
     from orchestrator.adapters.sources import cached
 
     if spec:
-        kernel = cached(spec)
+        try:
+            kernel = cached(spec)
+        except DamagedManifest as exc:
+            click.echo(f"kbisect: note: {exc}", err=True)
+            kernel = None
         if kernel is None:
             raise KbisectError(f"{parse_spec(spec)} is not in the cache (kbisect kernels fetch {spec})")
         found = [kernel]

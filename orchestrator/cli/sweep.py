@@ -17,7 +17,7 @@ import time
 
 import click
 
-from orchestrator.cli.base import cli
+from orchestrator.cli.base import check_results_dir, cli
 from orchestrator.core.errors import KbisectError
 
 EXIT_REGRESSION = 1
@@ -61,6 +61,7 @@ def _sweep(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str,
         if not quiet:
             click.echo(text, err=True)
 
+    check_results_dir()  # the matrix is written after the last boot
     outcome = run_sweep(SweepRequest(bug_ids, lines, kernels, fresh), current(SweepDeps), echo)
     if as_json:
         click.echo(json.dumps(outcome.data, indent=2))

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import click
 
+from orchestrator.cli.base import check_input_file
 from orchestrator.cli.kernels import kernels
+from orchestrator.core.errors import KbisectError
+
+MAX_PATCH_BYTES = 16 << 20  # a module revert is kilobytes; this only stops a wrong file early
 
 
 @kernels.command("patch")
@@ -30,7 +34,14 @@ def patch_cmd(base_spec: str, patch_file: Path, name: str | None) -> None:
     # function-level import: the variant builder pulls in apt, rich and the sources (~0.4 s),
     # which every other kbisect command would pay for at startup
     from orchestrator.adapters.variants import build_variant
+    from orchestrator.core.versions import parse_spec
 
+    # checked before the base kernel, the sources and the toolchain are fetched
+    try:
+        parse_spec(base_spec)
+    except KbisectError as exc:
+        raise KbisectError(f"--base: {exc}") from None
+    check_input_file("--patch", patch_file, max_bytes=MAX_PATCH_BYTES)
     kernel = build_variant(base_spec, patch_file, name)
     click.echo(f"{kernel.root}", err=True)
     click.echo(kernel.spec)

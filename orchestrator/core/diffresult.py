@@ -327,6 +327,11 @@ def _finish(res: DiffResult, results: list[BisectResult], status: BisectStatus |
         res.notes.append(f"undecided: {', '.join(str(u) for u in res.undecided)}; {ADVICE}")
     if not res.stopped:
         res.stopped = summary_line(res) or (results[-1].stopped if results else "nothing to bisect")
+    if res.status is BisectStatus.UNSTABLE:
+        # the answer line must say what made it unstable, not only the boundary it doubts
+        why = next((r.stopped for r in results if r.status is BisectStatus.UNSTABLE and r.stopped), "")
+        if why and why not in res.stopped:
+            res.stopped += f"; unstable: {why}"
     return res
 
 

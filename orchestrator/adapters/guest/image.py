@@ -296,9 +296,11 @@ def build(rhash: str | None = None, progress: bool = True, replace: bool = False
             raw.unlink()
             safe_rmtree(tree)
             bar.update(task, advance=1, description="done")
-        except BaseException:
+        except BaseException as exc:
             safe_rmtree(tree)
             (work / "root.raw").unlink(missing_ok=True)
+            if not isinstance(exc, Exception):  # stopped (SIGTERM, Ctrl-C): nothing is left;
+                safe_rmtree(work)  # a failure keeps its build.log for the user (gc removes it)
             raise
     meta = {
         "recipe_hash": rhash,

@@ -55,8 +55,11 @@ def aggregate(records: list[ProbeRecord], bad_needed: int = 1) -> Verdict:
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so every `finally` destroys its VM."""
-    if threading.current_thread() is not threading.main_thread():
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so every `finally` destroys its VM.
+
+    The CLI installs its own handler for the whole command (cli.base.Terminated, exit 143);
+    this one is for callers of the Python API and stands aside when a handler is set."""
+    if threading.current_thread() is not threading.main_thread() or callable(signal.getsignal(signal.SIGTERM)):
         yield
         return
 
@@ -86,6 +89,9 @@ def _no_interrupts() -> Iterator[None]:
         for s, h in old.items():
             signal.signal(s, h)
     if pending:
+        previous = old.get(pending[0])
+        if callable(previous):  # the handler the signal had (the CLI's Terminated, Ctrl-C's)
+            previous(pending[0], None)
         raise KeyboardInterrupt(f"signal {pending[0]}")
 
 

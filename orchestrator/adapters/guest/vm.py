@@ -6,11 +6,13 @@ root image, reads the kernel's modules from a read-only shareable disk, logs its
 to a file, reports panics through pvpanic (`on_crash=preserve`), and is reachable only through
 a QEMU user-network port forward on 127.0.0.1 (`restrict=on`; no libvirt network or bridge).
 
-Leaks are handled at three levels: a `finally` in `VM.__exit__` (normal exit, exceptions,
+Leaks are handled at four levels: a `finally` in `VM.__exit__` (normal exit, exceptions,
 Ctrl-C; the CLI turns SIGTERM/SIGHUP into KeyboardInterrupt), an atexit hook for anything still
-registered, and `gc()` for a killed orchestrator: every domain's description records its owner's
-pid and start time, and domains whose owner is gone are destroyed by `kbisect gc` and by the
-start of every new run.
+registered, libvirt's VIR_DOMAIN_START_AUTODESTROY (the domain dies when the connection that
+started it closes, which the kernel does for a SIGKILLed orchestrator), and `gc()` for whatever
+is left (a connection without the flag): every domain's description records its owner's pid and
+start time, and domains whose owner is gone are destroyed by `kbisect gc` and by the start of
+every new run.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from orchestrator.adapters import config
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.core.errors import BootFailure, InstallationError
 
 DEFAULT_URI = "qemu:///system"
@@ -39,6 +43,8 @@ OWNER_RE = re.compile(r"owner pid (\d+) start (\d+)")
 _live: dict[str, "VM"] = {}
 _pending: list[threading.Thread] = []
 _live_lock = threading.Lock()
+# URIs whose createXML refused VIR_DOMAIN_START_AUTODESTROY: asked once per process, then 0.
+_no_autodestroy: set[str] = set()
 
 
 def _proc_start(pid: int) -> int | None:
@@ -119,19 +125,22 @@ class Run:
     """One orchestrator process's set of VMs, with a state file naming its owner.
 
     `runs/<run id>/state.json` holds the owner pid and start time; the VMs' overlays and
-    consoles live beside it while they run.
+    consoles live beside it while they run. The directory is created exclusively: two processes
+    drawing the same random id must not share (and later delete) one directory, so a collision
+    draws another id; an id the caller chose that is already taken is an error.
     """
 
-    def __init__(self, run_id: str | None = None) -> None:
-        self.id = run_id or secrets.token_hex(3)
-        self.dir = config.subdir("runs") / self.id
-        self.dir.mkdir(parents=True, exist_ok=True)
+    ATTEMPTS = 32
+
+    def __init__(self, run_id: str | None = None, new_id: Callable[[], str] = lambda: secrets.token_hex(3)) -> None:
+        runs = config.subdir("runs")
+        self.id, self.dir = _claim(runs, run_id, new_id, self.ATTEMPTS)
         self.pid = os.getpid()
         self.start = _proc_start(self.pid)
         self._n = 0
         self._lock = threading.Lock()
         state = {"run_id": self.id, "pid": self.pid, "start": self.start, "created": time.time()}
-        (self.dir / "state.json").write_text(json.dumps(state))
+        atomic_write(self.dir / "state.json", json.dumps(state))
 
     def next_name(self) -> tuple[str, Path]:
         with self._lock:
@@ -144,6 +153,20 @@ class Run:
     def close(self) -> None:
         """Remove the run's directory once its VMs are gone."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _claim(runs: Path, run_id: str | None, new_id: Callable[[], str], attempts: int) -> tuple[str, Path]:
+    """mkdir without exist_ok: the directory that succeeds is this run's alone."""
+    for _ in range(1 if run_id else attempts):
+        rid = run_id or new_id()
+        try:
+            (runs / rid).mkdir()
+        except FileExistsError:
+            continue
+        return rid, runs / rid
+    if run_id:
+        raise InstallationError(f"run id {run_id} is already in use ({runs / run_id} exists)")
+    raise InstallationError(f"no free run id after {attempts} attempts in {runs}")
 
 
 def render_domain_xml(**values) -> str:
@@ -244,7 +267,7 @@ class VM:
             self.port = free_port()
             self.console_log.unlink(missing_ok=True)
             try:
-                self._dom = self._conn.createXML(self.xml(), 0)
+                self._dom = create_domain(self._conn, self.xml(), self.cfg.uri)
                 return
             except libvirt.libvirtError as exc:
                 last = str(exc)
@@ -322,6 +345,34 @@ class VM:
             return self.console_log.stat().st_size
         except OSError:
             return 0
+
+
+def _unsupported_flag(exc) -> bool:
+    """libvirt's answer to a flag this driver does not know (VIR_ERR_INVALID_ARG from
+    virCheckFlags, "unsupported flags"; VIR_ERR_NO_SUPPORT / ARGUMENT_UNSUPPORTED elsewhere)."""
+    import libvirt
+
+    codes = {libvirt.VIR_ERR_NO_SUPPORT, getattr(libvirt, "VIR_ERR_ARGUMENT_UNSUPPORTED", 74)}
+    code = exc.get_error_code() if hasattr(exc, "get_error_code") else None
+    text = str(exc).lower()
+    return code in codes or (code == libvirt.VIR_ERR_INVALID_ARG and "flag" in text) or "unsupported flag" in text
+
+
+def create_domain(conn, xml: str, uri: str):
+    """createXML with VIR_DOMAIN_START_AUTODESTROY, so the domain dies with the connection that
+    started it (libvirt's virDomainCreateXML docs): a SIGKILLed orchestrator's kernel closes the
+    socket and libvirtd destroys the domain, before any `kbisect gc`. A connection that refuses
+    the flag is remembered and started with 0; `gc` then covers it."""
+    import libvirt
+
+    if uri not in _no_autodestroy:
+        try:
+            return conn.createXML(xml, libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        except libvirt.libvirtError as exc:
+            if not _unsupported_flag(exc):
+                raise
+            _no_autodestroy.add(uri)
+    return conn.createXML(xml, 0)
 
 
 class BootError(BootFailure):

@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from orchestrator.adapters.variants.packages import Downloaded, PackageFetcher, 
 from orchestrator.adapters.variants.patches import TouchedFile, apply_patch
 from orchestrator.adapters.progress import StepLog
 from orchestrator.adapters.variants.sourcetree import extract_source_files
-from orchestrator.adapters.fsutil import run_tool
+from orchestrator.adapters.fsutil import run_to_log, run_tool
 from orchestrator.adapters.variants.toolchain import compiler_mismatch
 from orchestrator.core import identity
 from orchestrator.core.errors import KbisectError, VariantBuildError
@@ -234,7 +233,7 @@ def _make_directory(build: Build, directory: str, log: TextIO) -> None:
            "modules"]
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
-    if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True).returncode != 0:
+    if run_to_log(cmd, log) != 0:
         log.flush()
         errors = [line for line in build.log.read_text().splitlines() if "error" in line.lower()]
         raise VariantBuildError(f"building {directory} failed: {(errors or ['see log'])[0].strip()} (log: {build.log})")
