@@ -41,6 +41,19 @@ def test_bad_replay_files_are_one_line_errors(tmp_path, text, message) -> None:
         load_replay(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("data,message", [
+    (b"\xff\xfe\x00binary", "not UTF-8"),
+    (b"a: 2020-13-45\n", "not YAML or JSON"),
+    (b"[" * 5000, "not YAML or JSON"),
+])
+def test_undecodable_replay_files_are_one_line_errors_for_direct_callers(tmp_path, data, message) -> None:
+    """The CLI checks --verdicts first; the app function must not leak a decode error either."""
+    f = tmp_path / "v.yaml"
+    f.write_bytes(data)
+    with pytest.raises(KbisectError, match=message):
+        load_replay(f)
+
+
 def same_bytes(spec: str) -> str:
     """A fake kernel provider's content ids: every spec stands for bytes of its own, unchanged."""
     return "id-" + spec

@@ -50,6 +50,10 @@ def load_replay(path: Path) -> dict[str, list[Verdict]]:
         data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise KbisectError(f"--verdicts {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        raise KbisectError(f"--verdicts {path}: not UTF-8 text (byte {exc.start}); is it a binary file?") from None
+    except (ValueError, RecursionError) as exc:  # PyYAML's constructors on bad scalars, deep nesting
+        raise KbisectError(f"--verdicts {path}: not YAML or JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise KbisectError(f"--verdicts {path}: expected an object mapping kernel to verdict")
     return {str(k).strip(): _parse_verdict(v, f"--verdicts {path}: {k}") for k, v in data.items()}

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.adapters import config
+from orchestrator.adapters.cache import locked
 from orchestrator.adapters.fsutil import atomic_write, reap_dead_owners, run_tool
 from orchestrator.adapters.cache import sha256_file
 from orchestrator.core.errors import BootFailure, InstallationError
@@ -102,13 +103,12 @@ def cache_key(kernel: UnpackedKernel) -> str:
 
 def ensure(kernel: UnpackedKernel) -> BootFiles:
     """The boot artefacts of `kernel`, built once under a lock and then reused."""
-    from filelock import FileLock
 
     t0 = time.monotonic()
     key = cache_key(kernel)
     base = config.subdir("bootfiles")
     final = base / key
-    with FileLock(str(base / f"{key}.lock")):
+    with locked(base / key):
         if not (final / "meta.json").exists():
             _build(kernel, key, final)
     bf = BootFiles(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.adapters import config
+from orchestrator.adapters.cache import locked
 from orchestrator.adapters.fsutil import reap_dead_owners
 from orchestrator.adapters.progress import stage_bar
 from orchestrator.core.errors import InstallationError, KbisectError
@@ -126,13 +127,12 @@ def cached() -> RootImage | None:
 
 def ensure(progress: bool = True) -> RootImage:
     """The root image for the current recipe, building it (under a lock) on first use."""
-    from filelock import FileLock
 
     img = cached()
     if img:
         return img
     rhash = recipe_hash()
-    with FileLock(str(config.subdir("images") / f"{rhash}.lock")):
+    with locked(config.subdir("images") / rhash):
         img = cached()  # another process may have built it while we waited
         if img:
             return img
@@ -146,11 +146,10 @@ def rebuild(progress: bool = True) -> RootImage:
     image's host key), so a rebuild while any live overlay names the base is refused with one
     line. The new image is built aside and swapped in at the end; if a VM started meanwhile,
     the old image is kept as `<hash>.old-<pid>` until `kbisect gc` finds it unused."""
-    from filelock import FileLock
 
     rhash = recipe_hash()
     final = image_dir(rhash)
-    with FileLock(str(config.subdir("images") / f"{rhash}.lock")):
+    with locked(config.subdir("images") / rhash):
         users = overlays_using(final / "root.qcow2")
         if users:
             raise KbisectError(f"image build --force: {len(users)} running VM overlay(s) use {final / 'root.qcow2'} "

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.adapters import config
+from orchestrator.adapters.cache import locked
 from orchestrator.core.errors import BootFailure, GuestInfra
 
 HOST = "127.0.0.1"
@@ -36,12 +37,11 @@ KEY_NAME = "id_ecdsa"
 def client_key():
     """The per-installation client key (created on first use, mode 0600)."""
     import paramiko
-    from filelock import FileLock
 
     d = config.subdir("ssh")
     os.chmod(d, 0o700)
     path = d / KEY_NAME
-    with FileLock(str(d / ".keygen.lock")):
+    with locked(d / ".keygen"):
         if not path.exists():
             key = paramiko.ECDSAKey.generate(bits=256)
             text = io.StringIO()
