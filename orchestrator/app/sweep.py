@@ -1,13 +1,16 @@
 """The sweep use case: every reproducer on the newest kernel of each line, kept as history.
 
-It lists Debian kernels, asks each (bug, kernel) cell through the same resuming probe a bisection
+It lists the requested sources' lines (Debian by default; mainline's LTS lines and newest
+release; Ubuntu's swept series), takes the newest available build of each (saying so when a newer
+one failed), asks each (bug, kernel) cell through the same resuming probe a bisection
 uses (a stored verdict for the same kernel and reproducer hash costs no boot), folds repeated
 runs with the repeat policy, records each cell the moment it is decided (store.SweepLog), flags
 the matrix against earlier sweeps (core.sweep, pure) and writes matrix.html / matrix.json.
 Whether a failed probe is a skip cell or stops the sweep is app.policy's, as everywhere.
 
-The world comes in through `SweepDeps` (the real probe, the clock, the Debian listing, the
-store), so tests run whole sweeps on fakes.
+The world comes in through `SweepDeps` (the real probe, the clock, the Debian, mainline and
+Ubuntu listings, the store), so tests run whole sweeps on fakes. `plan_sweep` resolves the
+columns without booting anything or opening a sweep (`kbisect sweep --plan`).
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from typing import Callable
 from orchestrator.adapters import catalog, config, report
 from orchestrator.adapters.store import Store, SweepLog
 from orchestrator.app.kernels import KernelProvider
-from orchestrator.app.lines import debian_entries
+from orchestrator.app.lines import debian_entries, mainline_entries, ubuntu_entries
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
 from orchestrator.core.engine import Candidate, judge
 from orchestrator.core.errors import KbisectError
-from orchestrator.core.lines import pick_line_kernels
-from orchestrator.core.sweep import (REGRESSION, Cell, Flagged, build_matrix, column_of, requested_lines,
-                                     resolve_columns, sort_columns, sweep_key, utc_day)
+from orchestrator.core.lines import Pick, mainline_of_line, pick_line_kernels, pick_newest_build
+from orchestrator.core.sweep import (DEFAULT_SOURCES, REGRESSION, Cell, Column, Flagged, LineRequest, build_matrix,
+                                     check_sources, column_of, column_source, describe_column, moved_since,
+                                     plan_lines, resolve_columns, sort_columns, sweep_key, utc_day)
 from orchestrator.core.verdict import ProbeRecord
 
 RealProbe = Callable[[Bug], Callable[[str], ProbeRecord]]
@@ -56,6 +60,10 @@ class SweepDeps:
     clock: Callable[[], float] = field(default=time.time)  # now, in epoch seconds
     debian_entries: Callable[[], list[dict]] = field(default=debian_entries)
     store: Callable[[], Store] = field(default=Store)
+    # (mirror, lines) -> mainline listing rows of those lines (app.lines: newest first, to the first good)
+    mainline_entries: Callable[[str | None, list[str]], list[dict]] = field(default=mainline_entries)
+    # (distro mirror, series) -> every upload of that series' `linux` source
+    ubuntu_entries: Callable[[str | None, str], list[dict]] = field(default=ubuntu_entries)
 
 
 @dataclass
@@ -66,6 +74,10 @@ class SweepRequest:
     lines: tuple[str, ...] = ()
     kernels: tuple[str, ...] = ()
     fresh: bool = False
+    sources: tuple[str, ...] = ()  # --source: mainline, ubuntu, debian (none given: Debian)
+    lts: bool = False  # --lts: every kernel.org LTS line of the mainline source
+    mirror: str | None = None  # the mainline mirror (--mirror)
+    distro_mirror: str | None = None  # the Ubuntu hosts (--distro-mirror)
 
 
 @dataclass
@@ -111,7 +123,7 @@ class Sweeper:
                                                  kernel_id=self.kernel_id, run_key=self.run_key)
         return self.probers[bug.id]
 
-    def cell(self, bug: Bug, line: str, spec: str | None) -> Cell:
+    def cell(self, bug: Bug, line: str, spec: str | None, note: str | None = None) -> Cell:
         """The cell of `bug` on `line`'s kernel `spec` (None: the line has no reachable kernel).
 
         A probe failure app.policy calls a skip comes back from the prober as a skip run (source
@@ -119,8 +131,8 @@ class Sweeper:
         sweep, which a re-run resumes."""
         prober = self._prober(bug)
         if spec is None:
-            what = f"Debian {line}" if line != "newest" else "Debian"
-            return Cell(bug.id, line, "", "skip", f"no reachable {what} kernel", 0.0, "none", 0, prober.repro_hash)
+            why = f"no reachable {describe_column(line)} kernel" + (f" ({note})" if note else "")
+            return Cell(bug.id, line, "", "skip", why, 0.0, "none", 0, prober.repro_hash)
         if (bug.id, spec) in self.decided:
             return replace(self.decided[(bug.id, spec)], line=line)
         probe = judge(bug.repeat, prober, Candidate(spec), "sweep")
@@ -130,14 +142,113 @@ class Sweeper:
         return cell
 
 
-def plan(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, ...]) -> tuple[list[Bug], list[str], list[str]]:
-    """(bugs, requested lines, canonical pinned kernels); every input checked before any listing."""
+def plan(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, ...],
+         sources: tuple[str, ...] = (), lts: bool = False) -> tuple[list[Bug], list[LineRequest], list[str]]:
+    """(bugs, the columns to resolve from listings, canonical pinned kernels); every input checked
+    before any listing."""
     bugs = [catalog.resolve(b) for b in dict.fromkeys(bug_ids)] if bug_ids else catalog.all_bugs()
     if not bugs:
         raise KbisectError("the reproducer catalog is empty: nothing to sweep")
-    wanted = requested_lines(lines, kernels)
+    wanted = plan_lines(sources, lines, kernels, lts)
     pinned = [column_of(k)[1] for k in kernels]
     return bugs, wanted, pinned
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep will probe: the bugs, the columns in order (each resolved to a kernel, or
+    None when its line has no available build) and the command's identity."""
+
+    bugs: list[Bug]
+    order: list[str]
+    columns: dict[str, Column]
+    key: str
+    lines: list[str]  # the columns resolved from listings, as planned
+    pinned: list[str]
+    sources: list[str]
+
+    @property
+    def kernels(self) -> dict[str, str | None]:
+        return {c: self.columns[c].kernel for c in self.order}
+
+    def add_moved(self, history: list[Cell]) -> None:
+        """Set each column's `moved` against the previous sweep that probed its line."""
+        for line, text in moved_since(self.kernels, history, [b.id for b in self.bugs]).items():
+            self.columns[line].moved = text
+
+    def to_json(self) -> dict:
+        return {"bugs": [b.id for b in self.bugs], "sources": list(self.sources),
+                "columns": [self.columns[c].to_json() for c in self.order],
+                "cells": [{"bug": b.id, "line": c, "kernel": self.columns[c].kernel}
+                          for b in self.bugs for c in self.order],
+                "total": len(self.bugs) * len(self.order)}
+
+
+def resolve_lines(wanted: list[LineRequest], request: SweepRequest, deps: SweepDeps) -> dict[str, Column]:
+    """Each planned column with the newest available build of its line, each source listed once
+    (none at all when no column needs it)."""
+    out: dict[str, Column] = {}
+    debian = [r for r in wanted if r.source == "debian"]
+    if debian:
+        picked = pick_line_kernels(deps.debian_entries(), [r.line for r in debian])
+        for r in debian:
+            out[r.column] = Column(r.column, picked.get(r.line), "debian")
+    mainline = [r for r in wanted if r.source == "mainline"]
+    if mainline:
+        rows = deps.mainline_entries(request.mirror, [r.line for r in mainline])
+        for r in mainline:
+            _put(out, r, pick_newest_build(mainline_of_line(rows, r.line), "mainline"))
+    for r in (r for r in wanted if r.source == "ubuntu"):
+        rows = [e for e in deps.ubuntu_entries(request.distro_mirror, r.series or "")
+                if str(e.get("version", "")).startswith(f"{r.line}.")]
+        _put(out, r, pick_newest_build(rows, "ubuntu"))
+    return {r.column: out[r.column] for r in wanted}
+
+
+def _put(out: dict[str, Column], r: LineRequest, pick: Pick) -> None:
+    out[r.column] = Column(r.column, pick.spec, r.source, pick.note, ends=r.ends, series=r.series)
+
+
+def plan_sweep(request: SweepRequest, deps: SweepDeps) -> SweepPlan:
+    """Check the input, list every requested line and resolve the columns (pins included)."""
+    bugs, wanted, pinned = plan(request.bug_ids, request.lines, request.kernels, request.sources, request.lts)
+    resolved = resolve_lines(wanted, request, deps)
+    kernels = resolve_columns(list(resolved), pinned, {c: col.kernel for c, col in resolved.items()})
+    columns: dict[str, Column] = {}
+    for c, spec in kernels.items():
+        col = resolved.get(c)
+        if col is None:
+            columns[c] = Column(c, spec, column_source(c, spec))
+        elif col.kernel != spec:  # pinned by --kernel: the listing's note is not about this kernel
+            columns[c] = replace(col, kernel=spec, note=None, source=column_source(c, spec))
+        else:
+            columns[c] = col
+    order = sort_columns(kernels)
+    ids = [b.id for b in bugs]
+    sources = check_sources(request.sources, request.lts) if request.sources else list(DEFAULT_SOURCES)
+    lines = [r.column for r in wanted]
+    return SweepPlan(bugs, order, {c: columns[c] for c in order}, sweep_key(ids, lines, pinned, sources, request.lts),
+                     lines, pinned, sources)
+
+
+def preview_sweep(request: SweepRequest, deps: SweepDeps | None = None) -> SweepPlan:
+    """`--plan`: the columns and cells a sweep would probe now, with what moved since the last
+    sweep of each line; nothing booted, no sweep opened."""
+    deps = deps or SweepDeps()
+    planned = plan_sweep(request, deps)
+    store = deps.store()
+    try:
+        planned.add_moved(SweepLog(store).cells())
+    finally:
+        store.close()
+    return planned
+
+
+def column_text(col: Column) -> str:
+    """One column as the progress and `--plan` print it: name, kernel, and what to know about it."""
+    extra = [text for text in (col.note, f"moved {col.moved}" if col.moved else None,
+                               f"LTS, ends {col.ends}" if col.ends else None, col.series) if text]
+    return f"  {col.line:<16} {col.kernel or 'no reachable kernel'}" + (f"  ({'; '.join(extra)})" if extra else "")
 
 
 def run_sweep(request: SweepRequest, deps: SweepDeps | None = None,
@@ -147,22 +258,22 @@ def run_sweep(request: SweepRequest, deps: SweepDeps | None = None,
     `echo` gets the progress lines. Bad input raises before anything is listed; a failure
     app.policy calls an abort raises with the sweep left unfinished, so a re-run resumes it."""
     deps = deps or SweepDeps()
-    bugs, wanted, pinned = plan(request.bug_ids, request.lines, request.kernels)
-    picked = pick_line_kernels(deps.debian_entries(), wanted) if wanted else {}
-    columns = resolve_columns(wanted, pinned, picked)
-    order = sort_columns(columns)
+    planned = plan_sweep(request, deps)
+    bugs, order, columns = planned.bugs, planned.order, planned.kernels
     ids = [b.id for b in bugs]
     now = deps.clock()
     store = deps.store()
     log = SweepLog(store)
-    planned = {"bugs": ids, "lines": wanted, "kernels": pinned, "columns": {c: columns[c] for c in order}}
-    sweep_id, resumed, started = log.open(sweep_key(ids, wanted, pinned), planned, fresh=request.fresh, now=now)
+    row = {"bugs": ids, "lines": planned.lines, "kernels": planned.pinned, "sources": planned.sources,
+           "columns": dict(columns)}
+    sweep_id, resumed, started = log.open(planned.key, row, fresh=request.fresh, now=now)
     history = log.cells(before=sweep_id)
+    planned.add_moved(history)
     total = len(bugs) * len(order)
     echo(f"kbisect sweep {sweep_id}{' (resumed)' if resumed else ''}: {len(bugs)} reproducer(s) x "
          f"{len(order)} line(s) = {total} cells")
     for c in order:
-        echo(f"  {c:<8} {columns[c] or 'no reachable kernel'}")
+        echo(column_text(planned.columns[c]))
     sweeper = Sweeper(store, deps.real_probe, deps.kernel_id, since=started if request.fresh else None,
                       run_key=f"sweep:{sweep_id}")
     cells = []
@@ -170,15 +281,15 @@ def run_sweep(request: SweepRequest, deps: SweepDeps | None = None,
         tag = f"[{n}/{total}] {bug.id} on {line}"
         if columns[line]:
             echo(f"{tag} ({columns[line]}) ...")
-        cell = sweeper.cell(bug, line, columns[line])
+        cell = sweeper.cell(bug, line, columns[line], planned.columns[line].note)
         cell.sweep_id, cell.at = sweep_id, started
         log.put_cell(sweep_id, cell)
         cells.append(cell)
         echo(f"{tag}: {cell.verdict} ({cell.source}, {cell.seconds:.1f}s) {cell.reason}")
-    matrix = build_matrix(cells, history, columns, ids, order)
+    matrix = build_matrix(cells, history, columns, ids, order, planned.columns)
     finished = deps.clock()
     data = {"sweep": {"id": sweep_id, "day": utc_day(now), "started_at": started, "finished_at": finished,
-                      "resumed": resumed, "fresh": request.fresh},
+                      "resumed": resumed, "fresh": request.fresh, "sources": planned.sources},
             "probes": sweeper.counts(), **matrix.to_json()}
     html = report.write_matrix(data, config.results_dir() / f"sweep-{utc_day(now).replace('-', '')}-{sweep_id}")
     log.finish(sweep_id, str(html), now=finished)

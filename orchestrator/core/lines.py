@@ -1,10 +1,13 @@
-"""Debian kernel lines (pure): which kernel is the newest of each line ("5.10", "6.1", "newest").
+"""Kernel lines (pure): which kernel is the newest of each line: Debian ("5.10", "6.1", "newest"),
+mainline ("6.1" and its stable updates, "newest" release) and Ubuntu (a series' uploads).
 
 Shared by `kbisect bugs verify` (prove each reproducer on the newest kernel of every line) and
 `kbisect sweep` (every reproducer across those kernels, night after night).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from debian.debian_support import Version
 
@@ -48,3 +51,73 @@ def pick_line_kernels(entries: list[dict], lines: list[str], flavour: str = "clo
             picked[line] = newest([e for e in usable
                                    if (e.get("upstream") or e["version"]).split(".")[:len(line.split("."))] == line.split(".")])
     return picked
+
+
+# -- mainline and Ubuntu lines: the newest *available* build, and what was passed over --------
+
+@dataclass(frozen=True)
+class Pick:
+    """The kernel a column uses, and (when newer builds were unusable) the sentence saying so."""
+
+    spec: str | None
+    note: str | None = None
+
+
+def mainline_of_line(entries: list[dict], line: str) -> list[dict]:
+    """The mainline listing rows of one line: "6.1" is 6.1 and its stable updates 6.1.N (no rc's);
+    "newest" is the releases X.Y themselves (Linus's, no rc's, no stable updates)."""
+    out = []
+    for e in entries:
+        v = _mainline_version(e)
+        if v is None or v.is_rc:
+            continue
+        if (line == "newest" and v.patch == 0) or (line != "newest" and f"{v.major}.{v.minor}" == line):
+            out.append(e)
+    return out
+
+
+def pick_newest_build(entries: list[dict], source: str) -> Pick:
+    """The newest available build among `entries` (one line of `source`: mainline or ubuntu), with
+    a note naming the newer ones that were not usable ("6.1.120 build failed; using 6.1.119")."""
+    ordered = sorted((e for e in entries if _order(source, e) is not None),
+                     key=lambda e: _order(source, e), reverse=True)
+    passed: list[dict] = []
+    for e in ordered:
+        if e.get("available"):
+            spec = e.get("spec") or f"{source}:{e['version']}"
+            return Pick(spec, f"{_passed_over(passed)}; using {e['version']}" if passed else None)
+        passed.append(e)
+    return Pick(None, f"no available build: {_passed_over(passed)}" if passed else None)
+
+
+def _passed_over(passed: list[dict]) -> str:
+    words = []
+    for e in passed[:3]:
+        reason = str(e.get("reason") or "unavailable")
+        words.append(f"{e['version']} build failed" if "build failed" in reason else f"{e['version']} unavailable ({reason})")
+    more = f" and {len(passed) - 3} more" if len(passed) > 3 else ""
+    return ", ".join(words) + more
+
+
+def _mainline_version(e: dict):
+    from orchestrator.core.errors import KbisectError
+    from orchestrator.core.versions import parse_version
+
+    try:
+        return parse_version(str(e.get("version", "")))
+    except KbisectError:
+        return None
+
+
+def _order(source: str, e: dict):
+    """Sort key of a listing row of `source` (None: a name that is no version of it)."""
+    if source == "mainline":
+        v = _mainline_version(e)
+        return None if v is None else v.sort_key
+    from orchestrator.core.errors import KbisectError
+    from orchestrator.core.versions import parse_ubuntu_version
+
+    try:
+        return parse_ubuntu_version(str(e.get("version", ""))).sort_key
+    except KbisectError:
+        return None

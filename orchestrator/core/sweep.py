@@ -1,7 +1,12 @@
 """The nightly sweep, pure part: which cells to probe, and what changed since the earlier sweeps.
 
-A sweep probes every reproducer on the newest kernel of each line (columns "5.10", "6.1", "6.12",
-"newest"; `--kernel` adds or pins a column named after the kernel's line). Each (bug, line) cell
+A sweep probes every reproducer on the newest kernel of each line. Columns are named by source:
+Debian's lines keep their bare names ("5.10", "6.1", "6.12", "newest"); mainline columns are
+"mainline:6.1" (the newest available build of the 6.1 stable line; `--lts` plans every line of
+core.lts) and "mainline:newest" (the newest release); Ubuntu columns are "ubuntu:5.4" (the newest
+upload of the series built on 5.4, focal). `--kernel` adds or pins a column named after the
+kernel's line, the same names. Each column says which kernel it uses, why when newer builds were
+unusable (`note`), and what moved since the previous sweep on that line (`moved`). Each (bug, line) cell
 gets a verdict, and is compared with the same bug on the same line in the most recent earlier
 sweep that had a good or bad verdict there:
 
@@ -31,9 +36,10 @@ from orchestrator.core.bug import DEFAULT_LINES
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.lineages import kernel_of
 from orchestrator.core.lines import is_line, ver_key
+from orchestrator.core.lts import lts_lines, lts_of, ubuntu_swept_series
 from orchestrator.core.textenum import TextEnum
 from orchestrator.core.verdict import Verdict
-from orchestrator.core.versions import parse_spec
+from orchestrator.core.versions import SOURCES, parse_spec, series_of_base
 
 
 class Flag(TextEnum):
@@ -51,6 +57,9 @@ class Flag(TextEnum):
 REGRESSION, FIXED, NEW, UNCHANGED, SKIP = Flag.REGRESSION, Flag.FIXED, Flag.NEW, Flag.UNCHANGED, Flag.SKIP
 FLAGS = tuple(Flag)
 DECIDED = (Verdict.GOOD, Verdict.BAD)
+LISTED_SOURCES = ("mainline", "ubuntu", "debian")  # the sources a sweep plans lines of (--source)
+DEFAULT_SOURCES = ("debian",)  # works offline: kbisect's own apt lists
+HISTORY_CELLS = 10  # earlier cells of one bug and line each cell carries (`history`)
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -111,20 +120,154 @@ def resolve_columns(lines: list[str], kernels: Iterable[str], picked: dict[str, 
 
 
 def sort_columns(columns: dict[str, str | None]) -> list[str]:
-    """Lines oldest first, then "newest", then other sources and variants."""
+    """Debian lines oldest first, then "newest", then the other sources' columns by source and
+    line (mainline:4.19 … mainline:6.18, mainline:newest, ubuntu:4.15 …), variants after."""
     def key(c: str) -> tuple:
         if is_line(c):
-            return (0, ver_key(c), c)
+            return (0, "", 0, ver_key(c), c)
         if c == "newest":
-            return (1, (), c)
-        return (2, (), c)
+            return (1, "", 0, ver_key("0"), c)
+        prefix, _, rest = c.rpartition(":")
+        if is_line(rest):
+            return (2, prefix, 0, ver_key(rest), c)
+        if rest == "newest":
+            return (2, prefix, 1, ver_key("0"), c)
+        return (2, prefix, 2, ver_key("0"), c)
     return sorted(columns, key=key)
 
 
-def sweep_key(bugs: Iterable[str], lines: Iterable[str], kernels: Iterable[str]) -> str:
-    """Identity of the command, not of its answers: the same bugs, lines and pinned kernels on the
-    same day are one sweep, so re-running a killed sweep finishes it instead of starting another."""
-    plan = {"bugs": sorted(set(bugs)), "lines": sorted(set(lines)), "kernels": sorted(set(kernels))}
+def check_sources(sources: Iterable[str], lts: bool) -> list[str]:
+    """`--source` values, checked and deduplicated in order (default: Debian, which works offline)."""
+    out: list[str] = []
+    for text in sources:
+        name = (text or "").strip().lower()
+        if name not in LISTED_SOURCES:
+            raise KbisectError(f"--source {text!r}: expected one of {', '.join(LISTED_SOURCES)}")
+        if name not in out:
+            out.append(name)
+    if lts and "mainline" not in out:
+        raise KbisectError("--lts plans kernel.org's long-term lines of the mainline source: add --source mainline")
+    return out
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    """One column to resolve: which source's listing, which line of it."""
+
+    column: str  # "6.1", "newest", "mainline:6.1", "mainline:newest", "ubuntu:5.4"
+    source: str
+    line: str  # "6.1" or "newest"
+    series: str | None = None  # Ubuntu: the series whose uploads are listed
+    ends: str | None = None  # an LTS line's projected end of life (YYYY-MM, core.lts)
+
+
+def plan_lines(sources: Iterable[str], lines: Iterable[str], kernels: Iterable[str], lts: bool = False) -> list[LineRequest]:
+    """The columns to resolve from listings, per source, in order.
+
+    Without `--source`: Debian's `--line`s or its default lines, none with only `--kernel` pins
+    (as before sources existed). Debian takes every `--line`; mainline takes them as its lines
+    ("6.1", "newest") and, with `--lts` or without `--line`, every LTS line plus the newest
+    release; Ubuntu takes a line as the series built on it and, without `--line`, every series
+    it sweeps (core.lts)."""
+    given = list(sources)
+    picked = check_sources(given, lts) if given or lts else list(DEFAULT_SOURCES)
+    kernels = list(kernels)
+    wanted = requested_lines(lines, kernels if not given else [])
+    explicit = [check_line(t) for t in lines]
+    out: list[LineRequest] = []
+    for source in picked:
+        if source == "debian":
+            out += [LineRequest(line, "debian", line) for line in wanted]
+        elif source == "mainline":
+            chosen = list(dict.fromkeys(explicit + (lts_lines() + ["newest"] if lts or not explicit else [])))
+            for line in chosen:
+                lts_line = lts_of(line)
+                out.append(LineRequest(f"mainline:{line}", "mainline", line, ends=lts_line.ends if lts_line else None))
+        else:
+            out += _ubuntu_lines(explicit)
+    seen: set[str] = set()
+    return [r for r in out if not (r.column in seen or seen.add(r.column))]
+
+
+def _ubuntu_lines(explicit: list[str]) -> list[LineRequest]:
+    swept = ubuntu_swept_series()
+    if not explicit:
+        return [LineRequest(f"ubuntu:{base}", "ubuntu", base, series) for series, base in swept]
+    out = []
+    for line in explicit:
+        series, base = swept[-1] if line == "newest" else (series_of_base("ubuntu", line), line)
+        if series is not None:
+            out.append(LineRequest(f"ubuntu:{base}", "ubuntu", base, series))
+    if not out:  # a line another source has is that source's; Ubuntu must get one at least
+        known = ", ".join(f"{s} {b}" for s, b in swept)
+        raise KbisectError(f"--line {', '.join(explicit)} --source ubuntu: no Ubuntu series is built on "
+                           f"{' or '.join(explicit)} (known: {known})")
+    return out
+
+
+@dataclass
+class Column:
+    """One column of the matrix: its line, the kernel the sweep uses there, and what to say
+    about it (a passed-over newer build, what moved since the previous sweep)."""
+
+    line: str
+    kernel: str | None
+    source: str
+    note: str | None = None  # "6.1.120 build failed; using 6.1.119", or None
+    moved: str | None = None  # "6.1.119 → 6.1.120", or None
+    ends: str | None = None  # an LTS line's projected end of life
+    series: str | None = None  # an Ubuntu column's series
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def column_source(column: str, kernel: str | None = None) -> str:
+    """The source a column's kernels come from: its kernel's, else its name's prefix, else Debian."""
+    if kernel:
+        try:
+            return parse_spec(kernel).source
+        except KbisectError:
+            pass
+    prefix = column.split(":", 1)[0] if ":" in column else ""
+    return prefix if prefix in SOURCES else "debian"
+
+
+def describe_column(column: str) -> str:
+    """How a column's line reads in a sentence: "Debian 6.1", "Debian", "mainline 6.1", "ubuntu 5.4"."""
+    if ":" not in column:
+        return "Debian" if column == "newest" else f"Debian {column}"
+    source, _, line = column.partition(":")
+    return source if line == "newest" else f"{source} {line}"
+
+
+def bare(spec: str) -> str:
+    """A kernel without its source ("6.1.119" for mainline:6.1.119): how `moved` names them."""
+    return spec.split(":", 1)[1] if ":" in spec else spec
+
+
+def moved_since(columns: dict[str, str | None], history: Iterable[Cell], bugs: Iterable[str]) -> dict[str, str]:
+    """Column -> "6.1.119 → 6.1.120" where the most recent earlier sweep that probed this line
+    (for any of `bugs`) had another kernel there. Cells without a kernel (the line had none
+    reachable) say nothing about what the line held."""
+    wanted = set(bugs)
+    last: dict[str, tuple[int, str]] = {}
+    for c in history:
+        if c.bug in wanted and c.kernel and c.line in columns and (c.line not in last or c.sweep_id >= last[c.line][0]):
+            last[c.line] = (c.sweep_id, c.kernel)
+    return {line: f"{bare(last[line][1])} → {bare(kernel)}" for line, kernel in columns.items()
+            if kernel and line in last and last[line][1] != kernel}
+
+
+def sweep_key(bugs: Iterable[str], lines: Iterable[str], kernels: Iterable[str],
+              sources: Iterable[str] = DEFAULT_SOURCES, lts: bool = False) -> str:
+    """Identity of the command, not of its answers: the same bugs, lines, sources and pinned
+    kernels on the same day are one sweep, so re-running a killed sweep finishes it instead of
+    starting another. The default (Debian only) keys as it did before sources existed."""
+    plan: dict = {"bugs": sorted(set(bugs)), "lines": sorted(set(lines)), "kernels": sorted(set(kernels))}
+    sources = list(sources)
+    if sources != list(DEFAULT_SOURCES) or lts:
+        plan.update(sources=sources, lts=lts)
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -181,11 +324,29 @@ class Flagged:
     flag: Flag
     earlier: Earlier | None = None
     note: str = ""
+    history: list[dict] = field(default_factory=list)  # earlier cells of this bug and line, oldest first
 
     def to_json(self) -> dict:
         data = self.cell.to_json()
-        data.update(flag=self.flag.value, note=self.note, earlier=self.earlier.to_json() if self.earlier else None)
+        data.update(flag=self.flag.value, note=self.note, earlier=self.earlier.to_json() if self.earlier else None,
+                    history=list(self.history))
         return data
+
+
+def cell_histories(history: Iterable[Cell], before: int | None = None,
+                   keep: int = HISTORY_CELLS) -> dict[tuple[str, str], list[dict]]:
+    """(bug, line) -> its last `keep` earlier cells, oldest first, each {sweep, kernel, verdict,
+    at} (skips included: the marks a report draws are every night, not only decided ones)."""
+    grouped: dict[tuple[str, str], list[Cell]] = {}
+    for c in history:
+        if before is None or c.sweep_id < before:
+            grouped.setdefault((c.bug, c.line), []).append(c)
+    out = {}
+    for key, cells in grouped.items():
+        cells.sort(key=lambda c: (c.sweep_id, c.at))
+        out[key] = [{"sweep": c.sweep_id, "kernel": c.kernel, "verdict": c.verdict.value, "at": c.at}
+                    for c in cells[-keep:]]
+    return out
 
 
 def utc_day(at: float) -> str:
@@ -246,6 +407,11 @@ class Matrix:
     lines: list[str]
     kernels: dict[str, str | None]  # line -> the kernel this sweep used for it
     cells: dict[tuple[str, str], Flagged] = field(default_factory=dict)
+    columns: dict[str, Column] = field(default_factory=dict)  # line -> what its header says
+
+    def column(self, line: str) -> Column:
+        kernel = self.kernels.get(line)
+        return self.columns.get(line) or Column(line, kernel, column_source(line, kernel))
 
     def cell(self, bug: str, line: str) -> Flagged | None:
         return self.cells.get((bug, line))
@@ -264,7 +430,7 @@ class Matrix:
         return {
             "bugs": list(self.bugs),
             "lines": list(self.lines),
-            "columns": [{"line": line, "kernel": self.kernels.get(line)} for line in self.lines],
+            "columns": [self.column(line).to_json() for line in self.lines],
             "counts": self.counts(),
             "regressions": [{"bug": f.cell.bug, "line": f.cell.line, "note": f.note} for f in self.with_flag(Flag.REGRESSION)],
             "fixed": [{"bug": f.cell.bug, "line": f.cell.line, "note": f.note} for f in self.with_flag(Flag.FIXED)],
@@ -274,18 +440,24 @@ class Matrix:
 
 
 def build_matrix(cells: Iterable[Cell], history: Iterable[Cell], kernels: dict[str, str | None],
-                 bugs: list[str] | None = None, lines: list[str] | None = None) -> Matrix:
-    """Flag this sweep's `cells` against `history` (cells of earlier sweeps). Row and column order
-    follow `bugs` and `lines` when given, else the order cells appear in."""
+                 bugs: list[str] | None = None, lines: list[str] | None = None,
+                 columns: dict[str, Column] | None = None) -> Matrix:
+    """Flag this sweep's `cells` against `history` (cells of earlier sweeps), each carrying its
+    last HISTORY_CELLS earlier cells. Row and column order follow `bugs` and `lines` when given,
+    else the order cells appear in; `columns` are the headers (kernel, note, moved)."""
     cells = list(cells)
+    history = list(history)
     this = {c.sweep_id for c in cells}
     before = min(this) if this and 0 not in this else None
     earlier = latest_decided(history, before)
+    past = cell_histories(history, before)
     bugs = list(bugs) if bugs is not None else list(dict.fromkeys(c.bug for c in cells))
     lines = list(lines) if lines is not None else list(dict.fromkeys(c.line for c in cells))
-    matrix = Matrix(bugs, lines, dict(kernels))
+    matrix = Matrix(bugs, lines, dict(kernels), columns=dict(columns or {}))
     for c in cells:
-        matrix.cells[(c.bug, c.line)] = flag_cell(c, earlier.get((c.bug, c.line)))
+        flagged = flag_cell(c, earlier.get((c.bug, c.line)))
+        flagged.history = past.get((c.bug, c.line), [])
+        matrix.cells[(c.bug, c.line)] = flagged
     return matrix
 
 

@@ -264,56 +264,27 @@ def build(rhash: str | None = None, progress: bool = True, replace: bool = False
     work = config.subdir("images") / f"{rhash}.build-{os.getpid()}"
     safe_rmtree(work)
     work.mkdir(parents=True)
-    tree = work / "tree"
-    log = work / "build.log"
-    sources = _apt_source_files()
-    if not sources:
-        raise InstallationError("the machine's apt has no sources configured; cannot build the root image")
-    suite = host_suite(sources)
-    pkgs = packages()
-    steps = [
-        ("mmdebstrap: download and install Debian packages", None),
-        ("install init and sshd config", None),
-        ("mkfs.ext4 -d", None),
-        ("qemu-img convert to qcow2", None),
-    ]
     t0 = time.monotonic()
-    with stage_bar(progress) as bar:
-        task = bar.add_task(steps[0][0], total=len(steps))
-        try:
-            cmd = _mmdebstrap_cmd(pkgs, suite, tree, sources)
-            _run(cmd, "mmdebstrap", log)
-            bar.update(task, advance=1, description=steps[1][0])
-
-            host_key = _install_recipe(tree, log)
-            bar.update(task, advance=1, description=steps[2][0])
-
-            raw = _ext4_image(work, tree, log)
-            bar.update(task, advance=1, description=steps[3][0])
-
-            _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "root.qcow2")], "qemu-img convert", log)
-            raw.unlink()
-            safe_rmtree(tree)
-            bar.update(task, advance=1, description="done")
-        except BaseException as exc:
-            safe_rmtree(tree)
-            (work / "root.raw").unlink(missing_ok=True)
-            if not isinstance(exc, Exception):  # stopped (SIGTERM, Ctrl-C): nothing is left;
-                safe_rmtree(work)  # a failure keeps its build.log for the user (gc removes it)
-            raise
-    meta = {
-        "recipe_hash": rhash,
-        "suite": suite,
-        "packages": pkgs,
-        "host_key": host_key,
-        "size_bytes": (work / "root.qcow2").stat().st_size,
-        "build_seconds": round(time.monotonic() - t0, 1),
-        "built_at": time.time(),
-    }
-    (work / "image.json").write_text(json.dumps(meta, indent=2))
-    os.chmod(work / "root.qcow2", 0o444)  # the base is never written, by anyone
-    _retire(final)
-    work.rename(final)
+    try:  # from the moment the staging exists: a stop anywhere after it leaves nothing behind
+        suite, pkgs, host_key = _build_into(work, progress)
+        meta = {
+            "recipe_hash": rhash,
+            "suite": suite,
+            "packages": pkgs,
+            "host_key": host_key,
+            "size_bytes": (work / "root.qcow2").stat().st_size,
+            "build_seconds": round(time.monotonic() - t0, 1),
+            "built_at": time.time(),
+        }
+        (work / "image.json").write_text(json.dumps(meta, indent=2))
+        os.chmod(work / "root.qcow2", 0o444)  # the base is never written, by anyone
+        _retire(final)
+        work.rename(final)
+    except BaseException as exc:
+        (work / "root.raw").unlink(missing_ok=True)
+        if not isinstance(exc, Exception):  # stopped (SIGTERM, Ctrl-C): nothing is left;
+            safe_rmtree(work)  # a failure keeps its build.log for the user (gc removes it)
+        raise
     return RootImage(path=final / "root.qcow2", recipe_hash=rhash, host_key=host_key, meta=meta)
 
 
@@ -336,6 +307,42 @@ def _held_open(path: Path) -> bool:
             if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
                 return True
     return False
+
+
+def _build_into(work: Path, progress: bool) -> tuple[str, list[str], str]:
+    """mmdebstrap the recipe into `work/tree` and make `work/root.qcow2` of it; (suite,
+    packages, the guest's SSH host key)."""
+    tree = work / "tree"
+    log = work / "build.log"
+    sources = _apt_source_files()
+    if not sources:
+        raise InstallationError("the machine's apt has no sources configured; cannot build the root image")
+    suite = host_suite(sources)
+    pkgs = packages()
+    steps = [
+        "mmdebstrap: download and install Debian packages",
+        "install init and sshd config",
+        "mkfs.ext4 -d",
+        "qemu-img convert to qcow2",
+    ]
+    with stage_bar(progress) as bar:
+        task = bar.add_task(steps[0], total=len(steps))
+        try:
+            _run(_mmdebstrap_cmd(pkgs, suite, tree, sources), "mmdebstrap", log)
+            bar.update(task, advance=1, description=steps[1])
+
+            host_key = _install_recipe(tree, log)
+            bar.update(task, advance=1, description=steps[2])
+
+            raw = _ext4_image(work, tree, log)
+            bar.update(task, advance=1, description=steps[3])
+
+            _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "root.qcow2")], "qemu-img convert", log)
+            raw.unlink()
+            bar.update(task, advance=1, description="done")
+        finally:
+            safe_rmtree(tree)
+    return suite, pkgs, host_key
 
 
 def _retire(final: Path) -> None:
