@@ -216,6 +216,15 @@ CREATE TABLE IF NOT EXISTS sweep_cells (
     stored_at REAL NOT NULL,
     PRIMARY KEY (sweep_id, bug, line)
 );
+CREATE TABLE IF NOT EXISTS sweep_bisections (
+    bug TEXT NOT NULL,
+    good TEXT NOT NULL,
+    bad TEXT NOT NULL,
+    repro_hash TEXT NOT NULL,
+    result TEXT NOT NULL,
+    finished_at REAL NOT NULL,
+    PRIMARY KEY (bug, good, bad, repro_hash)
+);
 """
 
 
@@ -265,6 +274,19 @@ class SweepLog:
         with self.conn:
             self.conn.execute("UPDATE sweeps SET finished_at=?, report=? WHERE id=?",
                               (time.time() if now is None else now, report, sweep_id))
+
+    def bisection(self, bug: str, good: str, bad: str, repro_hash: str) -> dict | None:
+        """The finished auto-bisection of `bug` between these kernels (same reproducer), if any."""
+        row = self.conn.execute("SELECT result FROM sweep_bisections WHERE bug=? AND good=? AND bad=? AND repro_hash=?",
+                                (bug, good, bad, repro_hash)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_bisection(self, bug: str, good: str, bad: str, repro_hash: str, result: dict,
+                      now: float | None = None) -> None:
+        """Record a finished auto-bisection: a later sweep links it instead of bisecting again."""
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO sweep_bisections VALUES (?,?,?,?,?,?)",
+                              (bug, good, bad, repro_hash, json.dumps(result), time.time() if now is None else now))
 
     def cells(self, sweep_id: int | None = None, before: int | None = None) -> list[Any]:
         """`sweep.Cell`s, oldest sweep first: of one sweep, or of every sweep with an id below

@@ -30,8 +30,8 @@ from orchestrator.core.bug import Bug
 from orchestrator.core.engine import Candidate, judge
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.lines import Pick, mainline_of_line, pick_line_kernels, pick_newest_build
-from orchestrator.core.sweep import (DEFAULT_SOURCES, REGRESSION, Cell, Column, Flagged, LineRequest, build_matrix,
-                                     check_sources, column_of, column_source, describe_column, moved_since,
+from orchestrator.core.sweep import (DEFAULT_SOURCES, REGRESSION, BisectTarget, Cell, Column, Flagged, LineRequest,
+                                     Matrix, bisect_targets, build_matrix, check_sources, column_of, column_source, describe_column, moved_since,
                                      plan_lines, resolve_columns, sort_columns, sweep_key, utc_day)
 from orchestrator.core.verdict import ProbeRecord
 
@@ -44,6 +44,14 @@ def real_probe(bug: Bug) -> Callable[[str], ProbeRecord]:
         return run_probe(spec, bug, progress=False, echo_output=False)
 
     return probe
+
+
+def auto_bisect(bug: Bug, good: str, bad: str) -> dict:
+    """One bisection of `bug` from `good` to `bad`, the same use case as `kbisect bisect` (its
+    stored verdicts reused: the sweep's own cells cost nothing again); result.json's content."""
+    from orchestrator.app.bisect import BisectDeps, BisectRequest, run_bisect
+
+    return run_bisect(bug, BisectRequest(good, bad), BisectDeps())
 
 
 def kernel_ids() -> Callable[[str], str]:
@@ -64,6 +72,8 @@ class SweepDeps:
     mainline_entries: Callable[[str | None, list[str]], list[dict]] = field(default=mainline_entries)
     # (distro mirror, series) -> every upload of that series' `linux` source
     ubuntu_entries: Callable[[str | None, str], list[dict]] = field(default=ubuntu_entries)
+    # (bug, good spec, bad spec) -> a finished bisection's result (--auto-bisect)
+    bisect: Callable[[Bug, str, str], dict] = field(default=auto_bisect)
 
 
 @dataclass
@@ -78,6 +88,7 @@ class SweepRequest:
     lts: bool = False  # --lts: every kernel.org LTS line of the mainline source
     mirror: str | None = None  # the mainline mirror (--mirror)
     distro_mirror: str | None = None  # the Ubuntu hosts (--distro-mirror)
+    auto_bisect: bool = False  # --auto-bisect: bisect every bad cell that has a good kernel to start from
 
 
 @dataclass
@@ -291,9 +302,58 @@ def run_sweep(request: SweepRequest, deps: SweepDeps | None = None,
     data = {"sweep": {"id": sweep_id, "day": utc_day(now), "started_at": started, "finished_at": finished,
                       "resumed": resumed, "fresh": request.fresh, "sources": planned.sources},
             "probes": sweeper.counts(), **matrix.to_json()}
+    if request.auto_bisect:
+        data["bisections"] = _auto_bisect(matrix, history, {b.id: b for b in bugs}, log, deps, echo)
+        _link_bisections(data, data["bisections"])
     html = report.write_matrix(data, config.results_dir() / f"sweep-{utc_day(now).replace('-', '')}-{sweep_id}")
     log.finish(sweep_id, str(html), now=finished)
     store.close()
     echo(f"kbisect sweep {sweep_id}: " + ", ".join(f"{v} {k}" for k, v in data["counts"].items())
          + f"; {data['probes']['probe']} boot(s), {data['probes']['store']} stored")
     return SweepOutcome(data, html, matrix.with_flag(REGRESSION), cells)
+
+
+def _auto_bisect(matrix: Matrix, history: list[Cell], bugs: dict[str, Bug], log: SweepLog, deps: SweepDeps,
+                 echo: Callable[[str], None]) -> list[dict]:
+    """A bisection for each bad cell with a good kernel to start from (core.sweep.bisect_targets);
+    one already finished for the same bug, ends and reproducer is linked, not run again. A
+    bisection that fails is recorded with its error and the sweep goes on: the regression
+    flag and the exit code do not depend on it."""
+    flagged = [matrix.cells[(b, line)] for b in matrix.bugs for line in matrix.lines if (b, line) in matrix.cells]
+    out = []
+    for target in bisect_targets(flagged, history):
+        repro_hash = matrix.cells[(target.bug, target.line)].cell.repro_hash
+        done = log.bisection(target.bug, target.good, target.bad, repro_hash)
+        if done is None:
+            echo(f"auto-bisect {target.bug} on {target.line}: {target.good} (good, {target.why}) .. {target.bad} (bad)")
+            done = _run_one(target, bugs[target.bug], deps)
+            if done.get("status") != "error":
+                log.put_bisection(target.bug, target.good, target.bad, repro_hash, done)
+        else:
+            echo(f"auto-bisect {target.bug} on {target.line}: finished earlier ({done.get('status')})")
+        echo(f"auto-bisect {target.bug} on {target.line}: {done.get('status')}"
+             + (f", first bad {done['first_bad']}" if done.get("first_bad") else "")
+             + (f" ({done['report']})" if done.get("report") else ""))
+        out.append({"bug": target.bug, "line": target.line, "good": target.good, "bad": target.bad,
+                    "why": target.why, **done})
+    return out
+
+
+def _run_one(target: BisectTarget, bug: Bug, deps: SweepDeps) -> dict:
+    """The bisection's summary as the sweep keeps it: status, answer, report path."""
+    try:
+        result = deps.bisect(bug, target.good, target.bad)
+    except KbisectError as exc:
+        return {"status": "error", "reason": str(exc)}
+    keep = ("status", "origin", "last_good", "first_bad", "lineage", "stopped", "confidence", "report", "run_id")
+    return {k: result.get(k) for k in keep if k in result}
+
+
+def _link_bisections(data: dict, bisections: list[dict]) -> None:
+    """Each bisected cell of the sweep's JSON names its bisection (result and report path)."""
+    by_cell = {(b["bug"], b["line"]): b for b in bisections}
+    for cell in data.get("cells", []):
+        found = by_cell.get((cell.get("bug"), cell.get("line")))
+        if found is not None:
+            cell["bisection"] = {k: found.get(k) for k in ("status", "first_bad", "last_good", "origin", "report",
+                                                           "good", "bad", "reason") if found.get(k) is not None}

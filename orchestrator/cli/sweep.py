@@ -46,6 +46,10 @@ EXIT_NOTHING_DECIDED = 3
               help="A kernel spec to use for its line (pins that column) or as an extra column (repeatable).")
 @click.option("--fresh", is_flag=True, help="Boot every kernel again (earlier stored verdicts ignored) in a new sweep; "
               "re-running a killed --fresh sweep the same day keeps what it already booted.")
+@click.option("--auto-bisect", is_flag=True, help="Bisect every bad cell that has a good kernel to start from on "
+              "its line (a regression's earlier good kernel, a variant's good base, the line's last good kernel), "
+              "reusing stored verdicts; a finished bisection is linked, not run again. The exit code stays 1 on a "
+              "regression.")
 @click.option("--mirror", default=None, help="Mainline mirror base URL (default: the public one).")
 @click.option("--distro-mirror", default=None, help="Base URL standing for the Ubuntu hosts (URL/api/ Launchpad's "
               "API root, URL/ubuntu/ the archive, URL/launchpad/ its +files; default $KBISECT_UBUNTU_MIRROR).")
@@ -56,7 +60,7 @@ EXIT_NOTHING_DECIDED = 3
 @mainline_options
 @click.pass_context
 def sweep_cmd(ctx: click.Context, bug_ids: tuple[str, ...], sources: tuple[str, ...], lts: bool,
-              lines: tuple[str, ...], kernels: tuple[str, ...], fresh: bool, mirror: str | None,
+              lines: tuple[str, ...], kernels: tuple[str, ...], fresh: bool, auto_bisect: bool, mirror: str | None,
               distro_mirror: str | None, plan_only: bool, as_json: bool, quiet: bool, allow_unverified: bool,
               keyring: str | None) -> None:
     """Every reproducer on the newest kernel of each line: a matrix stored as history, regressions
@@ -69,13 +73,13 @@ def sweep_cmd(ctx: click.Context, bug_ids: tuple[str, ...], sources: tuple[str, 
     Re-running the same command on the same (UTC) day resumes that day's sweep; decided cells come
     back from the results database without booting."""
     if ctx.invoked_subcommand is not None:
-        if (bug_ids or sources or lts or lines or kernels or fresh or mirror or distro_mirror or plan_only
+        if (bug_ids or sources or lts or lines or kernels or fresh or auto_bisect or mirror or distro_mirror or plan_only
                 or as_json or quiet or allow_unverified or keyring):
             raise KbisectError(f"`kbisect sweep {ctx.invoked_subcommand}` takes its own options after its name")
         return
     from orchestrator.app.sweep import SweepRequest
 
-    request = SweepRequest(bug_ids, lines, kernels, fresh, sources, lts, mirror, distro_mirror)
+    request = SweepRequest(bug_ids, lines, kernels, fresh, sources, lts, mirror, distro_mirror, auto_bisect)
     with _source_environment(mirror, distro_mirror, allow_unverified, check_keyring(keyring)):
         sys.exit(_plan(request, as_json) if plan_only else _sweep(request, as_json, quiet))
 

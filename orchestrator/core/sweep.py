@@ -477,3 +477,52 @@ def replay_history(cells: Iterable[Cell]) -> dict[int, dict[str, int]]:
         latest.update(latest_decided(by_sweep[sweep_id]))
         out[sweep_id] = counts
     return out
+
+
+# -- auto-bisect: which bad cells have a good kernel to start from ---------------------------------
+
+@dataclass(frozen=True)
+class BisectTarget:
+    """One bisection `--auto-bisect` asks for: `bug` on `line`, from a kernel known good there."""
+
+    bug: str
+    line: str
+    good: str
+    bad: str
+    why: str  # where the good end came from, for the progress line and the JSON
+
+
+def bisect_targets(flagged: list[Flagged], history: list[Cell]) -> list[BisectTarget]:
+    """Every bad cell with a good kernel to start from, in matrix order, each pair once.
+
+    The good end is, in order: the earlier verdict a regression was flagged against; for a
+    patched variant (a pinned positive control), its base kernel when this sweep found it good;
+    else the most recent good kernel of that bug on that line in the history. A bad cell with
+    none of these (a new line that was never good) has nothing to bisect from."""
+    good_now = {(f.cell.bug, f.cell.kernel) for f in flagged if f.cell.verdict == "good" and f.cell.kernel}
+    out: list[BisectTarget] = []
+    seen: set[tuple[str, str, str]] = set()
+    for f in flagged:
+        c = f.cell
+        if c.verdict != "bad" or not c.kernel:
+            continue
+        start = _good_end(f, good_now, history)
+        if start is None or start[0] == c.kernel or (c.bug, start[0], c.kernel) in seen:
+            continue
+        seen.add((c.bug, start[0], c.kernel))
+        out.append(BisectTarget(c.bug, c.line, start[0], c.kernel, start[1]))
+    return out
+
+
+def _good_end(f: Flagged, good_now: set[tuple[str, str]], history: list[Cell]) -> tuple[str, str] | None:
+    c = f.cell
+    if f.earlier is not None and f.earlier.verdict is Verdict.GOOD:
+        return f.earlier.kernel, f"good in sweep {f.earlier.sweep_id}"
+    base = c.kernel.split("+", 1)[0]
+    if base != c.kernel and (c.bug, base) in good_now:
+        return base, "the variant's base, good in this sweep"
+    goods = [h for h in history if h.bug == c.bug and h.line == c.line and h.verdict == "good" and h.kernel]
+    if goods:
+        last = max(goods, key=lambda h: (h.sweep_id or 0, h.at or 0.0))
+        return last.kernel, f"good in sweep {last.sweep_id}"
+    return None
