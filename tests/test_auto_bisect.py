@@ -36,6 +36,7 @@ def test_targets_start_from_the_regressions_good_kernel_a_variants_base_or_the_l
         _flagged("c", "5.10", "debian:5.10.0-46-cloud-amd64", "bad", "unchanged"),
         _flagged("d", "6.12", "debian:6.12.1-1-cloud-amd64", "bad", "new"),  # never good: nothing to start from
         _flagged("e", "6.1", base, "skip", "skip"),
+        _flagged("f", control, control, "bad", "new"),  # its base not swept good: still the start
     ]
     history = [Cell("c", "5.10", "debian:5.10.0-44-cloud-amd64", "good", sweep_id=1),
                Cell("c", "5.10", "debian:5.10.0-45-cloud-amd64", "good", sweep_id=2),
@@ -43,7 +44,8 @@ def test_targets_start_from_the_regressions_good_kernel_a_variants_base_or_the_l
     got = [(t.bug, t.good, t.bad) for t in bisect_targets(flagged, history)]
     assert got == [("a", "debian:6.1.0-55-cloud-amd64", "debian:6.1.0-57-cloud-amd64"),
                    ("b", base, control),
-                   ("c", "debian:5.10.0-45-cloud-amd64", "debian:5.10.0-46-cloud-amd64")]
+                   ("c", "debian:5.10.0-45-cloud-amd64", "debian:5.10.0-46-cloud-amd64"),
+                   ("f", base, control)]
 
 
 # -- through the CLI -------------------------------------------------------------------------------

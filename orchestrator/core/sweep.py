@@ -496,8 +496,9 @@ def bisect_targets(flagged: list[Flagged], history: list[Cell]) -> list[BisectTa
     """Every bad cell with a good kernel to start from, in matrix order, each pair once.
 
     The good end is, in order: the earlier verdict a regression was flagged against; for a
-    patched variant (a pinned positive control), its base kernel when this sweep found it good;
-    else the most recent good kernel of that bug on that line in the history. A bad cell with
+    patched variant (a pinned positive control), its base kernel (the bisection probes it when
+    the sweep did not: a bad base is the bisection's ends-disagree, not a guess here); else the
+    most recent good kernel of that bug on that line in the history. A bad cell with
     none of these (a new line that was never good) has nothing to bisect from."""
     good_now = {(f.cell.bug, f.cell.kernel) for f in flagged if f.cell.verdict == "good" and f.cell.kernel}
     out: list[BisectTarget] = []
@@ -519,8 +520,9 @@ def _good_end(f: Flagged, good_now: set[tuple[str, str]], history: list[Cell]) -
     if f.earlier is not None and f.earlier.verdict is Verdict.GOOD:
         return f.earlier.kernel, f"good in sweep {f.earlier.sweep_id}"
     base = c.kernel.split("+", 1)[0]
-    if base != c.kernel and (c.bug, base) in good_now:
-        return base, "the variant's base, good in this sweep"
+    if base != c.kernel:  # a patched variant (a pinned positive control) starts from its base
+        known = (c.bug, base) in good_now
+        return base, "the variant's base" + (", good in this sweep" if known else " (the bisection probes it)")
     goods = [h for h in history if h.bug == c.bug and h.line == c.line and h.verdict == "good" and h.kernel]
     if goods:
         last = max(goods, key=lambda h: (h.sweep_id or 0, h.at or 0.0))
