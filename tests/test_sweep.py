@@ -525,7 +525,7 @@ def test_real_sweep_two_reproducers_on_the_newest_6_1(vm_host, shared_home, tmp_
     assert data["counts"]["regression"] == 0
     html = Path(data["report"]).read_text()
     assert f"<th>6.1<br><code>{kernel}</code></th>" in html
-    assert all(f"<tr><th>{b}</th>" in html for b in REAL_BUGS) and html.count('<td class="good ') == 2
+    assert all(f'<th class="bug">{b}</th>' in html for b in REAL_BUGS) and html.count('<td class="good ') == 2
     assert json.loads(Path(data["json"]).read_text())["cells"] == data["cells"]
 
     again, second_s = _sweep_in_process(args, deps, capsys)
