@@ -72,6 +72,11 @@ def test_a_replaced_image_in_use_is_kept_aside_until_unused(kbisect_home):
     image._retire(base.parent)  # what build(replace=True) does just before the new image moves in
     kept = base.parent.with_name(f"{base.parent.name}.old-{os.getpid()}")
     assert not base.parent.exists() and (kept / "root.qcow2").exists()
-    with open(kept / "root.qcow2", "rb"):  # stands for the running QEMU
+    with open(kept / "root.qcow2", "rb") as held:  # a child holding it open stands for the running QEMU
+        qemu = subprocess.Popen(["sleep", "600"], stdin=held)
+    try:
         assert image.gc_builds() == []
+    finally:
+        qemu.kill()
+        qemu.wait()
     assert image.gc_builds() == [kept] and not kept.exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from orchestrator.adapters import config
 from orchestrator.adapters.cache import locked
-from orchestrator.adapters.fsutil import reap_dead_owners
+from orchestrator.adapters.fsutil import in_use, reap_dead_owners
 from orchestrator.adapters.progress import stage_bar
 from orchestrator.core.errors import InstallationError, KbisectError
 
@@ -180,17 +180,12 @@ def backing_file(qcow2: Path) -> str | None:
 
 def overlays_using(base: Path) -> list[Path]:
     """Overlays of live runs (their owner process alive) whose backing file is `base`."""
-    from orchestrator.adapters.guest.vm import owner_alive
+    from orchestrator.adapters.guest.vm import run_owner_alive
 
     want = os.path.realpath(base)
     found = []
     for state in config.subdir("runs").glob("*/state.json"):
-        try:
-            st = json.loads(state.read_text())
-            alive = owner_alive(int(st["pid"]), st.get("start"))
-        except (OSError, ValueError, KeyError, TypeError):
-            alive = True  # a run still writing its state: assume it is alive
-        if not alive:
+        if run_owner_alive(state.parent) is False:  # unreadable: a run still writing it, alive
             continue
         for overlay in state.parent.glob("*/*.qcow2"):
             named = backing_file(overlay)
@@ -286,27 +281,6 @@ def build(rhash: str | None = None, progress: bool = True, replace: bool = False
             safe_rmtree(work)  # a failure keeps its build.log for the user (gc removes it)
         raise
     return RootImage(path=final / "root.qcow2", recipe_hash=rhash, host_key=host_key, meta=meta)
-
-
-def _held_open(path: Path) -> bool:
-    """Does any process hold `path` open? (/proc/<pid>/fd; root sees every process's.)"""
-    try:
-        want = os.stat(path)
-    except OSError:
-        return False
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            fds = list(fd_dir.iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(fd)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
-                return True
-    return False
 
 
 def _build_into(work: Path, progress: bool) -> tuple[str, list[str], str]:
@@ -423,7 +397,7 @@ def gc_builds() -> list[Path]:
     for old in images.glob("*.old-*"):
         # A retired image is named by no overlay any more (the new image took its path): it is in
         # use exactly while a QEMU process still holds it open.
-        if not _held_open(old / "root.qcow2"):
+        if not in_use(old / "root.qcow2"):
             shutil.rmtree(old, ignore_errors=True)
             removed.append(old)
     return removed

@@ -445,15 +445,22 @@ def gc(uri: str | None = None, include_live: bool = False) -> list[str]:
     return removed + _gc_run_dirs(include_live)
 
 
+def run_owner_alive(run_dir: Path) -> bool | None:
+    """Is the process that owns `run_dir` (its state.json) alive? None when the state cannot be
+    read (a run still writing it, or a damaged one): each caller decides what that means."""
+    try:
+        st = json.loads((run_dir / "state.json").read_text())
+        return owner_alive(int(st["pid"]), st.get("start"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _gc_run_dirs(include_live: bool = False) -> list[str]:
     """Remove run directories (overlays, consoles) whose owner process is gone."""
     removed: list[str] = []
     for d in config.subdir("runs").iterdir():
-        state = d / "state.json"
-        try:
-            st = json.loads(state.read_text())
-            alive = owner_alive(int(st["pid"]), st.get("start"))
-        except (OSError, ValueError, KeyError):
+        alive = run_owner_alive(d)
+        if alive is None:
             alive = time.time() - d.stat().st_mtime < 60  # a run still writing its state file
         if not alive or include_live:
             shutil.rmtree(d, ignore_errors=True)
