@@ -257,10 +257,10 @@ def build(rhash: str | None = None, progress: bool = True, replace: bool = False
     rhash = rhash or recipe_hash()
     final = image_dir(rhash)
     work = config.subdir("images") / f"{rhash}.build-{os.getpid()}"
-    safe_rmtree(work)
-    work.mkdir(parents=True)
     t0 = time.monotonic()
-    try:  # from the moment the staging exists: a stop anywhere after it leaves nothing behind
+    try:  # the mkdir too: a stop between creating the staging and entering the try would leave it
+        safe_rmtree(work)
+        work.mkdir(parents=True)
         suite, pkgs, host_key = _build_into(work, progress)
         meta = {
             "recipe_hash": rhash,

@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -144,10 +143,18 @@ def fetch_packages(base: BaseKernel, packages: PackageFetcher, progress: StepLog
 
 @contextmanager
 def workspace(dest: Path) -> Iterator[tuple[Path, Path]]:
-    """(scratch directory, staging directory beside `dest`); both are gone when the build ends."""
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.work-", dir=config.subdir("variants")))
+    """(scratch directory, staging directory beside `dest`); both are gone when the build ends.
+
+    Both names are fixed before anything is created and the `try` covers the mkdir itself: a
+    SIGTERM that lands between creating the scratch directory and entering the `try` (as with
+    mkdtemp) left it behind. The caller holds the variant's lock, so a same-named directory of
+    a dead process with a reused pid can be cleared first.
+    """
+    work = config.subdir("variants") / f".{dest.name}.work-{os.getpid()}"
     staging = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     try:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
         yield work, staging
     finally:
         shutil.rmtree(work, ignore_errors=True)
