@@ -239,7 +239,7 @@ def test_cli_first_second_and_next_night(world, capsys) -> None:
     assert lk(data["columns"]) == [("5.10", "debian:5.10.0-46-cloud-amd64"), ("6.1", K55)]
     assert data["counts"]["new"] == 4 and data["probes"] == {"probe": 4, "store": 0}
     assert len(world.boots) == 4
-    assert "[1/4] gretap-ecn on 5.10 (debian:5.10.0-46-cloud-amd64) ..." in err and "[4/4]" in err
+    assert "[1/4] gretap-ecn on 5.10: good (probe" in err and "[4/4]" in err and "4 VM boot(s) (4 alone)" in err
     html = Path(data["report"]).read_text()
     assert Path(data["json"]).name == "matrix.json" and Path(data["report"]).parent.parent == world.results
     first_id = data["sweep"]["id"]
@@ -338,19 +338,99 @@ def test_a_kernel_whose_bytes_changed_is_probed_again(world, capsys) -> None:
     assert data["probes"] == {"probe": 1, "store": 0} and len(world.boots) == 2
 
 
+class SharedWorld:
+    """A fake guest per kernel behind core.sharing (the real batch logic): `shared_says` is what
+    a bug says in the shared guest, `world.verdicts` what it says alone."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.shared_says: dict[tuple[str, str], Verdict] = {}
+        self.groups: list[tuple[str, list[str], str]] = []  # (kernel, bugs, thread name)
+        world.deps.batch_probe = self.batcher
+
+    def batcher(self, share, echo):
+        import threading
+
+        from orchestrator.core.sharing import SharedRun, probe_batch
+
+        def batch(spec, bugs, stopped, on_final):
+            def shared(group):
+                self.groups.append((spec, [b.id for b in group], threading.current_thread().name))
+                self.world.boots.append(("shared", spec))
+                return [SharedRun(ProbeRecord(spec, b.id, self.shared_says.get((b.id, spec), Verdict.GOOD),
+                                              f"shared on {spec}", {"run": 1.0},
+                                              artefacts=[f"/r/{b.id}/console.log", f"/r/{b.id}/dmesg.txt"]))
+                        for b in group]
+
+            def alone(b):
+                return self.world.deps.real_probe(b)(spec)
+
+            return probe_batch(bugs, shared, alone, share=share, stopped=stopped, on_final=on_final)
+
+        return batch
+
+
+def test_one_vm_per_kernel_rechecks_a_shared_bad_alone(world, capsys) -> None:
+    """Two kernels, two reproducers: two shared boots; gretap-ecn said bad in the shared guest on
+    6.1 but good alone, so the cell is good (cross-talk never makes a regression) and says so;
+    the JSON counts every boot by kind and each cell names its probe's files."""
+    shared = SharedWorld(world)
+    shared.shared_says[("gretap-ecn", K55)] = Verdict.BAD
+    code, out, err = world.run(ARGS, capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert [(k, g) for k, g, _t in shared.groups] == [
+        ("debian:5.10.0-46-cloud-amd64", ["gretap-ecn", "veth-csum"]), (K55, ["gretap-ecn", "veth-csum"])]
+    assert world.boots == [("shared", "debian:5.10.0-46-cloud-amd64"), ("shared", K55), ("gretap-ecn", K55)]
+    assert data["boots"] == 3 and data["boots_by_kind"] == {"shared": 2, "isolated": 0, "alone": 0,
+                                                            "rechecked": 1, "repeat": 0}
+    assert data["probes"] == {"probe": 4, "store": 0}
+    cells = {(c["bug"], c["line"]): c for c in data["cells"]}
+    rechecked = cells[("gretap-ecn", "6.1")]
+    assert (rechecked["verdict"], rechecked["vm"]) == ("good", "rechecked")
+    assert rechecked["vm_note"] == f"re-checked alone; in the shared VM: bad (shared on {K55})"
+    plain = cells[("veth-csum", "5.10")]
+    assert (plain["vm"], plain["console"], plain["log"], plain["artefacts"]) == (
+        "shared", "/r/veth-csum/console.log", "/r/veth-csum/output.txt", ["/r/veth-csum/dmesg.txt"])
+    assert "2 shared, 1 rechecked" in err
+    # the detail survives the store: the same command again reads every cell back with it
+    code, out, _ = world.run(ARGS, capsys)
+    again = {(c["bug"], c["line"]): c for c in json.loads(out)["cells"]}
+    assert again[("gretap-ecn", "6.1")]["vm"] == "rechecked" and data["probes"]["probe"] == 4
+
+
+def test_jobs_two_runs_kernels_in_worker_threads_and_stores_from_the_main_one(world, capsys) -> None:
+    shared = SharedWorld(world)
+    code, out, err = world.run(ARGS + ["--jobs", "2"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert sorted(k for k, _g, _t in shared.groups) == ["debian:5.10.0-46-cloud-amd64", K55]
+    assert all(t.startswith("kbisect-vm") for _k, _g, t in shared.groups)
+    assert data["sweep"]["jobs"] == 2 and data["boots"] == 2 and data["counts"]["new"] == 4
+    assert len(SweepLog(Store()).cells()) == 4  # every cell stored (SQLite from the main thread only)
+
+
+def test_vm_per_cell_is_the_old_design(world, capsys) -> None:
+    shared = SharedWorld(world)
+    code, out, _ = world.run(ARGS + ["--vm-per-cell"], capsys)
+    data = json.loads(out)
+    assert code == 0 and shared.groups == [] and data["boots_by_kind"]["alone"] == 4 and not data["sweep"]["shared_vm"]
+
+
 def test_a_killed_sweep_resumes_where_it_stopped(world, capsys) -> None:
     world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")] = KeyboardInterrupt()
     code, _, err = world.run(ARGS, capsys)
     assert code == 130 and "kbisect: aborted" in err
     log = SweepLog(Store())
     (row,) = log.sweeps()
-    assert row["finished_at"] is None and row["cells"] == 2 and row["planned"] == 4
+    # cells are decided kernel by kernel: gretap-ecn on 5.10 was decided (and stored) before the kill
+    assert row["finished_at"] is None and row["cells"] == 1 and row["planned"] == 4
     assert not list(world.results.glob("*/matrix.json"))
     del world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")]
     code, out, _ = world.run(ARGS, capsys)
     data = json.loads(out)
     assert code == 0 and data["sweep"]["id"] == row["id"] and data["sweep"]["resumed"]
-    assert data["probes"] == {"probe": 2, "store": 2} and len(world.boots) == 4
+    assert data["probes"] == {"probe": 3, "store": 1} and len(world.boots) == 4
     assert SweepLog(Store()).sweeps()[0]["finished_at"] is not None
 
 
@@ -359,13 +439,13 @@ def test_fresh_boots_everything_and_a_killed_fresh_sweep_keeps_its_boots(world, 
     world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")] = KeyboardInterrupt()
     world.catch_up()  # the fresh sweep starts after those four boots were stored
     code, _, _ = world.run(ARGS + ["--fresh"], capsys)
-    assert code == 130 and len(world.boots) == 6  # two fresh boots before the kill
+    assert code == 130 and len(world.boots) == 5  # one fresh boot before the kill
     del world.verdicts[("veth-csum", "debian:5.10.0-46-cloud-amd64")]
     code, out, _ = world.run(ARGS + ["--fresh"], capsys)
     data = json.loads(out)
     assert code == 0 and data["sweep"]["resumed"] and data["sweep"]["fresh"]
-    # the two cells booted afresh before the kill come back stored; the other two boot again
-    assert data["probes"] == {"probe": 2, "store": 2} and len(world.boots) == 8
+    # the cell booted afresh before the kill comes back stored; the other three boot again
+    assert data["probes"] == {"probe": 3, "store": 1} and len(world.boots) == 8
     assert sorted(world.boots[4:]) == sorted(world.boots[:4])
     world.catch_up()
     code, out, _ = world.run(ARGS + ["--fresh"], capsys)  # finished: a new fresh sweep boots all

@@ -669,3 +669,44 @@ def test_lock_held_sees_another_holder_and_a_dead_one(tmp_path):
     assert not fsutil.lock_held(lock)  # the kernel dropped a killed holder's lock
     with FileLock(str(lock)):
         assert fsutil.lock_held(lock)
+
+
+def test_a_shared_session_runs_two_reproducers_each_with_its_own_console_part_and_files(tmp_path):
+    """One guest, two reproducers: the second's upload first clears the first's directory, each
+    run's console part is its own (the first's trace is not the second's), each probe directory
+    gets its console.log, and the domain is destroyed once, at the end."""
+    dom = FakeVM(console="boot\n")
+    commands: list[str] = []
+
+    def on_run(guest, command, on_output, should_abort):
+        commands.append(command)
+        if "rm -rf" in command:
+            return ssh.RunResult(exit_code=0, stdout="", stderr="", timed_out=False, aborted=None, seconds=0.0)
+        n = sum("bash" in c for c in commands)
+        dom.text += f"run {n} says hello\n" + ("WARNING: CPU: 0 PID: 7 at first\n" if n == 1 else "")
+        return _exit(0, f"ok {n}\n")(guest, command, on_output, should_abort)
+
+    guest = FakeGuest(dom, on_run=on_run)
+    s = _session(tmp_path, dom, lambda port, deadline, blocker: guest, on_output=lambda which, line: None)
+    s.prepare()
+    assert s.boot() and s.upload()
+    s.run()
+    s.collect()
+    s.finish_run()
+    first = s.observation
+    second_dir = tmp_path / "probe2"
+    s.next_run(Bug(id="fake2", dir=tmp_path, timeout=60), second_dir, upload_dirs=[tmp_path])
+    assert s.upload()
+    s.run()
+    s.collect()
+    s.teardown()
+    second = s.observation
+    assert first is not second and second.booted and dom.destroyed == [True]
+    assert first.console_run == "run 1 says hello\nWARNING: CPU: 0 PID: 7 at first\n"
+    assert second.console_run == "run 2 says hello\n" and "WARNING" in second.console_boot
+    assert commands[1].startswith("rm -rf /root/repro ")  # before the second upload, not the first
+    assert sum("rm -rf" in c for c in commands) == 1
+    assert (tmp_path / "probe" / "console.log").read_text().endswith("at first\n")
+    assert (second_dir / "console.log").read_text().endswith("run 2 says hello\n")
+    assert classify(first, BUG60).verdict is Verdict.SKIP and classify(second, BUG60)[:2] == (Verdict.GOOD, "ok 2")
+    assert list(second.phases) == ["upload", "run", "collect", "teardown"]

@@ -347,6 +347,11 @@ def write_matrix(data: dict[str, Any], directory: Path) -> Path:
     return html_path
 
 
+# how a cell's guest was used (core.sharing), as the matrix says it
+VM_WORDS = {"shared": "shared VM", "isolated": "own VM (isolate)", "alone": "own VM",
+            "rechecked": "re-checked in its own VM"}
+
+
 def render_matrix(data: dict[str, Any], directory: Path) -> str:
     """matrix.html's text for the sweep's JSON."""
     view = json.loads(json.dumps(data))
@@ -367,7 +372,8 @@ def render_matrix(data: dict[str, Any], directory: Path) -> str:
         at = sweep.get(f"{key}_at")
         sweep[key] = _utc(at) if at else "not finished"
     any_moved = any(c.get("moved") or c.get("note") for c in view["columns"])
-    return _render("matrix.html.j2", s=view, rows=rows, any_moved=any_moved, index_href=_index_href(directory))
+    return _render("matrix.html.j2", s=view, rows=rows, any_moved=any_moved, index_href=_index_href(directory),
+                   vm_words=VM_WORDS)
 
 
 def _cell_files(c: dict[str, Any]) -> list[str]:

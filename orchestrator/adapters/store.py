@@ -214,6 +214,7 @@ CREATE TABLE IF NOT EXISTS sweep_cells (
     source TEXT NOT NULL,
     runs INTEGER NOT NULL,
     stored_at REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (sweep_id, bug, line)
 );
 CREATE TABLE IF NOT EXISTS sweep_bisections (
@@ -226,6 +227,14 @@ CREATE TABLE IF NOT EXISTS sweep_bisections (
     PRIMARY KEY (bug, good, bad, repro_hash)
 );
 """
+
+
+def _detail(text: str) -> dict:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class SweepLog:
@@ -241,6 +250,12 @@ class SweepLog:
     def __init__(self, store: Store) -> None:
         self.conn = store.conn
         self.conn.executescript(SWEEP_SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(sweep_cells)")}
+        if "detail" not in columns:  # a database from before cells linked their probes
+            try:
+                self.conn.execute("ALTER TABLE sweep_cells ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'")
+            except sqlite3.OperationalError:  # another kbisect added it first
+                pass
         self.conn.commit()
 
     def open(self, key: str, plan: dict, fresh: bool = False, now: float | None = None) -> tuple[int, bool, float]:
@@ -266,9 +281,10 @@ class SweepLog:
         """Store (or, on resume, replace) one decided cell (a `sweep.Cell`) and commit at once."""
         with self.conn:
             self.conn.execute(
-                "INSERT OR REPLACE INTO sweep_cells VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO sweep_cells (sweep_id, bug, line, kernel, repro_hash, verdict, reason, "
+                "seconds, source, runs, stored_at, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (sweep_id, cell.bug, cell.line, cell.kernel, cell.repro_hash, cell.verdict, cell.reason,
-                 cell.seconds, cell.source, cell.runs, time.time()))
+                 cell.seconds, cell.source, cell.runs, time.time(), json.dumps(getattr(cell, "detail", {}) or {})))
 
     def finish(self, sweep_id: int, report: str = "", now: float | None = None) -> None:
         with self.conn:
@@ -294,13 +310,14 @@ class SweepLog:
         from orchestrator.core.sweep import Cell
 
         sql = ("SELECT c.bug, c.line, c.kernel, c.verdict, c.reason, c.seconds, c.source, c.runs, c.repro_hash, "
-               "c.sweep_id, s.started_at FROM sweep_cells c JOIN sweeps s ON s.id = c.sweep_id")
+               "c.sweep_id, s.started_at, c.detail FROM sweep_cells c JOIN sweeps s ON s.id = c.sweep_id")
         args: tuple = ()
         if sweep_id is not None:
             sql, args = sql + " WHERE c.sweep_id=?", (sweep_id,)
         elif before is not None:
             sql, args = sql + " WHERE c.sweep_id<?", (before,)
-        return [Cell(*row) for row in self.conn.execute(sql + " ORDER BY c.sweep_id, c.stored_at", args)]
+        rows = self.conn.execute(sql + " ORDER BY c.sweep_id, c.stored_at", args)
+        return [Cell(*row[:-1], detail=_detail(row[-1])) for row in rows]
 
     def sweeps(self) -> list[dict[str, Any]]:
         """Every sweep, oldest first, with how many cells it holds of how many planned."""

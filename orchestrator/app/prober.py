@@ -100,6 +100,27 @@ class ResumingProbe:
         self.repro_hash = repro_hash or reproducer_hash(bug)
         self.seq: dict[str, int] = {}
         self.counts = {"replay": 0, "store": 0, "probe": 0}
+        self.offered: dict[str, ProbeRecord] = {}  # spec -> a run already made elsewhere (offer)
+
+    def answered(self, spec: str) -> bool:
+        """Whether the next run of `spec` is answered without a boot (replay file or store),
+        asked the way __call__ asks; a kernel that cannot be had counts as answered (its skip
+        comes from __call__, at no boot's cost)."""
+        if self.canon(spec) in self.replay:
+            return True
+        if self.store is None or self.fresh:
+            return False
+        try:
+            kernel_id = self.kernel_id(spec)
+        except KbisectError:
+            return True
+        n = self.seq.get(spec, 0)
+        return self.store.get(self.bug.id, kernel_id, self.repro_hash, n, self.since, run_key=self.run_key) is not None
+
+    def offer(self, spec: str, record: ProbeRecord) -> None:
+        """A real run of `spec` made by someone else (the sweep's shared guest): the next call
+        that would boot takes it instead, and stores it like its own."""
+        self.offered[spec] = record
 
     def __call__(self, cand: Any) -> Any:
         """One run for the engine: a RunOutcome (replay, store or a real probe)."""
@@ -116,7 +137,7 @@ class ResumingProbe:
             stored = self._stored(spec, kernel_id, n)
             if stored is not None:
                 return stored
-            record = self.real_probe(spec)
+            record = self.offered.pop(spec, None) or self.real_probe(spec)
         except KbisectError as exc:
             if decide(exc) is Decision.ABORT:  # app.policy: machine or input trouble stops the run
                 raise

@@ -39,12 +39,12 @@ def _probes(kernel_spec: str, bug: Bug, repeat: int, mirror: str | None, **opts)
     t0 = time.monotonic()
     kernel = fetch_kernel(kernel_spec, mirror=mirror)
     fetch_s = time.monotonic() - t0
-    records = [_stamped(run_probe_kernel(kernel, bug, **opts), kernel_spec, kernel) for _ in range(repeat)]
+    records = [stamped(run_probe_kernel(kernel, bug, **opts), kernel_spec, kernel) for _ in range(repeat)]
     records[0].phases["prepare"] = round(records[0].phases.get("prepare", 0.0) + fetch_s, 3)
     return records
 
 
-def _stamped(rec: ProbeRecord, spec: str, kernel: UnpackedKernel) -> ProbeRecord:
+def stamped(rec: ProbeRecord, spec: str, kernel: UnpackedKernel) -> ProbeRecord:
     """The record under the spec the caller asked for, with the kernel's provenance."""
     rec.kernel = spec
     rec.upstream_commit = kernel.commit

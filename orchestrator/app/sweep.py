@@ -24,6 +24,9 @@ from orchestrator.adapters import catalog, config, report
 from orchestrator.adapters.store import Store, SweepLog
 from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.lines import debian_entries, mainline_entries, ubuntu_entries
+from orchestrator.app.batch import BatchProbe, Handlers, KernelBatcher, run_batches
+from orchestrator.app.policy import Decision
+from orchestrator.app.policy import decide as decide_error
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
@@ -33,7 +36,11 @@ from orchestrator.core.lines import Pick, mainline_of_line, pick_line_kernels, p
 from orchestrator.core.sweep import (DEFAULT_SOURCES, REGRESSION, BisectTarget, Cell, Column, Flagged, LineRequest,
                                      Matrix, bisect_targets, build_matrix, check_sources, column_of, column_source, describe_column, moved_since,
                                      plan_lines, resolve_columns, sort_columns, sweep_key, utc_day)
+from orchestrator.core.sharing import ALONE, ISOLATED, RECHECKED, SHARED, Batch, probe_batch
 from orchestrator.core.verdict import ProbeRecord
+
+REPEAT = "repeat"  # a run beyond a cell's first (bug.repeat.runs > 1): one VM of its own
+BOOT_KINDS = (SHARED, ISOLATED, ALONE, RECHECKED, REPEAT)
 
 RealProbe = Callable[[Bug], Callable[[str], ProbeRecord]]
 
@@ -74,6 +81,26 @@ class SweepDeps:
     ubuntu_entries: Callable[[str | None, str], list[dict]] = field(default=ubuntu_entries)
     # (bug, good spec, bad spec) -> a finished bisection's result (--auto-bisect)
     bisect: Callable[[Bug, str, str], dict] = field(default=auto_bisect)
+    # (share one guest per kernel?, progress echo) -> the probe of every first run on one kernel;
+    # None: real guests (app.batch) when `real_probe` is the real one, else a VM per cell over
+    # the given `real_probe` (tests that fake single probes keep their meaning)
+    batch_probe: Callable[[bool, Callable[[str], None]], BatchProbe] | None = None
+
+    def batcher(self, share: bool, echo: Callable[[str], None]) -> BatchProbe:
+        if self.batch_probe is not None:
+            return self.batch_probe(share, echo)
+        if self.real_probe is real_probe:
+            return KernelBatcher(share=share, echo=echo)
+        return per_cell(self.real_probe)
+
+
+def per_cell(probe: RealProbe) -> BatchProbe:
+    """A batch of single probes: one `probe(bug)(spec)` per reproducer (core.sharing's `share=False`)."""
+    def batch(spec: str, bugs, stopped: Callable[[], bool], on_final: Callable[[ProbeRecord], None]) -> Batch:
+        return probe_batch(bugs, lambda _group: [], lambda bug: probe(bug)(spec), share=False, stopped=stopped,
+                           on_final=on_final)
+
+    return batch
 
 
 @dataclass
@@ -89,6 +116,8 @@ class SweepRequest:
     mirror: str | None = None  # the mainline mirror (--mirror)
     distro_mirror: str | None = None  # the Ubuntu hosts (--distro-mirror)
     auto_bisect: bool = False  # --auto-bisect: bisect every bad cell that has a good kernel to start from
+    jobs: int = 1  # --jobs: VMs at once (one kernel each)
+    share: bool = True  # one guest per kernel for every reproducer (--vm-per-cell: False)
 
 
 @dataclass
@@ -120,6 +149,7 @@ class Sweeper:
         self.kernel_id = kernel_id  # spec -> content id, what stored verdicts follow
         self.probers: dict[str, ResumingProbe] = {}
         self.decided: dict[tuple[str, str], Cell] = {}  # (bug, kernel) -> Cell, when two lines share a kernel
+        self.boots = {k: 0 for k in BOOT_KINDS}  # VMs started, by how they were used (core.sharing)
 
     def counts(self) -> dict[str, int]:
         out = {"probe": 0, "store": 0}
@@ -128,9 +158,30 @@ class Sweeper:
                 out[k] += prober.counts[k]
         return out
 
+    def pending(self, bugs: list[Bug], spec: str) -> list[Bug]:
+        """The bugs whose first run on `spec` needs a boot (not decided, stored or replayed)."""
+        return [b for b in bugs if (b.id, spec) not in self.decided and not self._prober(b).answered(spec)]
+
+    def offer(self, spec: str, record: ProbeRecord) -> None:
+        """A batch's final first run of `record.bug` on `spec`: the cell takes it (and stores it)."""
+        self.probers[record.bug].offer(spec, record)
+
+    def count(self, batch: Batch) -> None:
+        """A finished batch's boots, by kind."""
+        for kind, n in batch.boots.items():
+            self.boots[kind] += n
+
+    def _counted(self, probe: Callable[[str], ProbeRecord]) -> Callable[[str], ProbeRecord]:
+        """A repeat run beyond a batch's first is one VM of its own."""
+        def counted(spec: str) -> ProbeRecord:
+            self.boots[REPEAT] += 1
+            return probe(spec)
+
+        return counted
+
     def _prober(self, bug: Bug) -> ResumingProbe:
         if bug.id not in self.probers:
-            self.probers[bug.id] = ResumingProbe(bug, self.real_probe(bug), store=self.store, since=self.since,
+            self.probers[bug.id] = ResumingProbe(bug, self._counted(self.real_probe(bug)), store=self.store, since=self.since,
                                                  kernel_id=self.kernel_id, run_key=self.run_key)
         return self.probers[bug.id]
 
@@ -148,9 +199,32 @@ class Sweeper:
             return replace(self.decided[(bug.id, spec)], line=line)
         probe = judge(bug.repeat, prober, Candidate(spec), "sweep")
         cell = Cell(bug.id, line, spec, probe.verdict.value, probe.reason, round(probe.seconds, 3),
-                    "+".join(sorted(set(probe.origins))), probe.runs, prober.repro_hash)
+                    "+".join(sorted(set(probe.origins))), probe.runs, prober.repro_hash,
+                    detail=cell_detail(probe.records[0] if probe.records else None))
         self.decided[(bug.id, spec)] = cell
         return cell
+
+
+def cell_detail(record: ProbeRecord | None) -> dict:
+    """What a cell links to and how its guest was used: the probe's log, console, record and
+    artefacts (matrix.html's links), and the shared guest's word when a re-check overruled it."""
+    if record is None:
+        return {}
+    out: dict = {}
+    console = next((a for a in record.artefacts if a.endswith("/console.log")), "")
+    if console:
+        probe_dir = console.rsplit("/", 1)[0]
+        out.update(console=console, log=f"{probe_dir}/output.txt", record=f"{probe_dir}/record.json")
+    others = [a for a in record.artefacts if a != console]
+    if others:
+        out["artefacts"] = others
+    if record.console_excerpt:
+        out["console_excerpt"] = record.console_excerpt
+    if record.vm:
+        out["vm"] = record.vm
+    if record.note:
+        out["vm_note"] = record.note
+    return out
 
 
 def plan(bug_ids: tuple[str, ...], lines: tuple[str, ...], kernels: tuple[str, ...],
@@ -287,21 +361,15 @@ def run_sweep(request: SweepRequest, deps: SweepDeps | None = None,
         echo(column_text(planned.columns[c]))
     sweeper = Sweeper(store, deps.real_probe, deps.kernel_id, since=started if request.fresh else None,
                       run_key=f"sweep:{sweep_id}")
-    cells = []
-    for n, (bug, line) in enumerate(((b, line) for b in bugs for line in order), start=1):
-        tag = f"[{n}/{total}] {bug.id} on {line}"
-        if columns[line]:
-            echo(f"{tag} ({columns[line]}) ...")
-        cell = sweeper.cell(bug, line, columns[line], planned.columns[line].note)
-        cell.sweep_id, cell.at = sweep_id, started
-        log.put_cell(sweep_id, cell)
-        cells.append(cell)
-        echo(f"{tag}: {cell.verdict} ({cell.source}, {cell.seconds:.1f}s) {cell.reason}")
+    cells = _decide_cells(planned, sweeper, deps.batcher(request.share, echo), request.jobs,
+                          lambda cell: _put_cell(log, sweep_id, started, cell), echo)
     matrix = build_matrix(cells, history, columns, ids, order, planned.columns)
     finished = deps.clock()
     data = {"sweep": {"id": sweep_id, "day": utc_day(now), "started_at": started, "finished_at": finished,
-                      "resumed": resumed, "fresh": request.fresh, "sources": planned.sources},
-            "probes": sweeper.counts(), **matrix.to_json()}
+                      "resumed": resumed, "fresh": request.fresh, "sources": planned.sources,
+                      "jobs": request.jobs, "shared_vm": request.share},
+            "probes": sweeper.counts(), "boots": sum(sweeper.boots.values()), "boots_by_kind": dict(sweeper.boots),
+            **matrix.to_json()}
     if request.auto_bisect:
         data["bisections"] = _auto_bisect(matrix, history, {b.id: b for b in bugs}, log, deps, echo)
         _link_bisections(data, data["bisections"])
@@ -309,8 +377,66 @@ def run_sweep(request: SweepRequest, deps: SweepDeps | None = None,
     log.finish(sweep_id, str(html), now=finished)
     store.close()
     echo(f"kbisect sweep {sweep_id}: " + ", ".join(f"{v} {k}" for k, v in data["counts"].items())
-         + f"; {data['probes']['probe']} boot(s), {data['probes']['store']} stored")
+         + f"; {data['boots']} VM boot(s) ({boots_text(sweeper.boots)}), {data['probes']['probe']} probe(s), "
+         f"{data['probes']['store']} stored")
     return SweepOutcome(data, html, matrix.with_flag(REGRESSION), cells)
+
+
+def boots_text(boots: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in boots.items() if n) or "none"
+
+
+def _put_cell(log: SweepLog, sweep_id: int, started: float, cell: Cell) -> None:
+    cell.sweep_id, cell.at = sweep_id, started
+    log.put_cell(sweep_id, cell)
+
+
+def _decide_cells(planned: SweepPlan, sweeper: Sweeper, batch: BatchProbe, jobs: int,
+                  put: Callable[[Cell], None], echo: Callable[[str], None]) -> list[Cell]:
+    """Every cell, each stored the moment it is decided. Stored verdicts and lines without a
+    kernel cost nothing and come first; the kernels whose cells need boots go through one batch
+    each (`jobs` at once), and a cell is decided the moment its batch has its answer."""
+    bugs, order, columns = planned.bugs, planned.order, planned.kernels
+    by_kernel: dict[str, list[str]] = {}
+    for line in order:
+        if columns[line]:
+            by_kernel.setdefault(str(columns[line]), []).append(line)
+    work = {spec: sweeper.pending(bugs, spec) for spec in by_kernel}
+    total, cells = len(bugs) * len(order), []
+    decided: set[tuple[str, str]] = set()
+
+    def decide(spec: str | None, todo: list[Bug]) -> None:
+        for bug in todo:
+            for line in (by_kernel[spec] if spec else [c for c in order if not columns[c]]):
+                if (bug.id, line) in decided:
+                    continue
+                decided.add((bug.id, line))
+                cell = sweeper.cell(bug, line, columns[line], planned.columns[line].note)
+                put(cell)
+                cells.append(cell)
+                echo(f"[{len(cells)}/{total}] {bug.id} on {line}: {cell.verdict} ({cell.source}, "
+                     f"{cell.seconds:.1f}s) {cell.reason}")
+
+    def on_record(spec: str, record: ProbeRecord) -> None:
+        sweeper.offer(spec, record)
+        decide(spec, [b for b in bugs if b.id == record.bug])
+
+    def on_done(spec: str, done: Batch | None, error: Exception | None) -> None:
+        if error is not None and (not isinstance(error, KbisectError) or decide_error(error) is Decision.ABORT):
+            raise error
+        if done is not None:
+            sweeper.count(done)
+        decide(spec, bugs)  # after a skip-kind error the rest ask again, one by one, and skip
+
+    decide(None, bugs)
+    for spec in (s for s in by_kernel if not work[s]):
+        decide(spec, bugs)
+    booting = {spec: todo for spec, todo in work.items() if todo}
+    if booting:
+        echo(f"booting {len(booting)} kernel(s) for {sum(map(len, booting.values()))} reproducer run(s), "
+             f"{jobs} VM(s) at once")
+    run_batches(booting, batch, jobs, Handlers(on_record, on_done))
+    return cells
 
 
 def _auto_bisect(matrix: Matrix, history: list[Cell], bugs: dict[str, Bug], log: SweepLog, deps: SweepDeps,

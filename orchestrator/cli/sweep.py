@@ -50,6 +50,10 @@ EXIT_NOTHING_DECIDED = 3
               "its line (a regression's earlier good kernel, a variant's good base, the line's last good kernel), "
               "reusing stored verdicts; a finished bisection is linked, not run again. The exit code stays 1 on a "
               "regression.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="VMs at once, one kernel each (default: one per two cores, as memory allows, at least 1).")
+@click.option("--vm-per-cell", is_flag=True, help="Boot a fresh VM for every cell instead of one per kernel "
+              "(the slower design; for a reproducer you suspect of cross-talk).")
 @click.option("--mirror", default=None, help="Mainline mirror base URL (default: the public one).")
 @click.option("--distro-mirror", default=None, help="Base URL standing for the Ubuntu hosts (URL/api/ Launchpad's "
               "API root, URL/ubuntu/ the archive, URL/launchpad/ its +files; default $KBISECT_UBUNTU_MIRROR).")
@@ -60,7 +64,8 @@ EXIT_NOTHING_DECIDED = 3
 @mainline_options
 @click.pass_context
 def sweep_cmd(ctx: click.Context, bug_ids: tuple[str, ...], sources: tuple[str, ...], lts: bool,
-              lines: tuple[str, ...], kernels: tuple[str, ...], fresh: bool, auto_bisect: bool, mirror: str | None,
+              lines: tuple[str, ...], kernels: tuple[str, ...], fresh: bool, auto_bisect: bool, jobs: int | None,
+              vm_per_cell: bool, mirror: str | None,
               distro_mirror: str | None, plan_only: bool, as_json: bool, quiet: bool, allow_unverified: bool,
               keyring: str | None) -> None:
     """Every reproducer on the newest kernel of each line: a matrix stored as history, regressions
@@ -71,15 +76,21 @@ def sweep_cmd(ctx: click.Context, bug_ids: tuple[str, ...], sources: tuple[str, 
     line, and says when a newer build failed and what moved since the previous sweep.
 
     Re-running the same command on the same (UTC) day resumes that day's sweep; decided cells come
-    back from the results database without booting."""
+    back from the results database without booting.
+
+    One VM per kernel runs every reproducer in turn; a reproducer marked `isolate: true`, those
+    after a crash or trace in that VM, and every bad verdict (re-checked alone before it counts)
+    get a VM of their own. The boots are counted in the output and the JSON."""
     if ctx.invoked_subcommand is not None:
         if (bug_ids or sources or lts or lines or kernels or fresh or auto_bisect or mirror or distro_mirror or plan_only
-                or as_json or quiet or allow_unverified or keyring):
+                or as_json or quiet or allow_unverified or keyring or jobs or vm_per_cell):
             raise KbisectError(f"`kbisect sweep {ctx.invoked_subcommand}` takes its own options after its name")
         return
+    from orchestrator.app.batch import default_jobs
     from orchestrator.app.sweep import SweepRequest
 
-    request = SweepRequest(bug_ids, lines, kernels, fresh, sources, lts, mirror, distro_mirror, auto_bisect)
+    request = SweepRequest(bug_ids, lines, kernels, fresh, sources, lts, mirror, distro_mirror, auto_bisect,
+                           jobs=jobs or default_jobs(), share=not vm_per_cell)
     with _source_environment(mirror, distro_mirror, allow_unverified, check_keyring(keyring)):
         sys.exit(_plan(request, as_json) if plan_only else _sweep(request, as_json, quiet))
 

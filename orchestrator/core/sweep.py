@@ -288,6 +288,9 @@ class Cell:
     repro_hash: str = ""
     sweep_id: int = 0
     at: float = 0.0  # when the sweep that holds this cell started (epoch seconds)
+    # the probe behind the verdict (app.sweep.cell_detail): log, console, record and artefact
+    # paths, console excerpt, how its guest was shared ("vm") and a re-check's note
+    detail: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.verdict = Verdict(self.verdict)
@@ -295,6 +298,8 @@ class Cell:
     def to_json(self) -> dict:
         data = asdict(self)
         data["verdict"] = self.verdict.value
+        detail = data.pop("detail") or {}
+        data.update({k: v for k, v in detail.items() if k not in data})
         return data
 
 

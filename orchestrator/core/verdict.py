@@ -54,6 +54,10 @@ class ProbeRecord:
     # the excerpt of a kernel trace (or panic) that matched none of the bug's signatures: kept
     # whatever the verdict, so reports can list the kernel's other troubles
     unrelated_trace: str = ""
+    # how the guest was shared (core.sharing): "" for a probe of its own (run, bisect), "shared",
+    # "isolated", "alone" or "rechecked" in a sweep; `note` says what the shared guest had said
+    vm: str = ""
+    note: str = ""
 
     @property
     def seconds(self) -> float:
@@ -82,6 +86,8 @@ class ProbeRecord:
             unverified=bool(data.get("unverified", False)),
             signature=data.get("signature", "") or "",
             unrelated_trace=data.get("unrelated_trace", "") or "",
+            vm=data.get("vm", "") or "",
+            note=data.get("note", "") or "",
         )
 
     def to_json(self) -> dict:
@@ -100,4 +106,6 @@ class ProbeRecord:
             "unverified": self.unverified,
             "signature": self.signature,
             "unrelated_trace": self.unrelated_trace,
+            "vm": self.vm,
+            "note": self.note,
         }

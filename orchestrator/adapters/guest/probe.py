@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from orchestrator.adapters.progress import StatusLine
 from orchestrator.adapters import config
@@ -30,6 +30,7 @@ from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.core.bug import Bug
 from orchestrator.core.classify import Judgement, Observation, classify, tail
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.sharing import SharedRun, taint
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
 OUTPUT_TAIL_LINES = 200
@@ -159,6 +160,7 @@ def run_probe_kernel(
     progress: bool = True,
     echo_output: bool = True,
     on_output: Callable[[str, str], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> ProbeRecord:
     """Boot `kernel` in a fresh VM, run `bug`'s reproducer, return the verdict record.
 
@@ -176,6 +178,7 @@ def run_probe_kernel(
     session = ProbeSession(
         bug, partial(_machine, kernel, opts, run, progress), _probe_dir(results_dir, run.id),
         boot_timeout=boot_timeout, phase=prog.phase, on_output=_output(prog, echo_output, on_output),
+        cancelled=cancelled,
     )
     finished = False
     try:
@@ -197,6 +200,69 @@ def run_probe_kernel(
     prog.done(f"[bold {VERDICT_COLOUR[rec.verdict]}]{rec.verdict.value.upper()}[/] ",
               f"{kernel.spec} × {bug.id}: {rec.reason} ({rec.seconds:.1f}s)")
     return rec
+
+
+def run_probe_shared(
+    kernel: UnpackedKernel,
+    bugs: Sequence[Bug],
+    *,
+    accel: str | None = None,
+    uri: str | None = None,
+    memory_mb: int = 1024,
+    cpus: int = 1,
+    boot_timeout: float | None = None,
+    results_dir: Path | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+    on_run: Callable[[ProbeRecord], None] | None = None,
+) -> list[SharedRun]:
+    """Boot `kernel` once and run `bugs` in that guest one after another (core.sharing's rules).
+
+    Each run gets its own probe directory, console part and record. The guest is given up after
+    the first run that taints it (core.sharing.taint): that run is the last one returned, and
+    the caller decides what the others get. A guest that never boots gives every bug the same
+    boot-failure record. The VM is destroyed on every way out, as in run_probe_kernel."""
+    for bug in bugs:
+        if not (Path(bug.dir) / bug.entry).is_file():
+            raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
+    opts = GuestOptions(accel=accel, uri=uri or vmmod.DEFAULT_URI, memory_mb=memory_mb, cpus=cpus)
+    run = current_run()
+    session = ProbeSession(bugs[0], partial(_machine, kernel, opts, run, False), _probe_dir(results_dir, run.id),
+                           boot_timeout=boot_timeout, cancelled=cancelled)
+    out: list[SharedRun] = []
+    finished = False
+    try:
+        with terminate_as_interrupt():
+            session.prepare()
+            booted = session.boot()
+            for n, bug in enumerate(bugs if booted else []):
+                if n:
+                    session.next_run(bug, _probe_dir(results_dir, run.id))
+                started_at = time.time()
+                if session.upload():
+                    session.run()
+                    session.collect()
+                session.finish_run()
+                out.append(_shared_run(kernel, bug, started_at, session, on_run))
+                if out[-1].taint:
+                    break
+        finished = True
+    finally:
+        with _no_interrupts():
+            session.teardown(background=finished)
+    if not session.observation.booted:  # one boot failure, the same answer for every reproducer
+        out = [_shared_run(kernel, bug, time.time(), session, on_run) for bug in bugs]
+    return out
+
+
+def _shared_run(kernel: UnpackedKernel, bug: Bug, started_at: float, session: ProbeSession,
+                on_run: Callable[[ProbeRecord], None] | None) -> SharedRun:
+    obs = session.observation
+    judgement = classify(obs, bug)
+    rec = _record(kernel, bug, started_at, obs, judgement)
+    _save(session.probe_dir, rec, obs)
+    if on_run is not None:
+        on_run(rec)
+    return SharedRun(rec, taint(obs, judgement))
 
 
 def _output(prog: StatusLine, echo: bool, on_output: Callable[[str, str], None] | None) -> Callable[[str, str], None]:

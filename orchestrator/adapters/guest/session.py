@@ -169,6 +169,7 @@ class ProbeSession:
         phase: Callable[[str], None] = _quiet,
         on_output: Callable[[str, str], None] | None = None,
         console: Callable[[object], consolemod.Console] = consolemod.for_vm,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> None:
         self.bug = bug
         self.probe_dir = probe_dir
@@ -184,6 +185,28 @@ class ProbeSession:
         self._guest: ssh.Guest | None = None
         self._run_offset = 0  # console byte offset where the reproducer's part begins
         self._aborted: str | None = None
+        self._cancelled = cancelled  # the caller wants the guest gone now (a stopped parallel sweep)
+        self._runs = 0  # reproducers begun in this guest (a shared guest runs several in turn)
+        self._closed = False  # the current run's console part is already saved
+
+    # -- a shared guest ------------------------------------------------------------------------
+    def next_run(self, bug: Bug, probe_dir: Path, upload_dirs: Sequence[Path] | None = None) -> None:
+        """Close the current run (its console part saved in its own probe directory) and begin
+        `bug` in the same guest: a fresh Observation that starts booted, its console part from
+        its own upload on. Used by the sweep's one boot per kernel; `observation` before the
+        call belongs to the run that just ended."""
+        self.finish_run()
+        self.bug, self.probe_dir = bug, probe_dir
+        self._upload_dirs = list(upload_dirs) if upload_dirs is not None else catalog.guest_dirs(bug)
+        self.observation = Observation(booted=True)
+        self._aborted = None
+        self._closed = False
+
+    def finish_run(self) -> None:
+        """Save the current run's console part (from its start to now) beside its record."""
+        if self._machine is not None and not self._closed:
+            self._keep_console(end=self._need_console().size())
+            self._closed = True
 
     # -- steps ---------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -216,7 +239,9 @@ class ProbeSession:
         self._run_offset = self._need_console().size()  # provisional: a guest dying during upload counts
         ok = False
         try:
-            # The overlay is fresh, so /root/repro is empty: no remote rm needed.
+            if self._runs:  # a shared guest: the previous reproducer's files and dmesg go first
+                guest.run(f"rm -rf {REMOTE_DIR} {DMESG_FILE}", 30)
+            self._runs += 1
             for local in self._upload_dirs:
                 guest.upload_dir(local, REMOTE_DIR)
             guest.mkdirs(f"{REMOTE_DIR}/out")
@@ -271,7 +296,9 @@ class ProbeSession:
         if self._guest is not None:
             self._guest.close()
         if self._machine is not None:
-            self._keep_console()
+            if not self._closed:
+                self._keep_console()
+                self._closed = True
             self._machine.vm.destroy(background=background)
         self._timed("teardown", t)
 
@@ -290,6 +317,8 @@ class ProbeSession:
         con = self._need_console()
 
         def blocker() -> str | None:
+            if self._cancelled():
+                return "stopped"
             why = _boot_blocker(m.vm, con)
             if why is None and time.monotonic() - since > silent and con.size() == 0:
                 why = f"no console output within {silent:.0f}s (the kernel never started)"
@@ -299,6 +328,8 @@ class ProbeSession:
 
     def _abort_reason(self) -> str | None:
         """Why waiting for the reproducer is pointless (the guest is dead or panicked), or None."""
+        if self._cancelled():
+            return "stopped"
         vm = self._need_machine().vm
         st = vm.state()
         if st in DEAD_STATES:
@@ -307,16 +338,17 @@ class ProbeSession:
             return "kernel panic on console"
         return None
 
-    def _keep_console(self) -> None:
+    def _keep_console(self, end: int | None = None) -> None:
         """Split the console at the run's start and save it beside the record (console.log first,
-        every rotated part joined in order); note any text lost after the run started.
+        every rotated part joined in order); note any text lost after the run started. `end`
+        (a shared guest): where this run's part stops, the next reproducer's begins there.
 
         The offset is a byte offset applied to the decoded text: exact for the ASCII a kernel
         console prints.
         """
         obs = self.observation
         con = self._need_console()
-        text = con.text()
+        text = con.text()[:end]
         if obs.booted:
             obs.console_boot, obs.console_run = text[: self._run_offset], text[self._run_offset:]
             obs.console_lost = con.lost_after(self._run_offset)
