@@ -235,6 +235,19 @@ def leftovers(home: Path, pid: int, targets: tuple[Path, ...] = (), private: boo
     return sorted(set(found))
 
 
+def _orphans_gone(path: Path, limit: float = 180.0) -> None:
+    """Wait until no process has files under `path`: gc leaves a dead owner's staging alone while
+    an orphan of it (mmdebstrap's apt, make's gcc) still writes there. Tools run under setpriv's
+    parent-death signal (fsutil.dies_with_us), so the direct child dies with kbisect and only its
+    own children can linger, briefly: the wait is bounded and a hang fails the test."""
+    from orchestrator.adapters.fsutil import in_use
+
+    deadline = time.monotonic() + limit
+    while in_use(path):
+        assert time.monotonic() < deadline, f"processes still use {path} {limit:.0f}s after the kill"
+        time.sleep(0.5)
+
+
 def _no_leftovers(home: Path, pid: int, when: str, **kw) -> None:
     left = leftovers(home, pid, **kw)
     FIGURES.leaked_files += left
@@ -595,6 +608,7 @@ def test_image_build_killed(vm_host, tmp_path):
     killed = Cmd(kbisect("image", "build"), env, logs, "kill")
     staging = killed.until("the image's staging directory", _builds(images, killed.pid))[0]
     killed.kill()
+    _orphans_gone(staging)
     report = _gc(env)
     assert any(str(staging) in line for line in report), report
     _no_leftovers(home, killed.pid, "after SIGKILL and gc", private=True)
@@ -630,6 +644,7 @@ def test_variant_build_killed(vm_host, shared_home, tmp_path):
         staging = killed.until("the variant's workspace", work)[0]
         killed.kill()
         assert staging.exists()
+        _orphans_gone(staging)
         report = _gc(env)
         assert any(str(staging) in line for line in report), report
         _no_leftovers(shared_home, killed.pid, "after SIGKILL and gc", targets=(dest,))

@@ -201,8 +201,10 @@ def run_tool(cmd: list[str], what: str, error: type[KbisectError] = KbisectError
     The tool runs in its own process group, killed whole when we are interrupted (SIGTERM is
     raised as an exception anywhere, cli/base.py): `dpkg-deb -x` forks a `tar` that would go on
     writing into a staging directory while our `finally` removes it, and leave it half-removed."""
+    if shutil.which(cmd[0]) is None and not os.path.isfile(cmd[0]):
+        raise error(f"{what}: {cmd[0]} is not installed (run ./setup.sh)")
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        proc = subprocess.Popen(dies_with_us(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True, **kw)
     except FileNotFoundError:
         raise error(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from None
@@ -222,12 +224,24 @@ def run_to_log(cmd: list[str], log) -> int:
 
     Like run_tool, in its own process group killed whole on interruption: an orphaned gcc must
     not write into a workspace our `finally` is removing."""
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(dies_with_us(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         return proc.wait()
     except BaseException:
         kill_group(proc)
         raise
+
+
+def dies_with_us(cmd: list[str]) -> list[str]:
+    """`cmd` under `setpriv --pdeathsig KILL` (util-linux): the tool is killed when the thread
+    that started it dies, also by SIGKILL, where no `finally` runs. An orphaned mmdebstrap or
+    make would otherwise go on writing into a staging directory that `kbisect gc` must then
+    leave alone until it ends (fsutil.in_use). Without setpriv the command runs as it is. (No
+    preexec_fn: it is unsafe while other threads run, as the sweep's VM workers do.)"""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *cmd] if _SETPRIV else list(cmd)
+
+
+_SETPRIV = shutil.which("setpriv") is not None
 
 
 def kill_group(proc: subprocess.Popen) -> None:
