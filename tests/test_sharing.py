@@ -150,3 +150,10 @@ J = Judgement(G, "ok", "")
 def test_what_spends_a_shared_guest(obs, want) -> None:
     got = taint(obs, J)
     assert got.startswith(want) if want else got == ""
+
+
+@pytest.mark.parametrize("cpus, mem, want", [(2, 24, 2), (1, 24, 1), (8, 4, 2), (2, 1, 1), (0, 0, 1)])
+def test_default_jobs_one_per_core_as_memory_allows(cpus, mem, want) -> None:
+    from orchestrator.app.batch import default_jobs
+
+    assert default_jobs(cpus, mem) == want

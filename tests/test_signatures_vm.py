@@ -71,7 +71,7 @@ BUG_YAML = {
 
 
 def _kconfig(path: Path) -> dict[str, str]:
-    from orchestrator.adapters.variants.kbuild import parse_kconfig
+    from orchestrator.core.kconfig import parse_kconfig
 
     return parse_kconfig(path.read_text())
 

@@ -26,7 +26,8 @@ from rich.console import Console
 from orchestrator.adapters import config, sources
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.variants import VariantBuilder, build_variant, variant_dir
-from orchestrator.adapters.variants.kbuild import kbuild_for, parse_kconfig, plan_module
+from orchestrator.adapters.variants.kbuild import kbuild_for, plan_module
+from orchestrator.core.kconfig import parse_kconfig
 from orchestrator.adapters.variants.moduletree import (DEPMOD_OUTPUTS, compress_like, copy_tree_hardlinked,
                                                        modinfo_field, run_depmod)
 from orchestrator.adapters.variants.packages import DebianPackages, Downloaded, debian_package_version, nearest_version

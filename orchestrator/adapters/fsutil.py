@@ -219,14 +219,20 @@ def run_tool(cmd: list[str], what: str, error: type[KbisectError] = KbisectError
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def run_to_log(cmd: list[str], log) -> int:
-    """Run a long tool (make) with its output into the open `log`; its exit status.
+def run_to_log(cmd: list[str], log, tick: Callable[[], None] | None = None, **kw) -> int:
+    """Run a long tool (make) with its output into the open `log`; its exit status. `tick` is
+    called about once a second while it runs (a progress line reading the log).
 
     Like run_tool, in its own process group killed whole on interruption: an orphaned gcc must
     not write into a workspace our `finally` is removing."""
-    proc = subprocess.Popen(dies_with_us(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(dies_with_us(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
     try:
-        return proc.wait()
+        while True:
+            try:
+                return proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if tick is not None:
+                    tick()
     except BaseException:
         kill_group(proc)
         raise

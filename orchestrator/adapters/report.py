@@ -358,7 +358,9 @@ def render_matrix(data: dict[str, Any], directory: Path) -> str:
     for c in view["cells"]:
         c["anchor"] = _anchor(c["bug"], c["line"])
         c["marks"] = [dict(m, date=_day(m.get("at"))) for m in (c.get("history") or [])[-HISTORY_MARKS:]]
-        c["links"], _ = _file_links(_cell_files(c), directory)
+        links, _ = _file_links(_cell_files(c), directory)
+        c["links"] = links[:MAIN_CELL_LINKS]  # the probe's own: output, console, record, dmesg
+        c["more_links"] = links[MAIN_CELL_LINKS:]  # what the reproducer saved, folded
         c["bisection_link"] = _bisection_link(c.get("bisection"), directory)
         c.setdefault("console_excerpt", "")
     by_key = {(c["bug"], c["line"]): c for c in view["cells"]}
@@ -372,15 +374,22 @@ def render_matrix(data: dict[str, Any], directory: Path) -> str:
         at = sweep.get(f"{key}_at")
         sweep[key] = _utc(at) if at else "not finished"
     any_moved = any(c.get("moved") or c.get("note") for c in view["columns"])
+    bad_now = [c for c in view["cells"] if c.get("verdict") == "bad" and c.get("flag") != "regression"]
     return _render("matrix.html.j2", s=view, rows=rows, any_moved=any_moved, index_href=_index_href(directory),
-                   vm_words=VM_WORDS)
+                   vm_words=VM_WORDS, bad_now=bad_now)
+
+
+MAIN_CELL_LINKS = 4
 
 
 def _cell_files(c: dict[str, Any]) -> list[str]:
-    """The files a cell names: its probe's log and console, then any other artefacts."""
-    files = [c[k] for k in ("log", "console") if isinstance(c.get(k), str) and c.get(k)]
-    files += [a for a in (c.get("artefacts") or []) if isinstance(a, str)]
-    return list(dict.fromkeys(files))
+    """The files a cell names: its probe's log, console, record and dmesg first (the probe's
+    own, MAIN_CELL_LINKS of them when all exist), then what the reproducer saved in out/."""
+    main = [c[k] for k in ("log", "console", "record") if isinstance(c.get(k), str) and c.get(k)]
+    rest = [a for a in (c.get("artefacts") or []) if isinstance(a, str)]
+    probe_dmesg = [a for a in rest if a.endswith("/dmesg.txt") and "/out/" not in a]
+    files = list(dict.fromkeys(main + probe_dmesg + rest))
+    return files
 
 
 def _bisection_link(b: Any, directory: Path) -> dict[str, str] | None:

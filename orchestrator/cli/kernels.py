@@ -7,6 +7,7 @@ stdout; progress and notes go to stderr, so other tools can pipe these commands.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
 import click
@@ -129,6 +130,15 @@ def show_cmd(spec: str | None, as_json: bool) -> None:
             click.echo(f"  upstream commit: {kernel.commit} ({kernel.extra.get('commit_label', '?')})")
         if kernel.unverified:
             click.echo("  UNVERIFIED: published without CHECKSUMS, fetched with --allow-unverified")
+        built = info["build"]
+        if built:
+            origin = built.get("source") or {}
+            what = {"git": lambda o: f"{o.get('repo')} at {o.get('commit', '')[:12]} ({o.get('subject', '')})",
+                    "debian": lambda o: f"Debian {o.get('package')} {o.get('version')}",
+                    "tree": lambda o: f"the tree {o.get('path')}"}.get(origin.get("kind"), lambda o: str(o))(origin)
+            patches = ", ".join(p.get("name", "?") for p in built.get("patches") or []) or "none"
+            click.echo(f"  built by kbisect kernels build from {what}, config {built.get('config')}, "
+                       f"patches: {patches}, {built.get('seconds')} s; log: {Path(path_of(kernel)) / 'build.log'}")
         for key, value in sorted(kernel.extra.items()):
             if key not in ("files", "commit", "commit_label"):
                 click.echo(f"  {key}: {value}")
@@ -145,4 +155,21 @@ def _describe(kernel: UnpackedKernel) -> dict:
         "system_map": kernel.system_map is not None,
         "module_files": len(modules),
         "extra": kernel.extra,
+        "build": _build_record(kernel),
     }
+
+
+def path_of(kernel: UnpackedKernel) -> str:
+    return str(kernel.extra.get("path", ""))
+
+
+def _build_record(kernel: UnpackedKernel) -> dict | None:
+    """How a `kbisect kernels build` kernel was built (its local directory's build.json), or None."""
+    path = kernel.extra.get("path") if kernel.spec.startswith("local:") else None
+    if not isinstance(path, str):
+        return None
+    try:
+        data = json.loads((Path(path) / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -51,7 +51,7 @@ EXIT_NOTHING_DECIDED = 3
               "reusing stored verdicts; a finished bisection is linked, not run again. The exit code stays 1 on a "
               "regression.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="VMs at once, one kernel each (default: one per two cores, as memory allows, at least 1).")
+              help="VMs at once, one kernel each (default: one per core, as memory allows, at least 1).")
 @click.option("--vm-per-cell", is_flag=True, help="Boot a fresh VM for every cell instead of one per kernel "
               "(the slower design; for a reproducer you suspect of cross-talk).")
 @click.option("--mirror", default=None, help="Mainline mirror base URL (default: the public one).")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.kconfig import Requirement
 from orchestrator.core.textenum import TextEnum
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -130,6 +131,9 @@ class Bug:
     # line per ^...$); empty: no trace is the bug's, only the reproducer's exit code says bad
     signatures: list[str] = field(default_factory=list)
     unrelated_traces: TracePolicy = TracePolicy.SKIP
+    # what a kernel built for this reproducer must have (core.kconfig.Requirement): `CONFIG_X`
+    # (built in or a module) or `CONFIG_X=y|m|n|value`; a guest build checks them all
+    kconfig: list[Requirement] = field(default_factory=list)
     # the write-up file `writeup` names, when it exists (resolved by the catalog loader, which
     # knows where the repository and the shared notes are)
     writeup_path: Path | None = None
@@ -209,7 +213,8 @@ class _Checker:
 
 
 TOP_FIELDS = {"id", "title", "summary", "writeup", "entry", "timeout", "repeat", "isolate", "keywords",
-              "paths", "modules", "tools", "history", "controls", "verify", "signatures", "unrelated_traces"}
+              "paths", "modules", "tools", "history", "controls", "verify", "signatures", "unrelated_traces",
+              "kconfig"}
 TOP_REQUIRED = {"id", "title", "summary", "keywords", "paths", "history", "timeout", "repeat"}
 
 
@@ -317,6 +322,16 @@ def _signatures(chk: _Checker, value: Any) -> list[str]:
     return patterns
 
 
+def _kconfig(chk: _Checker, value: Any) -> list[Requirement]:
+    out = []
+    for i, text in enumerate(chk.strings(value, "kconfig")):
+        try:
+            out.append(Requirement.parse(text))
+        except ValueError as exc:
+            raise chk.fail(f"kconfig[{i}]", str(exc)) from None
+    return out
+
+
 def _trace_policy(chk: _Checker, value: Any) -> TracePolicy:
     word = chk.verdict(value, "unrelated_traces", choices=tuple(p.value for p in TracePolicy))
     return TracePolicy(word)
@@ -360,6 +375,7 @@ def parse(data: Any, root: Path, source: Path | None = None) -> Bug:
         verify=verify,
         signatures=_signatures(chk, data.get("signatures", []) or []),
         unrelated_traces=_trace_policy(chk, data.get("unrelated_traces", TracePolicy.SKIP.value)),
+        kconfig=_kconfig(chk, data.get("kconfig", []) or []),
         data=data,
     )
 

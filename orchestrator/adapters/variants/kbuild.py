@@ -11,7 +11,6 @@ from pathlib import PurePosixPath
 
 from orchestrator.core.errors import KbisectError
 
-_CONFIG_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _CONFIG_REF_RE = re.compile(r"^\$\((CONFIG_[A-Za-z0-9_]+)\)$")
 _ASSIGN_RE = re.compile(r"^([A-Za-z0-9_.]+?)-(y|m|objs|\$\((CONFIG_[A-Za-z0-9_]+)\))\s*(\+=|:=|=)\s*(.*)$")
 _FLAGS_RE = re.compile(r"^((?:ccflags|asflags|subdir-ccflags)-(?:y|\$\(CONFIG_[A-Za-z0-9_]+\))|CFLAGS_[A-Za-z0-9_.-]+"
@@ -21,19 +20,6 @@ _VAR_ASSIGN_RE = re.compile(r"^([A-Za-z0-9_.$()-]+?)\s*(\+=|:=|=)\s*(.*)$")
 _VAR_REF_RE = re.compile(r"\$\(([A-Za-z0-9_.-]+)\)")
 _DIRECTIVES = ("ifeq", "ifneq", "ifdef", "ifndef", "include", "-include")
 _BUILT = ("y", "m")
-
-
-def parse_kconfig(text: str) -> dict[str, str]:
-    """A kernel .config as {CONFIG_NAME: value}; `# CONFIG_X is not set` lines are left out."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        m = _CONFIG_RE.match(line.strip())
-        if m:
-            value = m.group(2)
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-            values[m.group(1)] = value
-    return values
 
 
 @dataclass(frozen=True)

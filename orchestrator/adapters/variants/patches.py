@@ -90,22 +90,29 @@ def check_patch_scope(touched: list[TouchedFile]) -> None:
             raise KbisectError(f"patch touches {t.path}, which is not a C or assembler source")
 
 
-def apply_patch(patch: Path, tree: Path, use_patch_tool: bool | None = None) -> None:
+def apply_patch(patch: Path, tree: Path, use_patch_tool: bool | None = None, reverse: bool = False) -> None:
     """Apply with -p1 and no fuzz, so a patch that does not fit this source is refused, not bent.
 
     `patch` is used when installed (None: look), else `git apply`, which is as strict.
+    `reverse` takes an applied patch back out (a whole-kernel build leaves a shared tree as found).
     """
     if use_patch_tool is None:
         use_patch_tool = shutil.which("patch") is not None
     if use_patch_tool:
-        cmd = ["patch", "-p1", "--batch", "--forward", "--fuzz=0", "--no-backup-if-mismatch",
-               "-d", str(tree), "-i", str(patch)]
+        cmd = ["patch", "-p1", "--batch", "--reverse" if reverse else "--forward", "--fuzz=0",
+               "--no-backup-if-mismatch", "-d", str(tree), "-i", str(patch)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     else:
         env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent))
-        proc = subprocess.run(["git", "apply", "-p1", str(patch)], cwd=tree, capture_output=True, text=True, env=env)
+        proc = subprocess.run(["git", "apply", "-p1", *(["-R"] if reverse else []), str(patch)], cwd=tree,
+                              capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         out = (proc.stdout + proc.stderr).strip().splitlines()
         bad = [line for line in out if "FAILED" in line or "error" in line.lower() or "can't find" in line.lower()]
         raise VariantBuildError(f"patch {patch.name} does not apply to this kernel's source: "
                                 f"{(bad or out or ['?'])[0].strip()}")
+
+
+def reverse_patch(patch: Path, tree: Path) -> None:
+    """Take `patch` (applied by apply_patch) back out of `tree`."""
+    apply_patch(patch, tree, reverse=True)

@@ -21,7 +21,8 @@ from typing import Callable, Iterator, TextIO
 
 from orchestrator.adapters import config
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
-from orchestrator.adapters.variants.kbuild import ModulePlan, kbuild_for, parse_kconfig, plan_module
+from orchestrator.adapters.variants.kbuild import ModulePlan, kbuild_for, plan_module
+from orchestrator.core.kconfig import parse_kconfig
 from orchestrator.adapters.variants.moduletree import (DEPMOD_OUTPUTS, compress_like, copy_tree_hardlinked,
                                                        find_shipped_module, link_or_copy, modinfo_field,
                                                        modversions, run_depmod)

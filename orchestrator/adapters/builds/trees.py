@@ -1,0 +1,127 @@
+"""Where a kernel build's source comes from: a directory, a git revision, or Debian's
+linux-source-X.Y package.
+
+Each gives a `SourceTree`: the path to build in and an identity for the reusable build
+directory (one per tree and config, so a commit bisection's next step rebuilds only what
+changed). A git revision is checked out in one worktree per repository, kept under
+$KBISECT_HOME/builds/worktrees, never in the user's own checkout. Debian's source is unpacked
+once per package version under $KBISECT_HOME/builds/src (staged, then renamed: a killed unpack
+leaves no half tree that looks finished).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.adapters import cache, config
+from orchestrator.adapters.fsutil import run_tool
+from orchestrator.adapters.progress import StepLog
+from orchestrator.adapters.variants.packages import PackageFetcher
+from orchestrator.core.errors import KbisectError
+
+_MAKEFILE_VERSION_RE = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(\S*)\s*$", re.MULTILINE)
+_TARBALL_RE = re.compile(r"^\.?/?usr/src/linux-source-[^/]+\.tar\.(xz|gz|bz2)$")
+
+
+@dataclass
+class SourceTree:
+    """A Linux source tree ready to build, and how it was had (kept in build.json)."""
+
+    path: Path
+    identity: str  # what the reusable build directory is keyed by (not the revision)
+    version: str  # Makefile's VERSION.PATCHLEVEL.SUBLEVEL[EXTRAVERSION]
+    origin: dict = field(default_factory=dict)  # {"kind": "tree"|"git"|"debian", ...}
+
+
+def makefile_version(tree: Path) -> str:
+    """"6.1.190" from the top Makefile; KbisectError when `tree` is no Linux source tree."""
+    try:
+        text = (tree / "Makefile").read_text(errors="replace")
+    except OSError:
+        raise KbisectError(f"{tree} is not a Linux source tree (no top-level Makefile)") from None
+    fields = dict(_MAKEFILE_VERSION_RE.findall(text[:4000]))
+    if not fields.get("VERSION") or not fields.get("PATCHLEVEL") or not (tree / "Kconfig").is_file():
+        raise KbisectError(f"{tree} is not a Linux source tree (its Makefile has no VERSION/PATCHLEVEL)")
+    return f"{fields['VERSION']}.{fields['PATCHLEVEL']}.{fields.get('SUBLEVEL') or 0}{fields.get('EXTRAVERSION', '')}"
+
+
+def from_dir(path: Path) -> SourceTree:
+    tree = Path(path).expanduser().resolve()
+    if not tree.is_dir():
+        raise KbisectError(f"--tree {path}: no such directory")
+    return SourceTree(tree, f"tree:{tree}", makefile_version(tree), {"kind": "tree", "path": str(tree)})
+
+
+def from_git(repo: Path, rev: str, progress: StepLog) -> SourceTree:
+    """`rev` of the clone `repo`, checked out (detached, forced) in kbisect's worktree of it."""
+    import git  # GitPython: a slow import, needed only here
+
+    root = Path(repo).expanduser().resolve()
+    try:
+        clone = git.Repo(root)
+        sha = clone.commit(rev).hexsha
+    except (git.exc.GitError, ValueError) as exc:
+        raise KbisectError(f"--repo {repo} --rev {rev}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    worktree = config.subdir("builds") / "worktrees" / key
+    with cache.locked(worktree.with_suffix(".lock")):
+        with progress.step(f"checking out {sha[:12]} in {worktree}"):
+            if not (worktree / ".git").exists():
+                shutil.rmtree(worktree, ignore_errors=True)
+                clone.git.worktree("prune")
+                clone.git.worktree("add", "--detach", "--force", str(worktree), sha)
+            else:
+                wt = git.Repo(worktree)
+                wt.git.checkout("--detach", "--force", sha)
+                wt.git.clean("-fdx", "-q")  # a patch applied for the previous step is gone too
+    subject = clone.commit(sha).summary
+    return SourceTree(worktree, f"git:{root}", makefile_version(worktree),
+                      {"kind": "git", "repo": str(root), "rev": rev, "commit": sha, "subject": subject})
+
+
+def from_debian(line: str, packages: PackageFetcher, progress: StepLog, version: str | None = None) -> SourceTree:
+    """Debian's linux-source-LINE (the exact source of a Debian kernel line), unpacked once."""
+    if not re.fullmatch(r"\d+\.\d+", line):
+        raise KbisectError(f"--linux-source {line!r}: expected a kernel line such as 6.1")
+    package = f"linux-source-{line}"
+    pkg_version = packages.pick(package, version or f"{line}.999-1")
+    deb = packages.download(package, pkg_version, progress)
+    dest = config.subdir("builds") / "src" / f"{package}_{pkg_version}"
+    with cache.locked(dest.with_suffix(".lock")):
+        if not (dest / "Makefile").is_file():
+            _unpack_source(deb.path, dest, progress)
+    return SourceTree(dest, f"debian:{package}={pkg_version}", makefile_version(dest),
+                      {"kind": "debian", "package": package, "version": pkg_version, "deb": deb.path.name})
+
+
+def _unpack_source(deb: Path, dest: Path, progress: StepLog) -> None:
+    """The tarball inside linux-source-X.Y's .deb, unpacked into `dest` through a staging dir."""
+    staging = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        with progress.step(f"unpacking {deb.name}") as step:
+            run_tool(["dpkg-deb", "-x", str(deb), str(staging / "deb")], f"unpacking {deb.name}")
+            tarballs = [p for p in (staging / "deb").rglob("linux-source-*.tar.*")
+                        if _TARBALL_RE.match(str(p.relative_to(staging / "deb")))]
+            if not tarballs:
+                raise KbisectError(f"{deb.name} holds no usr/src/linux-source-*.tar.* tarball")
+            step.update(f"extracting {tarballs[0].name}")
+            (staging / "src").mkdir()
+            # tar, not tarfile: several times faster on ~80,000 members; the archive is apt-verified
+            run_tool(["tar", "-xf", str(tarballs[0]), "-C", str(staging / "src"), "--no-same-owner",
+                      "--no-same-permissions"], f"extracting {tarballs[0].name}")
+            tops = [p for p in (staging / "src").iterdir() if p.is_dir()]
+            if len(tops) != 1:
+                raise KbisectError(f"{tarballs[0].name}: expected one top directory, found {len(tops)}")
+            tops[0].rename(staging / "tree")
+            shutil.rmtree(staging / "deb")
+        shutil.rmtree(dest, ignore_errors=True)
+        (staging / "tree").rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""Kernel configs as data: reading a .config, the guest config kbisect's VMs need, and the
+`kconfig:` requirements reproducers declare.
+
+A built kernel must boot in kbisect's guest (virtio disks and network, a serial console, the
+pvpanic device, ext4 root, devtmpfs) and carry what every reproducer of the catalog uses (veth,
+GRE, IPVS, netem, BPF for bpftrace...). `olddefconfig` silently drops an option whose
+dependencies are not met, so a requirement is checked against the *resulting* .config and an
+unmet one stops the build early with one line, instead of a kernel that boots and then skips
+every reproducer for want of a module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_CONFIG_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_REQUIREMENT_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)(?:=(y|m|n|ym|\S+))?$")
+
+# What kbisect's guest needs from a kernel, on top of the architecture's defconfig (and the
+# tree's kvm_guest.config where it has one): the root disk and the modules disk (virtio-blk,
+# ext4, built in: the initramfs only loads what is a module), the user network (virtio-net), the
+# serial console, pvpanic (a crash is seen at once, not at the run timeout), devtmpfs, the
+# network namespaces every reproducer works in, and loadable modules.
+GUEST_OPTIONS: dict[str, str] = {
+    "CONFIG_64BIT": "y",
+    "CONFIG_MODULES": "y",
+    "CONFIG_MODULE_UNLOAD": "y",
+    "CONFIG_PCI": "y",
+    "CONFIG_VIRTIO": "y",
+    "CONFIG_VIRTIO_PCI": "y",
+    "CONFIG_VIRTIO_BLK": "y",
+    "CONFIG_VIRTIO_NET": "y",
+    "CONFIG_HW_RANDOM_VIRTIO": "y",
+    "CONFIG_EXT4_FS": "y",
+    "CONFIG_DEVTMPFS": "y",
+    "CONFIG_DEVTMPFS_MOUNT": "y",
+    "CONFIG_BLK_DEV_INITRD": "y",
+    "CONFIG_RD_GZIP": "y",
+    "CONFIG_SERIAL_8250": "y",
+    "CONFIG_SERIAL_8250_CONSOLE": "y",
+    "CONFIG_PVPANIC": "y",
+    "CONFIG_PVPANIC_MMIO": "y",
+    "CONFIG_NET": "y",
+    "CONFIG_INET": "y",
+    "CONFIG_IPV6": "y",
+    "CONFIG_UNIX": "y",
+    "CONFIG_PACKET": "y",
+    "CONFIG_NAMESPACES": "y",
+    "CONFIG_NET_NS": "y",
+    "CONFIG_TMPFS": "y",
+    "CONFIG_PROC_FS": "y",
+    "CONFIG_SYSFS": "y",
+    "CONFIG_UNIX98_PTYS": "y",
+    "CONFIG_PRINTK": "y",
+    "CONFIG_BUG": "y",
+    "CONFIG_IKCONFIG": "y",
+    "CONFIG_IKCONFIG_PROC": "y",
+}
+
+# The parents the catalog's options need; listing them keeps olddefconfig from dropping the
+# options below them on a defconfig that has them off.
+PARENT_OPTIONS: dict[str, str] = {
+    "CONFIG_NETFILTER": "y",
+    "CONFIG_NETFILTER_ADVANCED": "y",
+    "CONFIG_NET_SCHED": "y",
+    "CONFIG_NET_CLS": "y",
+    "CONFIG_NET_CLS_ACT": "y",
+    "CONFIG_NET_IP_TUNNEL": "y",
+    "CONFIG_IP_ADVANCED_ROUTER": "y",
+    "CONFIG_BPF": "y",
+    "CONFIG_BPF_SYSCALL": "y",
+    "CONFIG_BPF_JIT": "y",
+    "CONFIG_KPROBES": "y",
+    "CONFIG_FTRACE": "y",
+}
+
+
+def parse_kconfig(text: str) -> dict[str, str]:
+    """A kernel .config as {CONFIG_NAME: value}; `# CONFIG_X is not set` lines are left out."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _CONFIG_RE.match(line.strip())
+        if m:
+            value = m.group(2)
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            values[m.group(1)] = value
+    return values
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """`CONFIG_X` (built in or a module), `CONFIG_X=y`, `CONFIG_X=m`, `CONFIG_X=n`, or a value."""
+
+    name: str
+    want: str = "ym"
+
+    @classmethod
+    def parse(cls, text: str) -> "Requirement":
+        m = _REQUIREMENT_RE.match(text.strip())
+        if not m:
+            raise ValueError(f"{text!r} is not CONFIG_NAME or CONFIG_NAME=VALUE")
+        return cls(m.group(1), m.group(2) or "ym")
+
+    def met_by(self, config: dict[str, str]) -> bool:
+        have = config.get(self.name, "n")
+        if self.want in ("ym", "y", "m", "n"):
+            return have in self.want if self.want == "ym" else have == self.want
+        return have == self.want
+
+    def fragment_value(self) -> str:
+        """What to write into a config fragment for it: a module where either will do (smaller vmlinux)."""
+        return "m" if self.want == "ym" else self.want
+
+    def __str__(self) -> str:
+        return self.name if self.want == "ym" else f"{self.name}={self.want}"
+
+
+def guest_fragment(requirements: list[Requirement]) -> dict[str, str]:
+    """The options a guest build sets after defconfig: the guest's, the parents, the requirements.
+
+    An option the guest needs built in stays built in when a reproducer would settle for a module."""
+    out = dict(PARENT_OPTIONS)
+    for req in requirements:
+        out[req.name] = req.fragment_value()
+    out.update(GUEST_OPTIONS)
+    return out
+
+
+def fragment_text(options: dict[str, str]) -> str:
+    """A .config fragment (`# CONFIG_X is not set` for n)."""
+    lines = []
+    for name, value in options.items():
+        lines.append(f"# {name} is not set" if value == "n" else f"{name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def unmet(requirements: list[Requirement], config: dict[str, str]) -> list[str]:
+    """The requirements `config` does not meet, each as "CONFIG_X=y (have m)"."""
+    return [f"{req} (have {config.get(req.name, 'n')})" for req in requirements if not req.met_by(config)]
+
+
+def config_diff(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(option, old value, new value) for every option that differs ("n" for unset), sorted."""
+    names = sorted(set(old) | set(new))
+    return [(n, old.get(n, "n"), new.get(n, "n")) for n in names if old.get(n, "n") != new.get(n, "n")]
