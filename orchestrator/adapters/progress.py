@@ -42,17 +42,21 @@ def stage_bar(enabled: bool = True) -> "Progress":
                     disable=not enabled, transient=False)
 
 
+LOG_EVERY = 30.0  # seconds between a long step's progress lines when stderr is not a terminal
+
+
 class StepLog:
     """Where a build says what it is doing, step by step; one per build."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, label: str = "variants") -> None:
         self.console = console or stderr_console()
+        self.label = label  # the prefix of each line: "variants", "build"
 
     def step(self, text: str) -> "Step":
         return Step(self, text)
 
     def note(self, text: str) -> None:
-        self.console.print(f"[dim]variants:[/] {text}", soft_wrap=True)
+        self.console.print(f"[dim]{self.label}:[/] {text}", soft_wrap=True)
 
 
 class Step:
@@ -70,13 +74,20 @@ class Step:
 
     def update(self, text: str) -> None:
         self.status.update(f"{self.text} … {text}")
+        # without a terminal the status line is invisible: a long step (a kernel build) says
+        # where it is in a line of its own every LOG_EVERY seconds instead
+        now = time.monotonic()
+        if not self.progress.console.is_terminal and now - getattr(self, "_said", self.start) >= LOG_EVERY:
+            self._said = now
+            self.progress.note(f"{self.text} … {text}")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.status.__exit__(exc_type, exc, tb)
         self.seconds = time.monotonic() - self.start
         mark = "[green]done[/]" if exc_type is None else "[red]failed[/]"
-        self.progress.console.print(f"[dim]variants:[/] {self.text}: {mark} ({self.seconds:.1f} s)", soft_wrap=True)
+        self.progress.console.print(f"[dim]{self.progress.label}:[/] {self.text}: {mark} ({self.seconds:.1f} s)",
+                                    soft_wrap=True)
 
 
 class StatusLine:

@@ -177,6 +177,9 @@ def answer_sentence(r: dict[str, Any]) -> str:
             return f"Entered {line} at {bad} with a distro-only patch (no upstream kernel shows it); {ends}."
         if origin == "variant":
             return f"The patch of the variant {bad} brings it in (its base {good} is good); {ends}."
+        if origin == "commit":
+            subject = (r.get("first_bad_commit") or {}).get("subject", "")
+            return f"First bad commit {bad}" + (f" \"{subject}\"" if subject else "") + f", built and tested; {ends}."
         return f"Entered {line} at {bad}; {ends}."
     if status == "inconclusive":
         undecided = r.get("undecided") or []

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.adapters import cache
+from orchestrator.adapters import cache, config
 from orchestrator.adapters.builds import kmake, trees
 from orchestrator.adapters.builds.kmake import BuildPlan
 from orchestrator.adapters.kernel import UnpackedKernel
@@ -49,6 +49,7 @@ class BuildRequest:
     patches: list[Path] = field(default_factory=list)
     bugs: list[Bug] = field(default_factory=list)  # whose kconfig requirements the guest config meets
     jobs: int = 0
+    name: str | None = None  # the local:NAME to install as (a commit bisection names its steps)
 
 
 @dataclass
@@ -112,21 +113,44 @@ def inputs_key(plan: BuildPlan) -> str:
 def build_kernel(req: BuildRequest, deps: BuildDeps | None = None, progress: StepLog | None = None) -> UnpackedKernel:
     """The kernel for `req`, built (or found built) and fetched as `local:NAME`."""
     deps = deps or BuildDeps()
-    progress = progress or StepLog()
+    progress = progress or StepLog(label="build")
     check_request(req)
-    tree = source_tree(req, deps, progress)
-    plan = plan_for(req, tree, deps)
-    name = f"{tree.version}-{plan.mode}-{inputs_key(plan)}"
-    dest = deps.local_root() / name
-    reusable = tree.origin.get("kind") != "tree" and (dest / "build.json").is_file()
-    if not reusable:
-        _build_into(plan, dest, progress)
-    else:
-        progress.note(f"built earlier: {dest}")
+    # one build per source at a time, from checkout to install: a git worktree is checked out
+    # and a shared source tree patched for the build, so nobody else may touch it meanwhile
+    with cache.locked(_source_lock(req)):
+        tree = source_tree(req, deps, progress)
+        plan = plan_for(req, tree, deps)
+        key = inputs_key(plan)
+        name = req.name or f"{tree.version}-{plan.mode}-{key}"
+        dest = deps.local_root() / name
+        reusable = tree.origin.get("kind") != "tree" and _built_from(dest) == key
+        if not reusable:
+            _build_into(plan, dest, key, progress)
+        else:
+            progress.note(f"built earlier: {dest}")
     return deps.fetch(f"local:{name}")
 
 
-def _build_into(plan: BuildPlan, dest: Path, progress: StepLog) -> None:
+def _source_lock(req: BuildRequest) -> Path:
+    """The lock of the source a request builds from: a tree, a clone, a Debian line."""
+    if req.tree:
+        key = f"tree:{Path(req.tree).expanduser().resolve()}"
+    elif req.repo:
+        key = f"git:{Path(req.repo).expanduser().resolve()}"
+    else:
+        key = f"debian:{req.linux_source}"
+    return config.subdir("builds") / "locks" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _built_from(dest: Path) -> str | None:
+    """The inputs key of the build installed at `dest` (None: nothing finished is there)."""
+    try:
+        return json.loads((dest / "build.json").read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _build_into(plan: BuildPlan, dest: Path, key: str, progress: StepLog) -> None:
     """Configure, make and install under the build directory's lock; `dest` appears whole or not at all."""
     obj, lock = kmake.locked_obj(plan)
     staging = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
@@ -143,7 +167,7 @@ def _build_into(plan: BuildPlan, dest: Path, progress: StepLog) -> None:
                     release = kmake.install(plan, obj, staging, log)
             shutil.copyfile(log_path, staging / "build.log")
             kmake.write_record(staging, {
-                "release": release, "source": plan.tree.origin, "tree": str(plan.tree.path),
+                "release": release, "inputs": key, "source": plan.tree.origin, "tree": str(plan.tree.path),
                 "version": plan.tree.version, "config": plan.mode, "config_key": plan.config_key(),
                 "requirements": [str(r) for r in plan.requirements],
                 "patches": [{"name": Path(p).name, "sha256": cache.sha256_file(Path(p))} for p in plan.patches],

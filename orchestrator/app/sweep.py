@@ -215,15 +215,9 @@ def cell_detail(record: ProbeRecord | None) -> dict:
     if console:
         probe_dir = console.rsplit("/", 1)[0]
         out.update(console=console, log=f"{probe_dir}/output.txt", record=f"{probe_dir}/record.json")
-    others = [a for a in record.artefacts if a != console]
-    if others:
-        out["artefacts"] = others
-    if record.console_excerpt:
-        out["console_excerpt"] = record.console_excerpt
-    if record.vm:
-        out["vm"] = record.vm
-    if record.note:
-        out["vm_note"] = record.note
+    extra = {"artefacts": [a for a in record.artefacts if a != console], "console_excerpt": record.console_excerpt,
+             "vm": record.vm, "vm_note": record.note}
+    out.update({k: v for k, v in extra.items() if v})
     return out
 
 

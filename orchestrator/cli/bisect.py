@@ -81,13 +81,19 @@ def exit_code(status: str) -> int:
               help="Re-run last good and first bad this many times before reporting.")
 @click.option("--verify-revert", is_flag=True, help="Build the first-bad kernel with the top candidate "
               "reverted and probe it (bad→good confirms the culprit).")
+@click.option("--build", "build_commits", is_flag=True, help="Bisect the commits of --repo: --good and --bad are "
+              "revisions; each step is built (incrementally, kbisect kernels build) and probed, down to a tested "
+              "first bad commit. The commit the bug's ranking puts first is tried with its parent before binary search.")
+@click.option("--config", "config_mode", default="guest", show_default=True, metavar="guest|base|FILE",
+              help="With --build: the kernel config (see kbisect kernels build).")
 @click.option("--fresh", is_flag=True, help="Ignore stored verdicts (new ones replace them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @mainline_options
 def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str | None,
                distro_mirror: str | None, verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
-               fresh: bool, as_json: bool, quiet: bool, allow_unverified: bool, keyring: str | None) -> None:
+               build_commits: bool, config_mode: str, fresh: bool, as_json: bool, quiet: bool, allow_unverified: bool,
+               keyring: str | None) -> None:
     """Find the first bad kernel between GOOD and BAD, and whether it came from mainline, a stable
     backport or a distro patch.
 
@@ -110,6 +116,9 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     from orchestrator.app.prober import load_replay
     from orchestrator.core.differential import distro_lineage
 
+    if build_commits:
+        _bisect_commits(bug_id, good, bad, repo, config_mode, verify_runs, fresh, as_json, quiet)
+        return
     # every input is checked before anything is listed, fetched or booted
     for option, spec in (("--good", good), ("--bad", bad)):
         _check_spec(option, spec)
@@ -136,6 +145,39 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
         click.echo(json.dumps(data, indent=2))
     else:
         _summary(data)
+    code = exit_code(data["status"])
+    if code:
+        sys.exit(code)
+
+
+def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_mode: str, verify_runs: int,
+                    fresh: bool, as_json: bool, quiet: bool) -> None:
+    """`--build`: the commit bisection (app.commit_bisect), same output and exit codes."""
+    from orchestrator.adapters import catalog
+    from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
+    from orchestrator.app.deps import current
+
+    if repo is None:
+        raise KbisectError("--build needs --repo (the clone whose commits are bisected)")
+    _check_repo(repo)
+    if config_mode not in ("guest", "base"):
+        check_input_file("--config", Path(config_mode), max_bytes=4 << 20)
+    bug = catalog.resolve(bug_id)
+    check_results_dir()
+    progress = Progress(quiet)
+    progress.event(f"bisecting commits of {repo} for {bug.id}: good {good}, bad {bad}")
+    request = CommitBisectRequest(repo.resolve(), good, bad, config_mode, verify_runs, fresh)
+    data = run_commit_bisect(bug, request, current(CommitBisectDeps), on_event=progress.event,
+                             on_probe=progress.probe)
+    data.setdefault("bug", bug.id)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        first = data.get("first_bad_commit")
+        click.echo(f"{bug.id}: {data.get('stopped')}")
+        if first:
+            click.echo(f"first bad commit {first['sha']} {first['subject']}")
+        click.echo(f"report: {data.get('report')}")
     code = exit_code(data["status"])
     if code:
         sys.exit(code)

@@ -255,7 +255,7 @@ class Engine:
             res.good_end, res.bad_end = self.candidates[gi], self.candidates[bi]
             return res
 
-        lo, hi = gi, bi
+        lo, hi = self._narrow_by_known(gi, bi)
         while hi - lo > 1:
             i = self._nearest(lo, hi)
             if i is None:
@@ -288,6 +288,22 @@ class Engine:
         res.good_end, res.bad_end = good_end, bad_end
         self._verify(self.candidates[lo], self.candidates[hi], res)
         return res
+
+    def _narrow_by_known(self, lo: int, hi: int) -> tuple[int, int]:
+        """The range shrunk to the newest kernel known good and the oldest known bad inside it
+        (verdicts established before the search, such as a ranking's guesses already probed):
+        the search would reach the same boundary through them, at no cost."""
+        goods = [i for i in range(lo + 1, hi) if self.known.get(self.candidates[i].spec) is Verdict.GOOD]
+        bads = [i for i in range(lo + 1, hi) if self.known.get(self.candidates[i].spec) is Verdict.BAD]
+        new_lo = max(goods, default=lo)
+        new_hi = min([i for i in bads if i > new_lo], default=hi)
+        if (new_lo, new_hi) != (lo, hi):
+            self._event(f"known verdicts narrow the search to {self.candidates[new_lo].label} .. "
+                        f"{self.candidates[new_hi].label}")
+            for i in (new_lo, new_hi):
+                if i not in (lo, hi):
+                    self.judge(self.candidates[i], Phase.BISECT)  # recorded as known, no probe
+        return new_lo, new_hi
 
     def _why_untestable(self, j: int) -> str:
         cand = self.candidates[j]

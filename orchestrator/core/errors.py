@@ -33,6 +33,11 @@ class VariantBuildError(KernelTrouble):
     """A patched variant cannot be built (the patch does not apply, the build fails)."""
 
 
+class BuildFailed(KernelTrouble):
+    """make (or a patch) failed for this source: a commit bisection skips the commit, as
+    `git bisect skip` does; a config whose requirements cannot be met is not this (it stops)."""
+
+
 class BootFailure(KernelTrouble):
     """The kernel did not boot to SSH in its guest."""
 

@@ -27,15 +27,11 @@ from orchestrator.adapters import cache, config
 from orchestrator.adapters.builds.trees import SourceTree
 from orchestrator.adapters.fsutil import atomic_write, run_to_log, run_tool
 from orchestrator.adapters.progress import StepLog
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import BuildFailed, KbisectError
 from orchestrator.core.kconfig import Requirement, fragment_text, guest_fragment, parse_kconfig, unmet
 
 CONFIG_MODES = ("guest", "base")  # or a file's path
 _COMPILED_RE = re.compile(rb"^\s+(CC|AS|LD)\s", re.MULTILINE)
-
-
-class BuildFailed(KbisectError):
-    """The compiler or kbuild said no: for a bisection step, a skip (like `git bisect skip`)."""
 
 
 @dataclass
@@ -179,4 +175,4 @@ def locked_obj(plan: BuildPlan):
     """The build directory's lock: one build at a time per tree and config."""
     obj = obj_dir(plan)
     obj.mkdir(parents=True, exist_ok=True)
-    return obj, cache.locked(obj.with_suffix(".lock"))
+    return obj, cache.locked(obj)

@@ -60,16 +60,17 @@ def from_dir(path: Path) -> SourceTree:
 def from_git(repo: Path, rev: str, progress: StepLog) -> SourceTree:
     """`rev` of the clone `repo`, checked out (detached, forced) in kbisect's worktree of it."""
     import git  # GitPython: a slow import, needed only here
+    from gitdb.exc import BadName, BadObject
 
     root = Path(repo).expanduser().resolve()
     try:
         clone = git.Repo(root)
         sha = clone.commit(rev).hexsha
-    except (git.exc.GitError, ValueError) as exc:
+    except (git.exc.GitError, BadName, BadObject, ValueError) as exc:
         raise KbisectError(f"--repo {repo} --rev {rev}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
     worktree = config.subdir("builds") / "worktrees" / key
-    with cache.locked(worktree.with_suffix(".lock")):
+    with cache.locked(worktree):
         with progress.step(f"checking out {sha[:12]} in {worktree}"):
             if not (worktree / ".git").exists():
                 shutil.rmtree(worktree, ignore_errors=True)
@@ -92,7 +93,7 @@ def from_debian(line: str, packages: PackageFetcher, progress: StepLog, version:
     pkg_version = packages.pick(package, version or f"{line}.999-1")
     deb = packages.download(package, pkg_version, progress)
     dest = config.subdir("builds") / "src" / f"{package}_{pkg_version}"
-    with cache.locked(dest.with_suffix(".lock")):
+    with cache.locked(dest):
         if not (dest / "Makefile").is_file():
             _unpack_source(deb.path, dest, progress)
     return SourceTree(dest, f"debian:{package}={pkg_version}", makefile_version(dest),

@@ -206,10 +206,7 @@ def run_probe_shared(
     kernel: UnpackedKernel,
     bugs: Sequence[Bug],
     *,
-    accel: str | None = None,
-    uri: str | None = None,
-    memory_mb: int = 1024,
-    cpus: int = 1,
+    opts: GuestOptions = GuestOptions(),
     boot_timeout: float | None = None,
     results_dir: Path | None = None,
     cancelled: Callable[[], bool] = lambda: False,
@@ -224,7 +221,6 @@ def run_probe_shared(
     for bug in bugs:
         if not (Path(bug.dir) / bug.entry).is_file():
             raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
-    opts = GuestOptions(accel=accel, uri=uri or vmmod.DEFAULT_URI, memory_mb=memory_mb, cpus=cpus)
     run = current_run()
     session = ProbeSession(bugs[0], partial(_machine, kernel, opts, run, False), _probe_dir(results_dir, run.id),
                            boot_timeout=boot_timeout, cancelled=cancelled)

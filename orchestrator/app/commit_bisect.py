@@ -1,0 +1,193 @@
+"""Commit bisection (`kbisect bisect --repo PATH --good REV --bad REV --build`): every step is a
+kernel built from that commit (incrementally: one worktree, one build directory, ccache) and
+probed like any other kernel, down to a first bad commit that was itself built and tested.
+
+The search is the core engine's, over the commits of good..bad on the ancestry path, oldest
+first: the ends are confirmed, a commit that does not build or boot is a skip and the search moves
+to its neighbour (as `git bisect skip` does), and the boundary is verified by re-running both
+sides. Each commit's kernel is `local:git-<sha12>`, built on the first question about it (the
+stored-verdict lookup asks for its content id first, so a commit built and probed by an earlier
+run costs neither a build nor a boot).
+
+Ranking-guided first steps: when the bug's keyword and path ranking (adapters.gitlog) puts one
+commit of the range first, that commit and its parent are tried before binary search; a good
+parent and a bad candidate are the answer in two builds (then verified like any boundary).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.adapters import report
+from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.adapters.store import Store
+from orchestrator.app.build import BuildRequest, build_kernel
+from orchestrator.app.kernels import KernelProvider
+from orchestrator.app.prober import ResumingProbe
+from orchestrator.app.run import run_probe
+from orchestrator.core.bug import Bug
+from orchestrator.core.engine import BisectStatus, Candidate, Engine, Probe
+from orchestrator.core.errors import KbisectError
+from orchestrator.core.verdict import ProbeRecord, Verdict
+
+
+@dataclass
+class CommitBisectRequest:
+    repo: Path
+    good: str
+    bad: str
+    config: str = "guest"
+    verify_runs: int = 3
+    fresh: bool = False
+    guided: bool = True  # try the top-ranked commit and its parent first
+
+
+@dataclass
+class Commit:
+    sha: str
+    subject: str
+
+    @property
+    def spec(self) -> str:
+        return f"local:git-{self.sha[:12]}"
+
+
+def commits_between(repo: Path, good: str, bad: str) -> list[Commit]:
+    """`good`, then every commit of good..bad on the ancestry path, oldest first (`bad` last)."""
+    import git  # GitPython: a slow import, needed only here
+    from gitdb.exc import BadName, BadObject
+
+    try:
+        clone = git.Repo(repo)
+        lo, hi = clone.commit(good), clone.commit(bad)
+        if not clone.is_ancestor(lo, hi):
+            raise KbisectError(f"--good {good} is not an ancestor of --bad {bad}")
+        shas = clone.git.rev_list("--reverse", "--ancestry-path", f"{lo.hexsha}..{hi.hexsha}").split()
+    except (git.exc.GitError, BadName, BadObject, ValueError) as exc:
+        raise KbisectError(f"--repo {repo}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return [Commit(lo.hexsha, lo.summary)] + [Commit(s, clone.commit(s).summary) for s in shas]
+
+
+def top_ranked(repo: Path, good: str, bad: str, bug: Bug) -> str | None:
+    """The commit of good..bad the bug's keywords and paths rank first (adapters.gitlog), if any
+    scores above nothing."""
+    from orchestrator.adapters.gitlog import find_candidates
+
+    ranked = find_candidates(repo, good, bad, bug.keywords, bug.paths, limit=1)
+    return ranked[0].sha if ranked and ranked[0].score > 0 else None
+
+
+@dataclass
+class CommitBisectDeps:
+    build: Callable[[BuildRequest], UnpackedKernel] = build_kernel
+    probe: Callable[[str, Bug], ProbeRecord] = lambda spec, bug: run_probe(spec, bug, progress=True)
+    kernel_id: Callable[[str], str] = field(default_factory=lambda: KernelProvider().kernel_id)
+    store: Callable[[], Store] = Store
+    # (repo, good, bad, bug) -> the commit the ranking puts first, or None (None: no guided start)
+    top_ranked: Callable[[Path, str, str, Bug], str | None] | None = top_ranked
+
+
+class CommitKernels:
+    """Commit spec -> its kernel, built the first time anything asks (counted in `builds`)."""
+
+    def __init__(self, req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: CommitBisectDeps,
+                 on_event: Callable[[str], None]) -> None:
+        self.req, self.bug, self.deps, self.on_event = req, bug, deps, on_event
+        self.by_spec = {c.spec: c for c in commits}
+        self.built: set[str] = set()
+        self.builds = 0
+
+    def ensure(self, spec: str) -> None:
+        commit = self.by_spec.get(spec)
+        if commit is None or spec in self.built:
+            return
+        self.on_event(f"building {commit.sha[:12]} {commit.subject}")
+        t0 = time.monotonic()
+        kernel = self.deps.build(BuildRequest(repo=self.req.repo, rev=commit.sha, config=self.req.config,
+                                              bugs=[self.bug], name=spec.split(":", 1)[1]))
+        self.built.add(spec)
+        self.builds += 1
+        self.on_event(f"built {kernel.spec} in {time.monotonic() - t0:.0f} s")
+
+    def kernel_id(self, spec: str) -> str:
+        self.ensure(spec)
+        return self.deps.kernel_id(spec)
+
+    def probe(self, spec: str) -> ProbeRecord:
+        self.ensure(spec)
+        return self.deps.probe(spec, self.bug)
+
+
+def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps | None = None, *,
+                      on_event: Callable[[str], None] = lambda m: None,
+                      on_probe: Callable[[Probe], None] | None = None) -> dict[str, Any]:
+    """The bisection over commits: result.json's content, with the report written."""
+    deps = deps or CommitBisectDeps()
+    commits = commits_between(req.repo, req.good, req.bad)
+    kernels = CommitKernels(req, bug, commits, deps, on_event)
+    store = deps.store()
+    run_key = store.open_run(f"bisect-commits {bug.id} repo={req.repo} good={req.good} bad={req.bad}")
+    prober = ResumingProbe(bug, kernels.probe, store=store, fresh=req.fresh, kernel_id=kernels.kernel_id,
+                           run_key=run_key)
+    candidates = [Candidate(c.spec, label=c.sha[:12]) for c in commits]
+    known = _guided(req, bug, commits, deps, prober, on_event, on_probe) if req.guided else {}
+    pair = _proven_pair(candidates, known)
+    if pair:  # the ranking's guess was right: the boundary is that pair, verified like any other
+        on_event(f"ranking-guided: {pair[0].label} good, {pair[1].label} bad; verifying")
+        candidates = pair
+    engine = Engine(candidates, prober, policy=bug.repeat, lineage=f"commits of {req.repo}",
+                    verify=req.verify_runs, on_probe=on_probe, on_event=on_event, known=known)
+    result = engine.run()
+    if pair:
+        result.notes.append(f"ranking-guided: the top-ranked commit {pair[1].label} and its parent were probed "
+                            "first and showed the boundary; the range's own ends were not built")
+    data = result.to_json()
+    data.update(origin="commit" if result.status is BisectStatus.FOUND else None, kind="commits",
+                repo=str(req.repo), builds=kernels.builds, counts=dict(prober.counts),
+                commits=[{"sha": c.sha, "subject": c.subject, "spec": c.spec} for c in commits])
+    by_label = {c.sha[:12]: c for c in commits}
+    for key in ("first_bad", "last_good"):
+        commit = by_label.get(str(data.get(key) or ""))
+        if commit is not None:
+            data[f"{key}_commit"] = {"sha": commit.sha, "subject": commit.subject}
+    run_id = report.new_run_id(bug.id)
+    out = report.write(data, run_id, report.probe_consoles(result.probes),
+                       unrelated=report.unrelated_traces(result.probes))
+    on_event(f"report: {out / 'report.html'}")
+    store.finish_run(run_key)
+    store.close()
+    return data
+
+
+def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict]) -> list[Candidate] | None:
+    """[parent, commit] when the guided probes found the parent good and the commit bad."""
+    for parent, child in zip(candidates, candidates[1:]):
+        if known.get(parent.spec) is Verdict.GOOD and known.get(child.spec) is Verdict.BAD:
+            return [parent, child]
+    return None
+
+
+def _guided(req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: CommitBisectDeps,
+            prober: ResumingProbe, on_event: Callable[[str], None],
+            on_probe: Callable[[Probe], None] | None) -> dict[str, Verdict]:
+    """The top-ranked commit and its parent, probed before binary search; their verdicts are
+    handed to the engine as known, so a good parent and a bad candidate end the search at once
+    (the engine still confirms the ends and verifies that boundary)."""
+    if deps.top_ranked is None:
+        return {}
+    top = deps.top_ranked(req.repo, req.good, req.bad, bug)
+    index = next((i for i, c in enumerate(commits) if top and c.sha.startswith(top)), None)
+    if index is None or index == 0:
+        return {}
+    from orchestrator.core.engine import judge
+
+    on_event(f"ranking first: {commits[index].sha[:12]} {commits[index].subject}, and its parent")
+    known = {}
+    for commit in (commits[index], commits[index - 1]):
+        probe = judge(bug.repeat, prober, Candidate(commit.spec, label=commit.sha[:12]), "bisect", on_probe=on_probe)
+        if probe.verdict in (Verdict.GOOD, Verdict.BAD):
+            known[commit.spec] = probe.verdict
+    return known

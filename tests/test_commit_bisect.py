@@ -1,0 +1,130 @@
+"""Commit bisection on a real git history with fake builds and probes (no compiler, no VM): the
+engine's search over commits, build failures as skips, the ranking-guided start that ends in two
+builds, and the first bad commit named with its subject. The real builds and boots are in
+tests/test_builds_vm.py."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, commits_between, run_commit_bisect
+from orchestrator.core.bug import Bug
+from orchestrator.core.errors import BuildFailed, KbisectError
+from orchestrator.core.verdict import ProbeRecord, Verdict
+
+SUBJECTS = ["base", "net: decoy one", "docs: decoy two", "fib: drop the loopback relaxation", "net: decoy three",
+            "mm: decoy four", "net: decoy five", "tools: decoy six"]
+CULPRIT = 3
+
+
+@pytest.fixture()
+def history(tmp_path) -> tuple[Path, list[str]]:
+    repo = tmp_path / "linux"
+    (repo / "net").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@e"]
+    subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
+    shas = []
+    for n, subject in enumerate(SUBJECTS):
+        path = repo / ("net/ipv4/fib_frontend.c" if n == CULPRIT else f"net/f{n}.c")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"/* {subject} */\n")
+        subprocess.run(git + ["add", "-A"], check=True)
+        subprocess.run(git + ["commit", "-qm", subject], check=True)
+        shas.append(subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                                   text=True).stdout.strip())
+    return repo, shas
+
+
+class World:
+    """Builds and probes by commit: bad from the culprit on; `broken` commits fail to build."""
+
+    def __init__(self, shas: list[str], broken: tuple[int, ...] = ()) -> None:
+        self.shas, self.broken = shas, broken
+        self.builds: list[str] = []
+        self.probes: list[str] = []
+
+    def index(self, spec: str) -> int:
+        return next(i for i, s in enumerate(self.shas) if spec.endswith(s[:12]))
+
+    def build(self, req):
+        i = next(i for i, s in enumerate(self.shas) if s == req.rev)
+        self.builds.append(self.shas[i][:12])
+        if i in self.broken:
+            raise BuildFailed(f"make bzImage modules failed (exit 2) at {self.shas[i][:12]}")
+        return SimpleNamespace(spec=f"local:{req.name}")
+
+    def probe(self, spec: str, bug: Bug) -> ProbeRecord:
+        self.probes.append(spec)
+        verdict = Verdict.BAD if self.index(spec) >= CULPRIT else Verdict.GOOD
+        return ProbeRecord(spec, bug.id, verdict, f"fake {verdict.value}", {"run": 1.0})
+
+    def deps(self, ranked: str | None = None) -> CommitBisectDeps:
+        return CommitBisectDeps(build=self.build, probe=self.probe, kernel_id=lambda spec: "id-" + spec,
+                                top_ranked=(lambda *a: ranked) if ranked is not None else None)
+
+
+BUG = Bug(id="rp-filter-lo", dir=Path("."), keywords=["loopback"], paths=["net/ipv4/fib_frontend.c"])
+
+
+def test_commits_are_listed_oldest_first_with_the_good_end_first(history) -> None:
+    repo, shas = history
+    commits = commits_between(repo, shas[0], shas[-1])
+    assert [c.sha for c in commits] == shas and commits[CULPRIT].subject == SUBJECTS[CULPRIT]
+    assert commits[1].spec == f"local:git-{shas[1][:12]}"
+    with pytest.raises(KbisectError, match="is not an ancestor"):
+        commits_between(repo, shas[-1], shas[0])
+    with pytest.raises(KbisectError, match="--repo"):
+        commits_between(repo, "no-such-rev", shas[0])
+
+
+def test_binary_search_names_the_first_bad_commit(history, kbisect_home) -> None:
+    repo, shas = history
+    world = World(shas)
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, guided=False),
+                             world.deps())
+    assert data["status"] == "found" and data["origin"] == "commit"
+    assert data["first_bad_commit"] == {"sha": shas[CULPRIT], "subject": SUBJECTS[CULPRIT]}
+    assert data["last_good_commit"]["sha"] == shas[CULPRIT - 1]
+    assert data["builds"] == len(set(world.builds)) <= 5  # ends + ceil(log2 6) midpoints, each built once
+    assert Path(data["report"]).is_file()
+
+
+def test_a_commit_that_does_not_build_is_skipped_like_git_bisect_skip(history, kbisect_home) -> None:
+    repo, shas = history
+    world = World(shas, broken=(CULPRIT - 1,))  # the last good commit itself cannot be built
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, guided=False),
+                             world.deps())
+    # the boundary is then between the newest good that builds and the culprit: not a single commit
+    assert data["status"] == "inconclusive", data["stopped"]
+    assert shas[CULPRIT - 1][:12] in data["stopped"] and shas[CULPRIT][:12] in data["stopped"]
+
+
+def test_the_ranking_guided_start_ends_in_two_builds(history, kbisect_home) -> None:
+    repo, shas = history
+    world = World(shas)
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=2),
+                             world.deps(ranked=shas[CULPRIT]))
+    assert data["status"] == "found" and data["first_bad_commit"]["sha"] == shas[CULPRIT]
+    assert world.builds == [shas[CULPRIT][:12], shas[CULPRIT - 1][:12]]  # the guess, then its parent: two builds
+    assert any("ranking-guided" in n for n in data["notes"])
+    assert len(world.probes) == 2 + 2 * 2  # the two guesses, then each side verified twice
+
+
+def test_a_wrong_guess_falls_back_to_binary_search_and_still_finds_it(history, kbisect_home) -> None:
+    repo, shas = history
+    world = World(shas)
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1),
+                             world.deps(ranked=shas[5]))  # a decoy ranked first
+    assert data["status"] == "found" and data["first_bad_commit"]["sha"] == shas[CULPRIT]
+    assert not any("ranking-guided" in n for n in data["notes"])
+
+
+def test_the_default_ranking_reads_the_bugs_paths_and_keywords(history) -> None:
+    from orchestrator.app.commit_bisect import top_ranked
+
+    repo, shas = history
+    assert top_ranked(repo, shas[0], shas[-1], BUG) == shas[CULPRIT]
