@@ -12,7 +12,7 @@ PKGS=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-d
       mmdebstrap busybox-static cpio kmod e2fsprogs zstd xz-utils dpkg-dev gcc make bc flex bison
       libelf-dev libssl-dev openssh-client git python3-venv python3-dev patch
       nftables tcpdump ethtool ipvsadm iputils-ping bpftrace iproute2 procps
-      gpgv gnupg chromium)
+      gpgv gnupg chromium ccache dwarves)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -228,6 +228,25 @@ def test_known_verdicts_are_not_reprobed() -> None:
     assert "k5" not in sim.calls and "k0" not in sim.calls
 
 
+def test_known_verdicts_inside_the_range_narrow_it_before_the_search() -> None:
+    """A ranking's guesses probed before the search (k6 good, k7 bad) are the boundary: the
+    search only confirms the ends and verifies; nothing between is probed."""
+    sim = Sim(7)
+    res = bisect(lineage(40), sim, known={"mainline:k6": G, "mainline:k7": B}, verify=1)
+    assert res.status == FOUND and (res.last_good.label, res.first_bad.label) == ("k6", "k7")
+    assert sim.calls == ["k0", "k39", "k6", "k7"]  # the ends, then the boundary verified once each
+
+
+def test_a_wrong_known_verdict_is_caught_by_the_boundary_verification() -> None:
+    """Contradictory guesses (k12 "good" while the bug is in from k10, k4 "bad"): the range is cut
+    at the newest good only; the boundary found from it (k12/k13) is re-run, k12 is bad now, and
+    the result says unstable instead of reporting a wrong commit."""
+    sim = Sim(10)
+    res = bisect(lineage(20), sim, known={"mainline:k12": G, "mainline:k4": B}, verify=1)
+    assert (res.last_good.label, res.first_bad.label) == ("k12", "k13")
+    assert res.status == UNSTABLE
+
+
 def test_json_shape() -> None:
     res = bisect(lineage(6), Sim(3), verify=1, lineage="mainline")
     data = res.to_json()

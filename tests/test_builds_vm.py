@@ -137,8 +137,8 @@ def test_commit_bisection_finds_the_planted_culprit_in_two_builds(base_kernel, h
     repo, shas = history
     t0 = time.monotonic()
     proc = kbisect(["bisect", "--bug", "rp-filter-lo", "--repo", str(repo), "--good", shas["base"],
-                    "--bad", shas["decoy2"], "--build", "--verify", "1", "--fresh", "--json"],
-                   shared_home, tmp_path / "results")
+                    "--bad", shas["decoy2"], "--build", *[a for b in BUGS for a in ("--kconfig-for", b)],
+                    "--verify", "1", "--fresh", "--json"], shared_home, tmp_path / "results")
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(proc.stdout)
@@ -147,6 +147,7 @@ def test_commit_bisection_finds_the_planted_culprit_in_two_builds(base_kernel, h
     assert data["first_bad_commit"]["sha"] == shas["culprit"]
     assert data["last_good_commit"]["sha"] == shas["decoy1"]
     assert data["builds"] <= 2 and any("ranking-guided" in n for n in data["notes"])
+    assert len(data["probes"]) == 4  # the culprit and its parent, then each verified once
     bad = [p for p in data["probes"] if p["verdict"] == "bad"]
     assert bad and all("fails with rp_filter=1" in p["reason"] for p in bad), bad
     assert Path(data["report"]).is_file()

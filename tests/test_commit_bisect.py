@@ -112,6 +112,7 @@ def test_the_ranking_guided_start_ends_in_two_builds(history, kbisect_home) -> N
     assert world.builds == [shas[CULPRIT][:12], shas[CULPRIT - 1][:12]]  # the guess, then its parent: two builds
     assert any("ranking-guided" in n for n in data["notes"])
     assert len(world.probes) == 2 + 2 * 2  # the two guesses, then each side verified twice
+    assert [p["phase"] for p in data["probes"]] == ["bisect"] * 2 + ["verify"] * 4  # all in the report
 
 
 def test_a_wrong_guess_falls_back_to_binary_search_and_still_finds_it(history, kbisect_home) -> None:

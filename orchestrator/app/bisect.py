@@ -171,9 +171,15 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
         if req.verify_revert:
             check = RevertCheck(bug, prober, deps.build_variant, on_event, on_probe)
             data["revert_check"] = check.run(str(req.repo), result, data["candidates"])
+    return finish(bug, data, result.probes, store, run_key, on_event)
+
+
+def finish(bug: Bug, data: dict[str, Any], probes: list, store: Store, run_key: str,
+           on_event: Callable[[str], None]) -> dict[str, Any]:
+    """Write a bisection's report (package or commit level), close its run in the store (its
+    skips are not reused by the next run), and return result.json's content."""
     run_id = report.new_run_id(bug.id)
-    out = report.write(data, run_id, report.probe_consoles(result.probes),
-                       unrelated=report.unrelated_traces(result.probes))
+    out = report.write(data, run_id, report.probe_consoles(probes), unrelated=report.unrelated_traces(probes))
     on_event(f"report: {out / 'report.html'}")
     store.finish_run(run_key)
     store.close()

@@ -87,9 +87,8 @@ def source_tree(req: BuildRequest, deps: BuildDeps, progress: StepLog) -> trees.
 
 
 def plan_for(req: BuildRequest, tree: trees.SourceTree, deps: BuildDeps) -> BuildPlan:
-    requirements: list[Requirement] = []
-    for bug in req.bugs:
-        requirements += [r for r in bug.kconfig if r not in requirements]
+    # sorted: the same reproducers named in another order are the same config (one build directory)
+    requirements = sorted({r for bug in req.bugs for r in bug.kconfig}, key=str)
     if req.config == "guest":
         return BuildPlan(tree, "guest", requirements=requirements, patches=list(req.patches), jobs=req.jobs)
     if req.config == "base":

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.adapters import report
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.store import Store
+from orchestrator.app.bisect import finish
 from orchestrator.app.build import BuildRequest, build_kernel
 from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.prober import ResumingProbe
@@ -43,6 +43,9 @@ class CommitBisectRequest:
     verify_runs: int = 3
     fresh: bool = False
     guided: bool = True  # try the top-ranked commit and its parent first
+    # whose kconfig requirements the builds meet (besides the bisected bug's own): by default
+    # the whole catalog, as `kbisect kernels build`, so both share one build directory
+    kconfig_for: list[Bug] = field(default_factory=list)
 
 
 @dataclass
@@ -106,8 +109,9 @@ class CommitKernels:
             return
         self.on_event(f"building {commit.sha[:12]} {commit.subject}")
         t0 = time.monotonic()
+        bugs = [self.bug] + [b for b in self.req.kconfig_for if b.id != self.bug.id]
         kernel = self.deps.build(BuildRequest(repo=self.req.repo, rev=commit.sha, config=self.req.config,
-                                              bugs=[self.bug], name=spec.split(":", 1)[1]))
+                                              bugs=bugs, name=spec.split(":", 1)[1]))
         self.built.add(spec)
         self.builds += 1
         self.on_event(f"built {kernel.spec} in {time.monotonic() - t0:.0f} s")
@@ -133,7 +137,8 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
     prober = ResumingProbe(bug, kernels.probe, store=store, fresh=req.fresh, kernel_id=kernels.kernel_id,
                            run_key=run_key)
     candidates = [Candidate(c.spec, label=c.sha[:12]) for c in commits]
-    known = _guided(req, bug, commits, deps, prober, on_event, on_probe) if req.guided else {}
+    guesses: list[Probe] = []
+    known = _guided(req, bug, commits, deps, prober, on_event, on_probe, guesses) if req.guided else {}
     pair = _proven_pair(candidates, known)
     if pair:  # the ranking's guess was right: the boundary is that pair, verified like any other
         on_event(f"ranking-guided: {pair[0].label} good, {pair[1].label} bad; verifying")
@@ -141,6 +146,7 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
     engine = Engine(candidates, prober, policy=bug.repeat, lineage=f"commits of {req.repo}",
                     verify=req.verify_runs, on_probe=on_probe, on_event=on_event, known=known)
     result = engine.run()
+    result.probes[:0] = guesses  # the ranking's two probes are part of the evidence
     if pair:
         result.notes.append(f"ranking-guided: the top-ranked commit {pair[1].label} and its parent were probed "
                             "first and showed the boundary; the range's own ends were not built")
@@ -153,13 +159,7 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
         commit = by_label.get(str(data.get(key) or ""))
         if commit is not None:
             data[f"{key}_commit"] = {"sha": commit.sha, "subject": commit.subject}
-    run_id = report.new_run_id(bug.id)
-    out = report.write(data, run_id, report.probe_consoles(result.probes),
-                       unrelated=report.unrelated_traces(result.probes))
-    on_event(f"report: {out / 'report.html'}")
-    store.finish_run(run_key)
-    store.close()
-    return data
+    return finish(bug, data, result.probes, store, run_key, on_event)
 
 
 def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict]) -> list[Candidate] | None:
@@ -172,7 +172,7 @@ def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict]) -> list
 
 def _guided(req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: CommitBisectDeps,
             prober: ResumingProbe, on_event: Callable[[str], None],
-            on_probe: Callable[[Probe], None] | None) -> dict[str, Verdict]:
+            on_probe: Callable[[Probe], None] | None, guesses: list[Probe]) -> dict[str, Verdict]:
     """The top-ranked commit and its parent, probed before binary search; their verdicts are
     handed to the engine as known, so a good parent and a bad candidate end the search at once
     (the engine still confirms the ends and verifies that boundary)."""
@@ -188,6 +188,7 @@ def _guided(req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: Com
     known = {}
     for commit in (commits[index], commits[index - 1]):
         probe = judge(bug.repeat, prober, Candidate(commit.spec, label=commit.sha[:12]), "bisect", on_probe=on_probe)
+        guesses.append(probe)
         if probe.verdict in (Verdict.GOOD, Verdict.BAD):
             known[commit.spec] = probe.verdict
     return known

@@ -86,14 +86,17 @@ def exit_code(status: str) -> int:
               "first bad commit. The commit the bug's ranking puts first is tried with its parent before binary search.")
 @click.option("--config", "config_mode", default="guest", show_default=True, metavar="guest|base|FILE",
               help="With --build: the kernel config (see kbisect kernels build).")
+@click.option("--kconfig-for", "kconfig_for", multiple=True, metavar="ID",
+              help="With --build: the builds meet these reproducers' kconfig requirements too (repeatable; "
+                   "default: the whole catalog, as kbisect kernels build, so both share a build directory).")
 @click.option("--fresh", is_flag=True, help="Ignore stored verdicts (new ones replace them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @mainline_options
 def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str | None,
                distro_mirror: str | None, verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
-               build_commits: bool, config_mode: str, fresh: bool, as_json: bool, quiet: bool, allow_unverified: bool,
-               keyring: str | None) -> None:
+               build_commits: bool, config_mode: str, kconfig_for: tuple[str, ...], fresh: bool, as_json: bool,
+               quiet: bool, allow_unverified: bool, keyring: str | None) -> None:
     """Find the first bad kernel between GOOD and BAD, and whether it came from mainline, a stable
     backport or a distro patch.
 
@@ -117,7 +120,7 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     from orchestrator.core.differential import distro_lineage
 
     if build_commits:
-        _bisect_commits(bug_id, good, bad, repo, config_mode, verify_runs, fresh, as_json, quiet)
+        _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet)
         return
     # every input is checked before anything is listed, fetched or booted
     for option, spec in (("--good", good), ("--bad", bad)):
@@ -150,8 +153,8 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
         sys.exit(code)
 
 
-def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_mode: str, verify_runs: int,
-                    fresh: bool, as_json: bool, quiet: bool) -> None:
+def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_mode: str,
+                    kconfig_for: tuple[str, ...], verify_runs: int, fresh: bool, as_json: bool, quiet: bool) -> None:
     """`--build`: the commit bisection (app.commit_bisect), same output and exit codes."""
     from orchestrator.adapters import catalog
     from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
@@ -163,10 +166,11 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_
     if config_mode not in ("guest", "base"):
         check_input_file("--config", Path(config_mode), max_bytes=4 << 20)
     bug = catalog.resolve(bug_id)
+    also = [catalog.resolve(b) for b in kconfig_for] if kconfig_for else catalog.all_bugs()
     check_results_dir()
     progress = Progress(quiet)
     progress.event(f"bisecting commits of {repo} for {bug.id}: good {good}, bad {bad}")
-    request = CommitBisectRequest(repo.resolve(), good, bad, config_mode, verify_runs, fresh)
+    request = CommitBisectRequest(repo.resolve(), good, bad, config_mode, verify_runs, fresh, kconfig_for=also)
     data = run_commit_bisect(bug, request, current(CommitBisectDeps), on_event=progress.event,
                              on_probe=progress.probe)
     data.setdefault("bug", bug.id)
