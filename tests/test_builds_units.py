@@ -65,6 +65,13 @@ def test_the_guest_fragment_keeps_guest_options_built_in_and_turns_hardware_off(
     assert set(GUEST_OFF).isdisjoint(GUEST_OPTIONS)
 
 
+def test_btf_brings_the_debug_info_choice_it_needs() -> None:
+    frag = guest_fragment([Requirement.parse("CONFIG_DEBUG_INFO_BTF=y")])
+    assert frag["CONFIG_DEBUG_INFO_BTF"] == "y" and frag["CONFIG_DEBUG_INFO_NONE"] == "n"
+    assert frag["CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT"] == "y"
+    assert "CONFIG_DEBUG_INFO_NONE" not in guest_fragment([Requirement.parse("CONFIG_VXLAN")])
+
+
 def test_every_catalog_reproducer_declares_what_a_build_needs() -> None:
     for bug in catalog.all_bugs():
         names = {r.name for r in bug.kconfig}

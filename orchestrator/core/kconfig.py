@@ -88,6 +88,16 @@ GUEST_OFF: tuple[str, ...] = (
 )
 
 
+# What a requirement needs set beside it that olddefconfig would not choose by itself. BTF is
+# generated from DWARF debug info (lib/Kconfig.debug: DEBUG_INFO_BTF sits under DEBUG_INFO,
+# whose "Debug information" choice defaults to DEBUG_INFO_NONE), so asking for BTF alone would
+# be dropped and the build refused as unmet; the toolchain's default DWARF version is the choice
+# every compiler kbisect meets supports.
+IMPLIES: dict[str, dict[str, str]] = {
+    "CONFIG_DEBUG_INFO_BTF": {"CONFIG_DEBUG_INFO_NONE": "n", "CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT": "y"},
+}
+
+
 def parse_kconfig(text: str) -> dict[str, str]:
     """A kernel .config as {CONFIG_NAME: value}; `# CONFIG_X is not set` lines are left out."""
     values: dict[str, str] = {}
@@ -136,6 +146,8 @@ def guest_fragment(requirements: list[Requirement]) -> dict[str, str]:
     out = {name: "n" for name in GUEST_OFF}
     out.update(PARENT_OPTIONS)
     for req in requirements:
+        if req.want != "n":
+            out.update(IMPLIES.get(req.name, {}))
         out[req.name] = req.fragment_value()
     out.update(GUEST_OPTIONS)
     return out
