@@ -5,8 +5,9 @@ per kernel, in one run.
     .venv/bin/python bench/sweep.py [--line 6.1 ...] [--kernel SPEC ...] [--jobs N] [--home DIR]
 
 Each side is `kbisect sweep --fresh --json` (every cell booted, stored verdicts ignored) with the
-same lines and reproducers; "per cell" adds `--vm-per-cell` (the design before issue 12), "per
-kernel" uses `--jobs` (default: kbisect's own default). The kernels are fetched before the first
+same lines and reproducers: "before" is `--vm-per-cell --jobs 1` (the design before issue 12: a
+VM per cell, one at a time), "per kernel" one VM per kernel one at a time, "+ jobs" one VM per
+kernel with `--jobs` (default: kbisect's own default). The kernels are fetched before the first
 side starts, so neither pays for downloads. Prints, for each side, the wall time, the boots by
 kind and the verdicts, and whether both sides gave the same verdict in every cell.
 
@@ -55,8 +56,11 @@ def main() -> None:
     kernels = [c["kernel"] for c in json.loads(plan.stdout)["columns"] if c["kernel"]]
     for spec in kernels:  # downloads and variant builds before either side's clock starts
         subprocess.run(KBISECT + ["kernels", "fetch", spec], cwd=REPO, env=env, capture_output=True, check=True)
-    sides = {"per cell": common + ["--vm-per-cell"],
-             "per kernel": common + (["--jobs", str(opts.jobs)] if opts.jobs else [])}
+    # the design before issue 12 (a VM per cell, one at a time), one VM per kernel one at a time,
+    # and one VM per kernel with --jobs (default: kbisect's own)
+    sides = {"before": common + ["--vm-per-cell", "--jobs", "1"],
+             "per kernel": common + ["--jobs", "1"],
+             "+ jobs": common + (["--jobs", str(opts.jobs)] if opts.jobs else [])}
     results = {}
     for name, args in sides.items():
         seconds, data = sweep(args, env)
@@ -67,7 +71,7 @@ def main() -> None:
         print(f"{name:>10}: {seconds:7.1f} s wall, {data['boots']:3d} boots {data['boots_by_kind']}, "
               f"jobs {data['sweep'].get('jobs')}, {len(data['cells'])} cells {verdicts}")
     cells = [{(c["bug"], c["line"]): c["verdict"] for c in r["cells"]} for r in results.values()]
-    differ = sorted(k for k in cells[0] if cells[0][k] != cells[1].get(k))
+    differ = sorted(k for k in cells[0] if any(cells[0][k] != other.get(k) for other in cells[1:]))
     print("same verdict in every cell" if not differ else f"verdicts differ in {differ}")
 
 
