@@ -202,11 +202,22 @@ def _rerun(argv: list[str], env: dict[str, str], logs: Path, name: str) -> Cmd:
 _STAGING = re.compile(r"(\.part|\.partial|\.data\.tar|\.tmp)$|\.(work|dl|tmp|old)-|^\.apt-|\.build-")
 
 
+# Directories whose entries are checked by name but never entered: kernel source trees, build
+# directories, git worktrees, test histories and ccache hold tens of thousands of files whose
+# names carry numbers (sound/isa/cs423x, wpcm450...) that a pid can equal; kbisect never puts
+# a process's staging inside them, only beside them.
+_OPAQUE_PARENTS = {"src", "worktrees", "obj", "test-repos", "ccache"}
+
+
 def _walk(top: Path):
     for root, dirs, files in os.walk(top):
-        dirs[:] = [d for d in dirs if d not in ("modules", "lists") and not os.path.ismount(os.path.join(root, d))]
+        here = Path(root)
         for name in dirs + files:
-            yield Path(root) / name
+            yield here / name
+        if here.name in _OPAQUE_PARENTS:  # its entries were yielded; their contents are not staging
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if d not in ("modules", "lists") and not os.path.ismount(os.path.join(root, d))]
 
 
 def leftovers(home: Path, pid: int, targets: tuple[Path, ...] = (), private: bool = False) -> list[str]:
