@@ -55,5 +55,9 @@ def home(vm_host, shared_home) -> Path:
 ])
 def test_reproducer_verdict_on_real_kernel(home, bug, kernel, code, needle):
     rc, record = kbisect_run(bug, kernel, home)
+    if rc == 125 and code != 125:
+        # a skip is "no evidence" (veth-csum's netem once corrupted nothing in 8 MiB): asked once
+        # more, as a bisection asks a skipped kernel's neighbour; a wrong good or bad still fails
+        rc, record = kbisect_run(bug, kernel, home)
     assert rc == code, f"{bug} on {kernel}: exit {rc}, record {record}"
     assert needle in record.get("reason", ""), record
