@@ -201,8 +201,6 @@ def run_tool(cmd: list[str], what: str, error: type[KbisectError] = KbisectError
     The tool runs in its own process group, killed whole when we are interrupted (SIGTERM is
     raised as an exception anywhere, cli/base.py): `dpkg-deb -x` forks a `tar` that would go on
     writing into a staging directory while our `finally` removes it, and leave it half-removed."""
-    if shutil.which(cmd[0]) is None and not os.path.isfile(cmd[0]):
-        raise error(f"{what}: {cmd[0]} is not installed (run ./setup.sh)")
     try:
         proc = subprocess.Popen(dies_with_us(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True, **kw)
@@ -243,8 +241,15 @@ def dies_with_us(cmd: list[str]) -> list[str]:
     that started it dies, also by SIGKILL, where no `finally` runs. An orphaned mmdebstrap or
     make would otherwise go on writing into a staging directory that `kbisect gc` must then
     leave alone until it ends (fsutil.in_use). Without setpriv the command runs as it is. (No
-    preexec_fn: it is unsafe while other threads run, as the sweep's VM workers do.)"""
-    return ["setpriv", "--pdeathsig", "KILL", "--", *cmd] if _SETPRIV else list(cmd)
+    preexec_fn: it is unsafe while other threads run, as the sweep's VM workers do.)
+
+    A tool that is not there raises FileNotFoundError here, as Popen would without the wrapper
+    (setpriv would instead exit 127, which callers would read as the tool failing)."""
+    if not _SETPRIV:
+        return list(cmd)
+    if shutil.which(cmd[0]) is None:
+        raise FileNotFoundError(cmd[0])
+    return ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
 
 
 _SETPRIV = shutil.which("setpriv") is not None

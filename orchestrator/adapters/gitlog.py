@@ -98,7 +98,8 @@ def _arch(path: str) -> str | None:
     return None
 
 
-def _open(repo_path: str | Path):
+def open_repo(repo_path: str | Path):
+    """The GitPython Repo of a clone; KbisectError (one line) when it is none."""
     import git
 
     try:
@@ -107,13 +108,27 @@ def _open(repo_path: str | Path):
         raise KbisectError(f"--repo {repo_path}: not a git repository") from None
 
 
-def _resolve(repo, rev: str) -> str:
+def resolve_rev(repo, rev: str) -> str:
+    """The full sha `rev` names in `repo`; KbisectError (one line) when it names nothing."""
     import git
+    from gitdb.exc import BadObject
 
     try:
         return repo.commit(rev).hexsha
-    except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+    except (git.exc.BadName, BadObject, ValueError, git.exc.GitCommandError):
         raise KbisectError(f"unknown revision {rev!r} in {repo.working_dir}") from None
+
+
+def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[str, str]]:
+    """(sha, subject) of `good`, then of every commit of good..bad on the ancestry path, oldest
+    first (`bad` last): what a commit bisection walks. One `git log`, not one read per commit."""
+    repo = open_repo(repo_path)
+    lo, hi = resolve_rev(repo, good), resolve_rev(repo, bad)
+    if not repo.is_ancestor(lo, hi):
+        raise KbisectError(f"--good {good} is not an ancestor of --bad {bad}")
+    out = repo.git.log("--reverse", "--ancestry-path", "--format=%H%x00%s", f"{lo}..{hi}")
+    rows = [tuple(line.split("\0", 1)) for line in out.splitlines() if line]
+    return [(lo, repo.commit(lo).summary)] + [(sha, subject) for sha, subject in rows]
 
 
 def _files(commit) -> list[str]:
@@ -206,8 +221,8 @@ def find_candidates(repo_path: str | Path, good: str, bad: str, keywords: list[s
                     paths: list[str], *, limit: int = 50) -> list[Commit]:
     """`git log --grep` per keyword over good..bad (merges included), restricted to the paths,
     plus keyword hits elsewhere and path-only commits as lower tiers; ranked best first."""
-    repo = _open(repo_path)
-    good_sha, bad_sha = _resolve(repo, good), _resolve(repo, bad)
+    repo = open_repo(repo_path)
+    good_sha, bad_sha = resolve_rev(repo, good), resolve_rev(repo, bad)
     rng = f"{good_sha}..{bad_sha}"
     shas: dict[str, None] = {}
 

@@ -391,8 +391,7 @@ def _cell_files(c: dict[str, Any]) -> list[str]:
     main = [c[k] for k in ("log", "console", "record") if isinstance(c.get(k), str) and c.get(k)]
     rest = [a for a in (c.get("artefacts") or []) if isinstance(a, str)]
     probe_dmesg = [a for a in rest if a.endswith("/dmesg.txt") and "/out/" not in a]
-    files = list(dict.fromkeys(main + probe_dmesg + rest))
-    return files
+    return list(dict.fromkeys(main + probe_dmesg + rest))
 
 
 def _bisection_link(b: Any, directory: Path) -> dict[str, str] | None:

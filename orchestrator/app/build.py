@@ -143,10 +143,7 @@ def _source_lock(req: BuildRequest) -> Path:
 
 def _built_from(dest: Path) -> str | None:
     """The inputs key of the build installed at `dest` (None: nothing finished is there)."""
-    try:
-        return json.loads((dest / "build.json").read_text()).get("inputs")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return (kmake.read_record(dest) or {}).get("inputs")
 
 
 def _build_into(plan: BuildPlan, dest: Path, key: str, progress: StepLog) -> None:

@@ -60,18 +60,12 @@ class Commit:
 
 def commits_between(repo: Path, good: str, bad: str) -> list[Commit]:
     """`good`, then every commit of good..bad on the ancestry path, oldest first (`bad` last)."""
-    import git  # GitPython: a slow import, needed only here
-    from gitdb.exc import BadName, BadObject
+    from orchestrator.adapters.gitlog import commits_between as listed  # GitPython: a slow import
 
     try:
-        clone = git.Repo(repo)
-        lo, hi = clone.commit(good), clone.commit(bad)
-        if not clone.is_ancestor(lo, hi):
-            raise KbisectError(f"--good {good} is not an ancestor of --bad {bad}")
-        shas = clone.git.rev_list("--reverse", "--ancestry-path", f"{lo.hexsha}..{hi.hexsha}").split()
-    except (git.exc.GitError, BadName, BadObject, ValueError) as exc:
-        raise KbisectError(f"--repo {repo}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    return [Commit(lo.hexsha, lo.summary)] + [Commit(s, clone.commit(s).summary) for s in shas]
+        return [Commit(sha, subject) for sha, subject in listed(repo, good, bad)]
+    except KbisectError as exc:
+        raise KbisectError(f"--repo {repo}: {exc}") from None
 
 
 def top_ranked(repo: Path, good: str, bad: str, bug: Bug) -> str | None:

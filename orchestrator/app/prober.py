@@ -114,8 +114,7 @@ class ResumingProbe:
             kernel_id = self.kernel_id(spec)
         except KbisectError:
             return True
-        n = self.seq.get(spec, 0)
-        return self.store.get(self.bug.id, kernel_id, self.repro_hash, n, self.since, run_key=self.run_key) is not None
+        return self._lookup(kernel_id, self.seq.get(spec, 0)) is not None
 
     def offer(self, spec: str, record: ProbeRecord) -> None:
         """A real run of `spec` made by someone else (the sweep's shared guest): the next call
@@ -152,11 +151,16 @@ class ResumingProbe:
 
     def _stored(self, spec: str, kernel_id: str, n: int) -> Any:
         """The stored answer for the n-th run of these bytes (a RunOutcome), or None."""
-        if self.store is None or self.fresh:
-            return None
-        record = self.store.get(self.bug.id, kernel_id, self.repro_hash, n, self.since, run_key=self.run_key)
+        record = self._lookup(kernel_id, n)
         if record is None:
             return None
         record.kernel = spec  # the same bytes may have been stored under another name
         self.counts["store"] += 1
         return RunOutcome(record.verdict, record.seconds, (record.reason + " (stored)").strip(), "store", record)
+
+    def _lookup(self, kernel_id: str, n: int) -> ProbeRecord | None:
+        """The stored record of the n-th run of these bytes, in this prober's scope (reproducer
+        hash, `since`, `run_key`), or None; none at all when fresh or without a store."""
+        if self.store is None or self.fresh:
+            return None
+        return self.store.get(self.bug.id, kernel_id, self.repro_hash, n, self.since, run_key=self.run_key)

@@ -138,7 +138,7 @@ def show_cmd(spec: str | None, as_json: bool) -> None:
                     "tree": lambda o: f"the tree {o.get('path')}"}.get(origin.get("kind"), lambda o: str(o))(origin)
             patches = ", ".join(p.get("name", "?") for p in built.get("patches") or []) or "none"
             click.echo(f"  built by kbisect kernels build from {what}, config {built.get('config')}, "
-                       f"patches: {patches}, {built.get('seconds')} s; log: {Path(path_of(kernel)) / 'build.log'}")
+                       f"patches: {patches}, {built.get('seconds')} s; log: {Path(kernel.extra['path']) / 'build.log'}")
         for key, value in sorted(kernel.extra.items()):
             if key not in ("files", "commit", "commit_label"):
                 click.echo(f"  {key}: {value}")
@@ -159,17 +159,9 @@ def _describe(kernel: UnpackedKernel) -> dict:
     }
 
 
-def path_of(kernel: UnpackedKernel) -> str:
-    return str(kernel.extra.get("path", ""))
-
-
 def _build_record(kernel: UnpackedKernel) -> dict | None:
     """How a `kbisect kernels build` kernel was built (its local directory's build.json), or None."""
+    from orchestrator.adapters.builds.kmake import read_record
+
     path = kernel.extra.get("path") if kernel.spec.startswith("local:") else None
-    if not isinstance(path, str):
-        return None
-    try:
-        data = json.loads((Path(path) / "build.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_record(Path(path)) if isinstance(path, str) else None

@@ -16,6 +16,7 @@ one error line, before anything is compiled.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -166,9 +167,17 @@ def install(plan: BuildPlan, obj: Path, stage: Path, log) -> str:
 
 
 def write_record(stage: Path, record: dict) -> None:
-    import json
-
     atomic_write(stage / "build.json", json.dumps(record, indent=2) + "\n")
+
+
+def read_record(installed: Path) -> dict | None:
+    """The build.json of a kernel `kbisect kernels build` installed at `installed`, or None
+    (nothing finished is there, or it is not one of ours)."""
+    try:
+        data = json.loads((installed / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def locked_obj(plan: BuildPlan):

@@ -60,14 +60,15 @@ def from_dir(path: Path) -> SourceTree:
 def from_git(repo: Path, rev: str, progress: StepLog) -> SourceTree:
     """`rev` of the clone `repo`, checked out (detached, forced) in kbisect's worktree of it."""
     import git  # GitPython: a slow import, needed only here
-    from gitdb.exc import BadName, BadObject
+
+    from orchestrator.adapters.gitlog import open_repo, resolve_rev
 
     root = Path(repo).expanduser().resolve()
     try:
-        clone = git.Repo(root)
-        sha = clone.commit(rev).hexsha
-    except (git.exc.GitError, BadName, BadObject, ValueError) as exc:
-        raise KbisectError(f"--repo {repo} --rev {rev}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        clone = open_repo(root)
+        sha = resolve_rev(clone, rev)
+    except KbisectError as exc:
+        raise KbisectError(f"--repo {repo} --rev {rev}: {exc}") from None
     key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
     worktree = config.subdir("builds") / "worktrees" / key
     with cache.locked(worktree):

@@ -169,8 +169,7 @@ def run_probe_kernel(
     raises InstallationError, because retrying other kernels would fail the same way. The VM is
     destroyed on every way out, SIGTERM and Ctrl-C included.
     """
-    if not (Path(bug.dir) / bug.entry).is_file():
-        raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
+    _check_entry(bug)
     opts = GuestOptions(accel=accel, uri=uri or vmmod.DEFAULT_URI, memory_mb=memory_mb, cpus=cpus)
     started_at = time.time()
     prog = StatusLine(progress, f"{kernel.spec} × {bug.id}")
@@ -219,8 +218,7 @@ def run_probe_shared(
     the caller decides what the others get. A guest that never boots gives every bug the same
     boot-failure record. The VM is destroyed on every way out, as in run_probe_kernel."""
     for bug in bugs:
-        if not (Path(bug.dir) / bug.entry).is_file():
-            raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
+        _check_entry(bug)
     run = current_run()
     session = ProbeSession(bugs[0], partial(_machine, kernel, opts, run, False), _probe_dir(results_dir, run.id),
                            boot_timeout=boot_timeout, cancelled=cancelled)
@@ -248,6 +246,12 @@ def run_probe_shared(
     if not session.observation.booted:  # one boot failure, the same answer for every reproducer
         out = [_shared_run(kernel, bug, time.time(), session, on_run) for bug in bugs]
     return out
+
+
+def _check_entry(bug: Bug) -> None:
+    """Before any VM: a reproducer without its entry script is the user's error, not a skip."""
+    if not (Path(bug.dir) / bug.entry).is_file():
+        raise KbisectError(f"reproducer {bug.id}: no entry script {bug.entry} in {bug.dir}")
 
 
 def _shared_run(kernel: UnpackedKernel, bug: Bug, started_at: float, session: ProbeSession,
