@@ -7,6 +7,8 @@ file would mislead it; these tests pin the refusal behaviour as much as the happ
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 from pathlib import Path
@@ -299,7 +301,14 @@ def test_plan_rows_controls_lines_and_no_control():
     assert gre[0].kernel.endswith("+revert-227adfb2b1df")
     assert [r.expect for r in gre[1:]] == ["good"] * 4
     rpf = plan_rows(catalog.resolve("rp-filter-lo"), lines, available={e["spec"] for e in DEBIAN})
-    no_ctl = [r for r in rpf if r.role == "no control"]
+    # a built-in fix: the whole-kernel control, and the same build without its patch, expected good
+    assert [(r.role, r.kernel, r.expect) for r in rpf[:2]] == [
+        ("positive control", f"{lines['6.1']}+revert-66f8209547cc", "bad"),
+        ("control's build without its patch", f"{lines['6.1']}+guest-build", "good")]
+    assert not [r for r in rpf if r.role == "no control"]
+    bare = dataclasses.replace(catalog.resolve("rp-filter-lo"), controls=[])
+    bare.verify.no_control = "fib_frontend.c is built in"
+    no_ctl = [r for r in plan_rows(bare, lines) if r.role == "no control"]
     assert len(no_ctl) == 1 and "built in" in no_ctl[0].reason and no_ctl[0].outcome == "n/a"
 
 

@@ -44,6 +44,7 @@ class BuildRequest:
     rev: str | None = None
     linux_source: str | None = None  # a Debian line: "6.1"
     linux_source_version: str | None = None  # a package version of it (default: the newest)
+    exact_source: bool = False  # that very version or an error (a control is its base's own source)
     config: str = "guest"  # guest, base, or a file's path
     base: str | None = None  # the prebuilt kernel whose config `base` takes
     patches: list[Path] = field(default_factory=list)
@@ -78,12 +79,23 @@ def check_request(req: BuildRequest) -> None:
             raise KbisectError(f"--patch {patch}: no such file")
 
 
-def source_tree(req: BuildRequest, deps: BuildDeps, progress: StepLog) -> trees.SourceTree:
+def source_repo(req: BuildRequest, deps: BuildDeps, progress: StepLog) -> tuple[Path | None, dict]:
+    """The git repository a Debian source is built from (downloaded and recorded when new), and
+    how it was had; (None, {}) for the other sources, which name their tree or clone themselves."""
+    if req.linux_source:
+        return trees.debian_repo(str(req.linux_source), deps.packages(), progress, req.linux_source_version,
+                                 exact=req.exact_source)
+    return None, {}
+
+
+def source_tree(req: BuildRequest, repo: Path | None, origin: dict, progress: StepLog) -> trees.SourceTree:
     if req.tree:
         return trees.from_dir(req.tree)
     if req.repo:
         return trees.from_git(req.repo, str(req.rev), progress)
-    return trees.from_debian(str(req.linux_source), deps.packages(), progress, req.linux_source_version)
+    tree = trees.from_git(repo, trees.DEBIAN_TAG, progress)
+    tree.origin.update(origin)
+    return tree
 
 
 def plan_for(req: BuildRequest, tree: trees.SourceTree, deps: BuildDeps) -> BuildPlan:
@@ -114,10 +126,11 @@ def build_kernel(req: BuildRequest, deps: BuildDeps | None = None, progress: Ste
     deps = deps or BuildDeps()
     progress = progress or StepLog(label="build")
     check_request(req)
+    repo, origin = source_repo(req, deps, progress)
     # one build per source at a time, from checkout to install: a git worktree is checked out
     # and a shared source tree patched for the build, so nobody else may touch it meanwhile
-    with cache.locked(_source_lock(req)):
-        tree = source_tree(req, deps, progress)
+    with cache.locked(_source_lock(req, repo)):
+        tree = source_tree(req, repo, origin, progress)
         plan = plan_for(req, tree, deps)
         key = inputs_key(plan)
         name = req.name or f"{tree.version}-{plan.mode}-{key}"
@@ -130,14 +143,13 @@ def build_kernel(req: BuildRequest, deps: BuildDeps | None = None, progress: Ste
     return deps.fetch(f"local:{name}")
 
 
-def _source_lock(req: BuildRequest) -> Path:
-    """The lock of the source a request builds from: a tree, a clone, a Debian line."""
+def _source_lock(req: BuildRequest, repo: Path | None) -> Path:
+    """The lock of the source a request builds from: a tree, or a clone (Debian's source is one:
+    a `--repo` naming it and a `--linux-source` build share the lock as they share the worktree)."""
     if req.tree:
         key = f"tree:{Path(req.tree).expanduser().resolve()}"
-    elif req.repo:
-        key = f"git:{Path(req.repo).expanduser().resolve()}"
     else:
-        key = f"debian:{req.linux_source}"
+        key = f"git:{Path(repo or req.repo or '').expanduser().resolve()}"
     return config.subdir("builds") / "locks" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.adapters import sources, variants
+from orchestrator.adapters import sources
 from orchestrator.adapters.kernel import UnpackedKernel, refetch_damaged
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.versions import KernelRef, parse_spec
@@ -20,13 +20,20 @@ def _fetch_source(spec: KernelRef, mirror: str | None) -> UnpackedKernel:
     return sources.fetch(spec, mirror)
 
 
+def _build_variant(spec: str) -> UnpackedKernel:
+    # imported here: app.controls builds whole kernels through app.build, which fetches through us
+    from orchestrator.app.controls import build_on_demand
+
+    return build_on_demand(spec)
+
+
 @dataclass
 class KernelProvider:
     """`get(spec)` for every use case; tests pass fakes for the collaborators."""
 
     mirror: str | None = None
     fetch_source: Callable[[KernelRef, str | None], UnpackedKernel] = field(default=_fetch_source)
-    build_variant: Callable[[str], UnpackedKernel] = field(default=variants.build_on_demand)
+    build_variant: Callable[[str], UnpackedKernel] = field(default=_build_variant)
     cached: Callable[[KernelRef], UnpackedKernel | None] = field(default=sources.cached)
 
     def get(self, spec: str) -> UnpackedKernel:

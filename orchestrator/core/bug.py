@@ -92,10 +92,20 @@ class Control:
     base: str  # the line or kernel it applies to, e.g. "debian:6.1"
     note: str = ""
     expect: str = "bad"
+    # "modules": the stock kernel with the patched modules rebuilt (the fix is in a module);
+    # "kernel": the whole kernel built from the base's own Debian source with the guest config
+    # and the patch (the fix is built in, so no module rebuild can revert it)
+    build: str = "modules"
 
     @property
     def name(self) -> str:
         return Path(self.patch).stem
+
+
+CONTROL_BUILDS = ("modules", "kernel")
+# The variant name of a whole-kernel control's build without its patch (`debian:X+guest-build`):
+# such a control differs from the stock kernel in its config too, so this build is proven good.
+GUEST_BUILD = "guest-build"
 
 
 @dataclass
@@ -279,7 +289,7 @@ def _controls(chk: _Checker, value: Any, root: Path) -> list[Control]:
     out = []
     for i, item in enumerate(value):
         w = f"controls[{i}]"
-        item = chk.mapping(item, w, {"patch", "base", "note", "expect"}, {"patch", "base"})
+        item = chk.mapping(item, w, {"patch", "base", "note", "expect", "build"}, {"patch", "base"})
         patch = chk.string(item["patch"], f"{w}.patch", empty_ok=False)
         if not patch.endswith(".patch") or Path(patch).is_absolute() or ".." in Path(patch).parts:
             raise chk.fail(f"{w}.patch", f"{patch!r} must be a relative path to a .patch file inside the reproducer")
@@ -287,7 +297,10 @@ def _controls(chk: _Checker, value: Any, root: Path) -> list[Control]:
             raise chk.fail(f"{w}.patch", f"{patch} does not exist in {root}")
         ctl = Control(patch=patch, base=chk.string(item["base"], f"{w}.base", empty_ok=False),
                       note=chk.string(item.get("note", ""), f"{w}.note"),
-                      expect=chk.verdict(item.get("expect", "bad"), f"{w}.expect"))
+                      expect=chk.verdict(item.get("expect", "bad"), f"{w}.expect"),
+                      build=chk.string(item.get("build", "modules"), f"{w}.build", empty_ok=False))
+        if ctl.build not in CONTROL_BUILDS:
+            raise chk.fail(f"{w}.build", f"{ctl.build!r} is not one of {', '.join(CONTROL_BUILDS)}")
         if any(c.name == ctl.name for c in out):
             raise chk.fail(f"{w}.patch", f"two controls share the variant name {ctl.name!r}")
         out.append(ctl)

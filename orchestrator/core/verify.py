@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from orchestrator.core.bug import Bug
+from orchestrator.core.bug import GUEST_BUILD, Bug
 from orchestrator.core.lines import is_line, pick_line_kernels, ver_key
 
 
@@ -120,6 +120,10 @@ def _control_rows(bug: Bug, line_kernels: dict[str, str | None]) -> list[Row]:
                             verdict="", reason=f"base {ctl.base} is not reachable"))
             continue
         rows.append(Row(bug.id, "positive control", f"{base}+{ctl.name}", ctl.expect, note=ctl.patch))
+        if ctl.build == "kernel":
+            rows.append(Row(bug.id, "control's build without its patch", f"{base}+{GUEST_BUILD}", "good",
+                            note="the same whole-kernel build, guest config, no patch: the config alone "
+                                 "does not make the reproducer say bad"))
     return rows
 
 

@@ -6,7 +6,7 @@ directory (one per tree and config, so a commit bisection's next step rebuilds o
 changed). A git revision is checked out in one worktree per repository, kept under
 $KBISECT_HOME/builds/worktrees, never in the user's own checkout. Debian's source is unpacked
 once per package version under $KBISECT_HOME/builds/src (staged, then renamed: a killed unpack
-leaves no half tree that looks finished).
+leaves no half tree that looks finished), recorded as a git commit and then built as a git revision.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,19 +87,57 @@ def from_git(repo: Path, rev: str, progress: StepLog) -> SourceTree:
                       {"kind": "git", "repo": str(root), "rev": rev, "commit": sha, "subject": subject})
 
 
-def from_debian(line: str, packages: PackageFetcher, progress: StepLog, version: str | None = None) -> SourceTree:
-    """Debian's linux-source-LINE (the exact source of a Debian kernel line), unpacked once."""
+def debian_repo(line: str, packages: PackageFetcher, progress: StepLog,
+                version: str | None = None, exact: bool = False) -> tuple[Path, dict]:
+    """Debian's linux-source-LINE (the exact source of a Debian kernel line), unpacked once into a
+    git repository of one commit (tagged DEBIAN_TAG); the repository and how it was had.
+
+    Why git: every build of that source (a plain build, a whole-kernel control with a revert, a
+    commit bisection over a history someone adds on top) then goes through the one worktree and
+    the one build directory of that repository (`from_git`), so only the first is a full build.
+    `exact`: `version` itself or an error, never the nearest one.
+    """
     if not re.fullmatch(r"\d+\.\d+", line):
         raise KbisectError(f"--linux-source {line!r}: expected a kernel line such as 6.1")
     package = f"linux-source-{line}"
     pkg_version = packages.pick(package, version or f"{line}.999-1")
+    if exact and version and pkg_version != version:
+        raise KbisectError(f"{package} {version} is not downloadable (nearest: {pkg_version}); a build from "
+                           "another version would not be that kernel's own source")
     deb = packages.download(package, pkg_version, progress)
-    dest = config.subdir("builds") / "src" / f"{package}_{pkg_version}"
+    dest = debian_source_dir(package, pkg_version)
     with cache.locked(dest):
         if not (dest / "Makefile").is_file():
             _unpack_source(deb.path, dest, progress)
-    return SourceTree(dest, f"debian:{package}={pkg_version}", makefile_version(dest),
-                      {"kind": "debian", "package": package, "version": pkg_version, "deb": deb.path.name})
+        if not _has_tag(dest):
+            _commit_source(dest, f"Debian {package} {pkg_version}", progress)
+    return dest, {"kind": "debian", "package": package, "version": pkg_version, "deb": deb.path.name}
+
+
+DEBIAN_TAG = "kbisect/debian-source"  # the commit of the package's source as Debian ships it
+
+
+def debian_source_dir(package: str, pkg_version: str) -> Path:
+    """Where linux-source-X.Y at `pkg_version` is unpacked (a git repository, see from_debian)."""
+    return config.subdir("builds") / "src" / f"{package}_{pkg_version.replace(':', '%3a')}"
+
+
+def _has_tag(repo: Path) -> bool:
+    return (repo / ".git").is_dir() and subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{DEBIAN_TAG}"],
+        capture_output=True).returncode == 0
+
+
+def _commit_source(repo: Path, message: str, progress: StepLog) -> None:
+    """The unpacked tree as one commit, tagged; a half-made .git of a killed run is made again."""
+    shutil.rmtree(repo / ".git", ignore_errors=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=kbisect", "-c", "user.email=kbisect@localhost",
+           "-c", "core.autocrlf=false", "-c", "gc.auto=0"]
+    with progress.step(f"recording {repo.name} as a git commit"):
+        run_tool(git + ["init", "-q"], "git init")
+        run_tool(git + ["add", "-f", "-A", "."], "git add")  # Debian's .gitignore ignores the top level
+        run_tool(git + ["commit", "-q", "--no-verify", "-m", message], "git commit")
+        run_tool(git + ["tag", DEBIAN_TAG], "git tag")  # last: its presence says the repository is whole
 
 
 def _unpack_source(deb: Path, dest: Path, progress: StepLog) -> None:
