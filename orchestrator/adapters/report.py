@@ -158,9 +158,28 @@ def _name(lineage: str | None) -> str:
     return text or "the given range"
 
 
+def _fix_sentence(r: dict[str, Any]) -> str:
+    """A fix bisection's answer: where the bug went away, what to ask a backport for."""
+    status, line = r.get("status"), _name(r.get("lineage"))
+    last_bad, first_good = r.get("last_bad"), r.get("first_good")
+    if status == "found":
+        what = (f"commit {first_good}" + (f" \"{(r.get('first_good_commit') or {}).get('subject')}\""
+                                         if r.get("first_good_commit") else "")
+                if r.get("kind") == "commits" else first_good)
+        return f"Fixed in {line} at {what}: first good {first_good}, last bad {last_bad}."
+    if status == "inconclusive":
+        return (f"Inconclusive: in {line} the first good kernel is one of {', '.join(r.get('suspects') or [])}"
+                + (f" (last bad {last_bad})" if last_bad else "") + ".")
+    if status == "unstable":
+        return f"Unstable: the boundary in {line} did not hold on re-runs ({r.get('stopped') or 'see the probes'})."
+    return f"No answer ({status}): {r.get('stopped') or 'see the probes below'}."
+
+
 def answer_sentence(r: dict[str, Any]) -> str:
     """The answer in one sentence, first on the page: where the bug came in and the boundary, or
     what is still open."""
+    if r.get("mode") == "fix":
+        return _fix_sentence(r)
     status, origin, line = r.get("status"), r.get("origin"), _name(r.get("lineage"))
     good, bad = r.get("last_good"), r.get("first_bad")
     ends = f"first bad {bad}, last good {good}" if bad and good else ""
@@ -313,6 +332,7 @@ def _tracks(r: dict[str, Any]) -> list[dict[str, Any]]:
         k["verdict"] = next(iter(k["verdicts"])) if len(k["verdicts"]) == 1 else "mixed"
         by_track.setdefault(track, []).append((key, k))
     bounds = {(str(r.get("lineage")), r.get("last_good")): "last good", (str(r.get("lineage")), r.get("first_bad")): "first bad",
+              (str(r.get("lineage")), r.get("last_bad")): "last bad", (str(r.get("lineage")), r.get("first_good")): "first good",
               ("mainline", r.get("upstream_last_good")): "upstream last good",
               ("mainline", r.get("upstream_first_bad")): "upstream first bad"}
     order = sorted(by_track, key=lambda t: (t != "mainline", t))

@@ -46,6 +46,7 @@ class CommitBisectRequest:
     # whose kconfig requirements the builds meet (besides the bisected bug's own): by default
     # the whole catalog, as `kbisect kernels build`, so both share one build directory
     kconfig_for: list[Bug] = field(default_factory=list)
+    fix: bool = False  # bisect for the first commit WITHOUT the bug: `bad` is the older revision
 
 
 @dataclass
@@ -124,21 +125,24 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
                       on_probe: Callable[[Probe], None] | None = None) -> dict[str, Any]:
     """The bisection over commits: result.json's content, with the report written."""
     deps = deps or CommitBisectDeps()
-    commits = commits_between(req.repo, req.good, req.bad)
+    old_rev, new_rev = (req.bad, req.good) if req.fix else (req.good, req.bad)
+    commits = commits_between(req.repo, old_rev, new_rev)
     kernels = CommitKernels(req, bug, commits, deps, on_event)
     store = deps.store()
-    run_key = store.open_run(f"bisect-commits {bug.id} repo={req.repo} good={req.good} bad={req.bad}")
+    run_key = store.open_run(f"bisect-commits{' --fix' if req.fix else ''} {bug.id} repo={req.repo} "
+                             f"good={req.good} bad={req.bad}")
     prober = ResumingProbe(bug, kernels.probe, store=store, fresh=req.fresh, kernel_id=kernels.kernel_id,
                            run_key=run_key)
     candidates = [Candidate(c.spec, label=c.sha[:12]) for c in commits]
     guesses: list[Probe] = []
     known = _guided(req, bug, commits, deps, prober, on_event, on_probe, guesses) if req.guided else {}
-    pair = _proven_pair(candidates, known)
+    old, new = (Verdict.BAD, Verdict.GOOD) if req.fix else (Verdict.GOOD, Verdict.BAD)
+    pair = _proven_pair(candidates, known, old, new)
     if pair:  # the ranking's guess was right: the boundary is that pair, verified like any other
-        on_event(f"ranking-guided: {pair[0].label} good, {pair[1].label} bad; verifying")
+        on_event(f"ranking-guided: {pair[0].label} {old.value}, {pair[1].label} {new.value}; verifying")
         candidates = pair
     engine = Engine(candidates, prober, policy=bug.repeat, lineage=f"commits of {req.repo}",
-                    verify=req.verify_runs, on_probe=on_probe, on_event=on_event, known=known)
+                    verify=req.verify_runs, on_probe=on_probe, on_event=on_event, known=known, fix=req.fix)
     result = engine.run()
     result.probes[:0] = guesses  # the ranking's two probes are part of the evidence
     if pair:
@@ -146,20 +150,23 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
                             "first and showed the boundary; the range's own ends were not built")
     data = result.to_json()
     data.update(origin="commit" if result.status is BisectStatus.FOUND else None, kind="commits",
+                mode="fix" if req.fix else "cause",
                 repo=str(req.repo), builds=kernels.builds, counts=dict(prober.counts),
                 commits=[{"sha": c.sha, "subject": c.subject, "spec": c.spec} for c in commits])
     by_label = {c.sha[:12]: c for c in commits}
-    for key in ("first_bad", "last_good"):
+    for key in (("first_good", "last_bad") if req.fix else ("first_bad", "last_good")):
         commit = by_label.get(str(data.get(key) or ""))
         if commit is not None:
             data[f"{key}_commit"] = {"sha": commit.sha, "subject": commit.subject}
     return finish(bug, data, result.probes, store, run_key, on_event)
 
 
-def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict]) -> list[Candidate] | None:
-    """[parent, commit] when the guided probes found the parent good and the commit bad."""
+def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict], old: Verdict = Verdict.GOOD,
+                 new: Verdict = Verdict.BAD) -> list[Candidate] | None:
+    """[parent, commit] when the guided probes found the parent in the old state (good; bad for
+    a fix) and the commit in the new one."""
     for parent, child in zip(candidates, candidates[1:]):
-        if known.get(parent.spec) is Verdict.GOOD and known.get(child.spec) is Verdict.BAD:
+        if known.get(parent.spec) is old and known.get(child.spec) is new:
             return [parent, child]
     return None
 
@@ -172,7 +179,8 @@ def _guided(req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: Com
     (the engine still confirms the ends and verifies that boundary)."""
     if deps.top_ranked is None:
         return {}
-    top = deps.top_ranked(req.repo, req.good, req.bad, bug)
+    old_rev, new_rev = (req.bad, req.good) if req.fix else (req.good, req.bad)
+    top = deps.top_ranked(req.repo, old_rev, new_rev, bug)
     index = next((i for i, c in enumerate(commits) if top and c.sha.startswith(top)), None)
     if index is None or index == 0:
         return {}

@@ -89,14 +89,17 @@ def exit_code(status: str) -> int:
 @click.option("--kconfig-for", "kconfig_for", multiple=True, metavar="ID",
               help="With --build: the builds meet these reproducers' kconfig requirements too (repeatable; "
                    "default: the whole catalog, as kbisect kernels build, so both share a build directory).")
+@click.option("--fix", is_flag=True, help="Find the first kernel where the bug is GONE (what to ask a backport "
+              "for): --bad is the older kernel that shows it, --good the newer one that does not. Runs in their "
+              "one lineage (with --build: over commits); the answer is last_bad and first_good.")
 @click.option("--fresh", is_flag=True, help="Ignore stored verdicts (new ones replace them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @mainline_options
 def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str | None,
                distro_mirror: str | None, verdicts_file: Path | None, repo: Path | None, verify_runs: int, verify_revert: bool,
-               build_commits: bool, config_mode: str, kconfig_for: tuple[str, ...], fresh: bool, as_json: bool,
-               quiet: bool, allow_unverified: bool, keyring: str | None) -> None:
+               build_commits: bool, config_mode: str, kconfig_for: tuple[str, ...], fix: bool, fresh: bool,
+               as_json: bool, quiet: bool, allow_unverified: bool, keyring: str | None) -> None:
     """Find the first bad kernel between GOOD and BAD, and whether it came from mainline, a stable
     backport or a distro patch.
 
@@ -120,8 +123,11 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     from orchestrator.core.differential import distro_lineage
 
     if build_commits:
-        _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet)
+        _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet, fix)
         return
+    if fix and (distro or repo is not None or verify_revert):
+        raise KbisectError("--fix bisects the one lineage of --bad and --good: --distro, --repo and --verify-revert "
+                           "do not apply (with --build, --repo names the clone whose commits are bisected)")
     # every input is checked before anything is listed, fetched or booted
     for option, spec in (("--good", good), ("--bad", bad)):
         _check_spec(option, spec)
@@ -140,10 +146,15 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
         raise KbisectError("--verify-revert needs --repo (the candidate to revert comes from git narrowing)")
     check_results_dir()  # the report is written after the last boot
     progress = Progress(quiet)
-    progress.event(f"bisecting {bug.id}: good {good}, bad {bad}"
+    progress.event(f"bisecting {'the fix of ' if fix else ''}{bug.id}: good {good}, bad {bad}"
                    + (f", distro {distro}" if distro else "") + (" (fresh)" if fresh else ""))
     request = BisectRequest(good, bad, distro, mirror, distro_mirror, replay, fresh, verify_runs, repo, verify_revert)
-    data = run_bisect(bug, request, current(BisectDeps), on_event=progress.event, on_probe=progress.probe)
+    if fix:
+        from orchestrator.app.fix_bisect import run_fix_bisect
+
+        data = run_fix_bisect(bug, request, current(BisectDeps), on_event=progress.event, on_probe=progress.probe)
+    else:
+        data = run_bisect(bug, request, current(BisectDeps), on_event=progress.event, on_probe=progress.probe)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -154,7 +165,8 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
 
 
 def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_mode: str,
-                    kconfig_for: tuple[str, ...], verify_runs: int, fresh: bool, as_json: bool, quiet: bool) -> None:
+                    kconfig_for: tuple[str, ...], verify_runs: int, fresh: bool, as_json: bool, quiet: bool,
+                    fix: bool = False) -> None:
     """`--build`: the commit bisection (app.commit_bisect), same output and exit codes."""
     from orchestrator.adapters import catalog
     from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
@@ -170,17 +182,18 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_
     check_results_dir()
     progress = Progress(quiet)
     progress.event(f"bisecting commits of {repo} for {bug.id}: good {good}, bad {bad}")
-    request = CommitBisectRequest(repo.resolve(), good, bad, config_mode, verify_runs, fresh, kconfig_for=also)
+    request = CommitBisectRequest(repo.resolve(), good, bad, config_mode, verify_runs, fresh, kconfig_for=also, fix=fix)
     data = run_commit_bisect(bug, request, current(CommitBisectDeps), on_event=progress.event,
                              on_probe=progress.probe)
     data.setdefault("bug", bug.id)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        first = data.get("first_bad_commit")
+        key = "first_good_commit" if fix else "first_bad_commit"
+        first = data.get(key)
         click.echo(f"{bug.id}: {data.get('stopped')}")
         if first:
-            click.echo(f"first bad commit {first['sha']} {first['subject']}")
+            click.echo(f"{key.replace('_', ' ')} {first['sha']} {first['subject']}")
         click.echo(f"report: {data.get('report')}")
     code = exit_code(data["status"])
     if code:
@@ -231,6 +244,8 @@ def _summary(data: dict[str, Any]) -> None:
             click.echo(f"  {u['kernel']} ({u['why']}{': ' + u['reason'] if u.get('reason') else ''})")
     if data.get("advice"):
         click.echo(f"next: {data['advice']}")
+    if data.get("mode") == "fix" and data.get("first_good"):
+        click.echo(f"fixed in: {data['first_good']} (last bad {data['last_bad']})")
     if data.get("upstream_first_bad"):
         click.echo(f"upstream: {data['upstream_last_good']} good, {data['upstream_first_bad']} bad")
     click.echo(f"confidence: {data['confidence']}{' (LOW)' if data.get('flagged') else ''}")

@@ -352,7 +352,7 @@ def _line_clean(r: BisectResult, pick: BadEnd) -> bool:
 
 # -- the procedure ----------------------------------------------------------------------------
 
-def _resolve(index: KernelIndex, text: str, role: str) -> Kernel:
+def resolve_kernel(index: KernelIndex, text: str, role: str) -> Kernel:
     spec = parse_spec(text)
     k = index.get(str(spec))
     if k is None and spec.variant:
@@ -365,7 +365,7 @@ def _resolve(index: KernelIndex, text: str, role: str) -> Kernel:
 def run_stages(ctx: Probing, good: str, bad: str, distro: str | None = None) -> list[StageOutcome]:
     """Every stage's outcome for one `kbisect bisect`, in the order the stages ran: the first
     stage from the ends the user gave, then each stage the previous one asks for (`next`)."""
-    g, b = _resolve(ctx.index, good, "good"), _resolve(ctx.index, bad, "bad")
+    g, b = resolve_kernel(ctx.index, good, "good"), resolve_kernel(ctx.index, bad, "bad")
     if g.lineage == b.lineage and not g.sort_key < b.sort_key:
         raise KbisectError(f"--good {g.label} is not older than --bad {b.label}")
     if distro:

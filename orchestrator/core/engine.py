@@ -23,6 +23,9 @@ Rules, and why:
 * The boundary is verified (last good and first bad re-run ``verify`` times, default 3) before
   it is reported, because one lucky good run on a flaky bug moves the boundary silently.
 * With clean verdicts at most ⌈log2 n⌉ + 2 distinct kernels are probed.
+* A fix bisection (`fix=True`) is the same search with the states swapped: the old end shows the
+  bug, the new end does not, and the boundary is the last bad and the first good kernel. Only
+  the search's two states are swapped; the verdicts recorded are the reproducer's own.
 """
 
 from __future__ import annotations
@@ -107,6 +110,16 @@ class BisectResult:
     disagreeing_end: End | None = None  # when status is ends-disagree
     notes: list[str] = field(default_factory=list)
     size: int = 0  # number of candidates the engine was given
+    fix: bool = False  # a fix bisection: last_good holds the last BAD kernel, first_bad the first GOOD
+
+    @property
+    def last_old(self) -> Candidate | None:
+        """The newest kernel in the old state (good for a cause bisection, bad for a fix one)."""
+        return self.last_good
+
+    @property
+    def first_new(self) -> Candidate | None:
+        return self.first_bad
 
     @property
     def flagged(self) -> bool:
@@ -118,11 +131,12 @@ class BisectResult:
         return len({p.kernel for p in self.probes})
 
     def to_json(self) -> dict[str, Any]:
+        old, new = ("last_bad", "first_good") if self.fix else ("last_good", "first_bad")
         return {
             "status": self.status.value,
             "lineage": self.lineage,
-            "last_good": self.last_good.label if self.last_good else None,
-            "first_bad": self.first_bad.label if self.first_bad else None,
+            old: self.last_good.label if self.last_good else None,
+            new: self.first_bad.label if self.first_bad else None,
             "suspects": [c.label for c in self.suspects],
             "confidence": round(self.confidence, 4),
             "flagged": self.flagged,
@@ -148,9 +162,11 @@ class Engine:
         on_probe: Callable[[Probe], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         known: dict[str, Verdict] | None = None,
+        fix: bool = False,
     ) -> None:
         """`known` carries verdicts already established elsewhere (e.g. by the differential) so an
-        end is not probed twice; `p` fixes the per-run detection probability (else estimated)."""
+        end is not probed twice; `p` fixes the per-run detection probability (else estimated);
+        `fix` searches for the first kernel without the bug after kernels with it."""
         self.candidates = list(candidates)
         self.probe_fn = probe
         self.policy = policy or RepeatPolicy()
@@ -164,6 +180,9 @@ class Engine:
         self.verdicts: dict[str, Verdict] = {}
         self.untestable: set[int] = {i for i, c in enumerate(self.candidates) if not c.available}
         self.notes: list[str] = []
+        self.fix = fix
+        # the search's two states: the old end's verdict and the new end's
+        self.old, self.new = (Verdict.BAD, Verdict.GOOD) if fix else (Verdict.GOOD, Verdict.BAD)
 
     # -- probing ---------------------------------------------------------------------------
     def _event(self, message: str) -> None:
@@ -225,32 +244,35 @@ class Engine:
         self._event(f"{self.lineage or 'lineage'}: {n} candidates, "
                     f"{self.candidates[0].label} .. {self.candidates[-1].label}")
 
-        gi, gprobe = self._confirm_end(0, +1, n - 1, Verdict.GOOD)
+        old, new = self.old.value, self.new.value
+        gi, gprobe = self._confirm_end(0, +1, n - 1, self.old)
         if gi is None or gprobe is None:
             return self._result(BisectStatus.NO_CANDIDATES, None, None,
-                                "no testable kernel at the good end (all unavailable or skipped)")
+                                f"no testable kernel at the {old} end (all unavailable or skipped)")
         if gi != 0:
-            self.notes.append(f"good end {self.candidates[0].label} untestable; "
+            self.notes.append(f"{old} end {self.candidates[0].label} untestable; "
                               f"used {self.candidates[gi].label} instead")
-        if gprobe.verdict is Verdict.BAD:
+        if gprobe.verdict is self.new:
+            why = ("the fix is older than the range" if self.fix else "the regression is older than the range")
             res = self._result(BisectStatus.ENDS_DISAGREE, None, None,
-                               f"good end {self.candidates[gi].label} is bad: the regression is older than the range")
+                               f"{old} end {self.candidates[gi].label} is {new}: {why}")
             res.disagreeing_end = End.GOOD
             res.good_end = self.candidates[gi]
             res.bad_end = self.candidates[-1]
             return res
 
-        bi, bprobe = self._confirm_end(n - 1, -1, gi, Verdict.BAD)
+        bi, bprobe = self._confirm_end(n - 1, -1, gi, self.new)
         if bi is None or bprobe is None:
             return self._result(BisectStatus.NO_CANDIDATES, self.candidates[gi], None,
-                                "no testable kernel at the bad end (all unavailable or skipped)")
+                                f"no testable kernel at the {new} end (all unavailable or skipped)")
         if bi != n - 1:
-            self.notes.append(f"bad end {self.candidates[-1].label} untestable; "
+            self.notes.append(f"{new} end {self.candidates[-1].label} untestable; "
                               f"used {self.candidates[bi].label} instead")
-        if bprobe.verdict is Verdict.GOOD:
+        if bprobe.verdict is self.old:
+            why = ("the bug is still there at the new end" if self.fix
+                   else "the bug is not in this lineage between the given ends")
             res = self._result(BisectStatus.ENDS_DISAGREE, self.candidates[bi], None,
-                               f"bad end {self.candidates[bi].label} is good: "
-                               f"the bug is not in this lineage between the given ends")
+                               f"{new} end {self.candidates[bi].label} is {old}: {why}")
             res.disagreeing_end = End.BAD
             res.good_end, res.bad_end = self.candidates[gi], self.candidates[bi]
             return res
@@ -261,9 +283,9 @@ class Engine:
             if i is None:
                 break
             probe = self.judge(self.candidates[i], Phase.BISECT)
-            if probe.verdict is Verdict.GOOD:
+            if probe.verdict is self.old:
                 lo = i
-            elif probe.verdict is Verdict.BAD:
+            elif probe.verdict is self.new:
                 hi = i
             else:
                 self.untestable.add(i)
@@ -273,18 +295,18 @@ class Engine:
         if hi - lo > 1:
             suspects = self.candidates[lo + 1: hi + 1]
             res = self._result(BisectStatus.INCONCLUSIVE, self.candidates[lo], None,
-                               "inconclusive: first bad could be any of "
+                               f"inconclusive: first {new} could be any of "
                                + ", ".join(c.label for c in suspects))
             res.suspects = suspects
             res.good_end, res.bad_end = good_end, bad_end
-            # the verified part of the answer still helps: the newest good and the oldest bad known
+            # the verified part of the answer still helps: the newest old-state and oldest new-state known
             res.notes.append(f"untestable between {self.candidates[lo].label} and {self.candidates[hi].label}: "
                              + ", ".join(self._why_untestable(j) for j in range(lo + 1, hi)))
             self._verify(self.candidates[lo], self.candidates[hi], res)
             return res
 
         res = self._result(BisectStatus.FOUND, self.candidates[lo], self.candidates[hi],
-                           f"boundary found: {self.candidates[lo].label} good, {self.candidates[hi].label} bad")
+                           f"boundary found: {self.candidates[lo].label} {old}, {self.candidates[hi].label} {new}")
         res.good_end, res.bad_end = good_end, bad_end
         self._verify(self.candidates[lo], self.candidates[hi], res)
         return res
@@ -293,8 +315,8 @@ class Engine:
         """The range shrunk to the newest kernel known good and the oldest known bad inside it
         (verdicts established before the search, such as a ranking's guesses already probed):
         the search would reach the same boundary through them, at no cost."""
-        goods = [i for i in range(lo + 1, hi) if self.known.get(self.candidates[i].spec) is Verdict.GOOD]
-        bads = [i for i in range(lo + 1, hi) if self.known.get(self.candidates[i].spec) is Verdict.BAD]
+        goods = [i for i in range(lo + 1, hi) if self.known.get(self.candidates[i].spec) is self.old]
+        bads = [i for i in range(lo + 1, hi) if self.known.get(self.candidates[i].spec) is self.new]
         new_lo = max(goods, default=lo)
         new_hi = min([i for i in bads if i > new_lo], default=hi)
         if (new_lo, new_hi) != (lo, hi):
@@ -318,7 +340,7 @@ class Engine:
             return
         self._event(f"verifying boundary: {last_good.label} and {first_bad.label}, {self.verify}x each")
         contradictions: list[str] = []
-        for cand, want in ((last_good, Verdict.GOOD), (first_bad, Verdict.BAD)):
+        for cand, want in ((last_good, self.old), (first_bad, self.new)):
             for _ in range(self.verify):
                 probe = self.judge(cand, Phase.VERIFY)
                 if probe.verdict is not want and probe.verdict is not Verdict.SKIP:
@@ -375,6 +397,7 @@ class Engine:
             stopped=stopped,
             notes=self.notes,
             size=len(self.candidates),
+            fix=self.fix,
         )
 
 
