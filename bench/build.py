@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 KBISECT = [sys.executable, "-m", "orchestrator"]
-BUGS = ["gretap-ecn", "ipvs-gue-mtu", "rp-filter-lo", "veth-csum", "vxlan-zero-mac"]
+BUGS = ["gretap-ecn", "gro-inner-th", "ipvs-gue-mtu", "rp-filter-lo", "veth-csum", "vxlan-zero-mac"]
 PATCH = REPO / "reproducers" / "rp-filter-lo" / "controls" / "revert-66f8209547cc.patch"
 
 

@@ -343,3 +343,15 @@ def test_verify_plan_cli_boots_nothing(capsys):
     with provided(VerifyDeps(debian_entries=lambda: DEBIAN, probe=no_boot)):
         code, out, _ = run_cli(["bugs", "verify", "veth-csum", "--plan", "--json"], capsys)
     assert json.loads(out)[0]["kernel"] == "debian:6.1.0-0.deb11.52-cloud-amd64+revert-ce8c839b74e3"
+
+
+def test_a_pinned_debian_kernel_is_the_base_of_its_lines_controls():
+    from orchestrator.core.verify import pinned_lines
+
+    bug = catalog.resolve("rp-filter-lo")
+    lines = pinned_lines([bug], ("debian:6.1.0-57-cloud-amd64",))
+    rows = plan_rows(bug, lines.line_kernels)
+    assert [(r.role, r.kernel, r.expect) for r in rows] == [
+        ("positive control", "debian:6.1.0-57-cloud-amd64+revert-66f8209547cc", "bad"),
+        ("control's build without its patch", "debian:6.1.0-57-cloud-amd64+guest-build", "good"),
+        ("fixed line k0", "debian:6.1.0-57-cloud-amd64", "good")]

@@ -129,3 +129,56 @@ def test_the_default_ranking_reads_the_bugs_paths_and_keywords(history) -> None:
 
     repo, shas = history
     assert top_ranked(repo, shas[0], shas[-1], BUG) == shas[CULPRIT]
+
+
+def test_verify_revert_builds_the_first_bad_commit_reverted_and_probes_it_three_times(history, kbisect_home) -> None:
+    """Built-in code included: the check is a whole-kernel build of the culprit with its own diff
+    reverted (a patch of the build, like any --patch), probed 3x; good each time confirms."""
+    repo, shas = history
+
+    class RevertWorld(World):
+        def build(self, req):
+            if req.patches:  # the reverted culprit: the bug is gone
+                self.reverted = req
+                self.builds.append("revert")
+                return SimpleNamespace(spec=f"local:{req.name}")
+            return super().build(req)
+
+        def probe(self, spec, bug):
+            if spec.endswith("-revert"):
+                self.probes.append(spec)
+                return ProbeRecord(spec, bug.id, self.revert_verdict, "fake", {"run": 1.0})
+            return super().probe(spec, bug)
+
+    world = RevertWorld(shas)
+    world.revert_verdict = Verdict.GOOD
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, verify_revert=True),
+                             world.deps(ranked=shas[CULPRIT]))
+    check = data["revert_check"]
+    assert check["status"] == "confirmed" and check["verdicts"] == ["good"] * 3 and check["sha"] == shas[CULPRIT]
+    assert world.reverted.rev == shas[CULPRIT] and world.reverted.name == f"git-{shas[CULPRIT][:12]}-revert"
+    text = Path(world.reverted.patches[0]).read_text()
+    assert "--- a/net/ipv4/fib_frontend.c" in text and "-/* fib: drop the loopback relaxation */" in text
+    assert sum(1 for p in data["probes"] if p["phase"] == "revert") == 3  # in the report's evidence
+
+    world = RevertWorld(shas)
+    world.revert_verdict = Verdict.BAD  # the revert does not cure it: not this commit alone
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, verify_revert=True,
+                                                      fresh=True), world.deps(ranked=shas[CULPRIT]))
+    assert data["revert_check"]["status"] == "not-confirmed"
+
+
+def test_verify_revert_says_plainly_when_the_reverted_build_fails(history, kbisect_home) -> None:
+    repo, shas = history
+
+    class NoRevert(World):
+        def build(self, req):
+            if req.patches:
+                raise KbisectError("patch -p1 failed: 1 out of 1 hunk FAILED")
+            return super().build(req)
+
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, verify_revert=True),
+                             NoRevert(shas).deps(ranked=shas[CULPRIT]))
+    assert data["status"] == "found" and data["first_bad_commit"]["sha"] == shas[CULPRIT]  # the answer stands
+    check = data["revert_check"]
+    assert check["status"] == "not-run" and "hunk FAILED" in check["reason"]

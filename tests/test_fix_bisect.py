@@ -130,3 +130,56 @@ def test_bisect_fix_on_the_command_line(kbisect_home, capsys):
         code, out, err = run_cli(["bisect", "--fix", "--bug", "vxlan-zero-mac", "--bad", "debian:5.10.0-30-cloud-amd64",
                                   "--good", "debian:5.10.0-46-cloud-amd64", "--distro", "debian:bullseye"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("kbisect: error: --fix bisects the one lineage")
+
+
+# -- the config difference across the boundary ------------------------------------------------
+
+CONFIGS = {30: "CONFIG_VXLAN=m\nCONFIG_NET_UDP_TUNNEL=m\nCONFIG_FOO=y\n# CONFIG_BAR is not set\n",
+           32: "CONFIG_VXLAN=y\nCONFIG_NET_UDP_TUNNEL=m\nCONFIG_BAR=m\n"}
+
+
+def _with_configs(world: Debian510) -> BisectDeps:
+    deps = world.deps()
+    deps.kernel_config = lambda spec: CONFIGS.get(int(spec.split("-")[1]), CONFIGS[32])
+    return deps
+
+
+def test_the_report_shows_the_config_difference_with_the_bugs_options_first(kbisect_home, tmp_path):
+    from tests.browser import Elements, dump_dom
+
+    bug = catalog.resolve("vxlan-zero-mac")
+    data = run_fix_bisect(bug, BisectRequest(good="debian:5.10.0-46-cloud-amd64", bad="debian:5.10.0-30-cloud-amd64",
+                                             verify_runs=1), _with_configs(Debian510(32)))
+    diff = data["config_diff"]
+    assert (diff["from"], diff["to"]) == ("debian:5.10.0-30-cloud-amd64", "debian:5.10.0-32-cloud-amd64")
+    assert [(c["option"], c["old"], c["new"], bool(c["why"])) for c in diff["changes"]] == [
+        ("CONFIG_VXLAN", "m", "y", True),  # declared in vxlan-zero-mac's kconfig: first, and highlighted
+        ("CONFIG_BAR", "n", "m", False), ("CONFIG_FOO", "y", "n", False)]
+    assert diff["total"] == 3 and diff["bugs"] == 1
+    dom = dump_dom(Path(data["report"]))
+    rows = Elements(dom).with_class("tr", "hl")
+    assert len(rows) == 1
+    assert "CONFIG_VXLAN" in dom and "1 of them the bug's" in dom and "the other 2 options" in dom
+
+
+def test_a_config_that_cannot_be_read_is_said_not_taken_for_no_difference(kbisect_home):
+    bug = catalog.resolve("vxlan-zero-mac")
+    deps = Debian510(32).deps()
+
+    def missing(spec):
+        raise KbisectError(f"{spec} is not in the kernel cache")
+
+    deps.kernel_config = missing
+    data = run_fix_bisect(bug, BisectRequest(good="debian:5.10.0-46-cloud-amd64", bad="debian:5.10.0-30-cloud-amd64",
+                                             verify_runs=1), deps)
+    assert "not in the kernel cache" in data["config_diff"]["missing"] and "changes" not in data["config_diff"]
+    assert "Not compared" in Path(data["report"]).read_text()
+
+
+def test_kconfig_under_the_bugs_paths_marks_options_defined_there(tmp_path):
+    from orchestrator.app.bisect import kconfig_under_paths
+
+    (tmp_path / "drivers" / "net").mkdir(parents=True)
+    (tmp_path / "drivers" / "net" / "Kconfig").write_text("menuconfig NETDEVICES\n\tbool\nconfig VXLAN\n\ttristate\n")
+    assert kconfig_under_paths(tmp_path, ["drivers/net/vxlan/vxlan_core.c", "drivers/net/veth.c"]) == {
+        "CONFIG_NETDEVICES": "drivers/net/", "CONFIG_VXLAN": "drivers/net/"}

@@ -131,6 +131,17 @@ def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[st
     return [(lo, repo.commit(lo).summary)] + [(sha, subject) for sha, subject in rows]
 
 
+def revert_diff(repo_path: str | Path, rev: str) -> tuple[str, str, list[str]]:
+    """(full sha, the diff that undoes it, the files it touches): its parent's tree against its
+    own, applied with -p1 like any patch. A merge or root commit has no single revert."""
+    repo = open_repo(repo_path)
+    sha = resolve_rev(repo, rev)
+    commit = repo.commit(sha)
+    if len(commit.parents) != 1:
+        raise KbisectError(f"{sha[:12]} is a {'merge' if commit.parents else 'root'} commit: no single revert")
+    return sha, repo.git.diff(sha, f"{sha}^") + "\n", _files(commit)
+
+
 def _files(commit) -> list[str]:
     """Files changed against the first parent (the whole tree for a root commit)."""
     if commit.parents:

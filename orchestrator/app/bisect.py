@@ -22,8 +22,9 @@ from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
 from orchestrator.core.differential import Differential, KernelIndex, canonical, kernel_of, make_kernel
-from orchestrator.core.engine import Candidate, Probe, judge
+from orchestrator.core.engine import Candidate, Probe, ProbeFn, judge
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.kconfig import bug_config_diff, kconfig_defines, parse_kconfig
 from orchestrator.core.verdict import ProbeRecord, Verdict
 from orchestrator.core.versions import KernelRef, parse_spec, series_of_base
 
@@ -59,6 +60,19 @@ def real_probe(bug: Bug, mirror: str | None) -> Callable[[str], ProbeRecord]:
     return probe
 
 
+def kernel_config(spec: str) -> str | None:
+    """The .config a probed kernel shipped (None: its package had none). Read from the cache only:
+    a probed kernel is there, and comparing configs never downloads anything."""
+    from orchestrator.adapters.sources import cached
+
+    ref = parse_spec(spec)
+    kernel = KernelProvider().get(spec) if ref.source == "local" else cached(ref)
+    if kernel is None:
+        raise KbisectError(f"{spec} is not in the kernel cache")
+    path = kernel.config
+    return path.read_text(errors="replace") if path is not None else None
+
+
 def kernel_ids(mirror: str | None) -> Callable[[str], str]:
     """The content id of a kernel spec, what stored verdicts follow (the kernel provider's)."""
     return KernelProvider(mirror).kernel_id
@@ -73,6 +87,7 @@ class BisectDeps:
     kernel_ids: Callable[[str | None], Callable[[str], str]] = field(default=kernel_ids)  # mirror -> (spec -> id)
     store: Callable[[], Store] = field(default=Store)
     build_variant: Callable[[str, Path, str], UnpackedKernel] = field(default=build_variant)
+    kernel_config: Callable[[str], str | None] = field(default=kernel_config)
 
 
 @dataclass
@@ -164,6 +179,8 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
     result = diff.run(req.good, req.bad, req.distro)
     data = result.to_json()
     data["counts"] = dict(prober.counts)
+    data["config_diff"] = config_change(bug, data.get("last_good"), data.get("first_bad"), result.probes,
+                                        deps.kernel_config, req.repo)
     if req.repo is not None:
         on_event(f"narrowing with git log over {req.repo}")
         data["candidates"] = narrow(str(req.repo), result, bug)
@@ -172,6 +189,44 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
             check = RevertCheck(bug, prober, deps.build_variant, on_event, on_probe)
             data["revert_check"] = check.run(str(req.repo), result, data["candidates"])
     return finish(bug, data, result.probes, store, run_key, on_event)
+
+
+def config_change(bug: Bug, old_label: str | None, new_label: str | None, probes: list,
+                  read_config: Callable[[str], str | None], repo: Path | None = None) -> dict[str, Any] | None:
+    """The .config difference across a boundary (last good to first bad; last bad to first good
+    for a fix), the bug's options first (core.kconfig.bug_config_diff); None without a boundary.
+    A kernel whose config cannot be read is said, never treated as "no difference"."""
+    labels = {p.label: p.kernel for p in probes}
+    good, bad = labels.get(str(old_label)), labels.get(str(new_label))
+    if not good or not bad:
+        return None
+    texts = {}
+    for spec in (good, bad):
+        try:
+            texts[spec] = read_config(spec)
+        except KbisectError as exc:
+            return {"from": good, "to": bad, "missing": f"{spec}: {exc}"}
+        if texts[spec] is None:
+            return {"from": good, "to": bad, "missing": f"{spec} ships no .config"}
+    changes = bug_config_diff(parse_kconfig(texts[good]), parse_kconfig(texts[bad]),
+                              [r.name for r in bug.kconfig], kconfig_under_paths(repo, bug.paths) if repo else {})
+    return {"from": good, "to": bad, "total": len(changes),
+            "bugs": sum(1 for c in changes if c.why), "changes": [c.to_json() for c in changes]}
+
+
+def kconfig_under_paths(repo: Path, paths: list[str]) -> dict[str, str]:
+    """option -> directory, for the options the Kconfig files beside the bug's paths define
+    (in the clone's checkout: the same option names across the versions of a range)."""
+    found: dict[str, str] = {}
+    for directory in sorted({str(Path(p).parent) for p in paths}):
+        kconfig = Path(repo) / directory / "Kconfig"
+        try:
+            text = kconfig.read_text(errors="replace")
+        except OSError:
+            continue
+        for name in kconfig_defines(text):
+            found.setdefault(name, directory + "/")
+    return found
 
 
 def finish(bug: Bug, data: dict[str, Any], probes: list, store: Store, run_key: str,
@@ -238,7 +293,7 @@ class RevertCheck:
 
     def run(self, repo: str, result, candidates: list[dict[str, Any]]) -> dict[str, Any]:
         # imported here: GitPython is a slow import, needed only with --verify-revert
-        import git
+        from orchestrator.adapters.gitlog import revert_diff
 
         if not candidates or not result.first_bad:
             return {"status": "not-run", "reason": "no candidate or no first bad kernel"}
@@ -246,12 +301,14 @@ class RevertCheck:
         first_bad_spec = next((p.kernel for p in result.probes if p.label == result.first_bad), None)
         if not first_bad_spec:
             return {"status": "not-run", "reason": "first bad kernel spec unknown"}
-        files = git.Repo(repo).git.show("--format=", "--name-only", sha).split()
+        sha, diff, files = revert_diff(repo, sha)
         if not files or not all(f.endswith(".c") and f.startswith(("net/", "drivers/", "fs/")) for f in files):
             return {"status": "not-run", "sha": sha,
-                    "reason": "top candidate touches headers or built-in code: a module-only variant cannot revert it"}
+                    "reason": "top candidate touches headers or built-in code: a module-only variant of a "
+                              "prebuilt kernel cannot revert it (a commit bisection with --build "
+                              "--verify-revert builds the whole kernel)"}
         patch = Path(tempfile.mkdtemp(prefix="kbisect-revert-")) / f"revert-{sha[:12]}.patch"
-        patch.write_text(git.Repo(repo).git.diff(sha, f"{sha}^", "--", *files) + "\n")
+        patch.write_text(diff)
         name = f"revert-{sha[:12]}"
         try:
             self.on_event(f"building {first_bad_spec}+{name}")
@@ -260,9 +317,17 @@ class RevertCheck:
             # an extra check after the answer: whatever stops the build (even trouble that would
             # abort a bisection) is reported as not run, never allowed to lose the answer itself
             return {"status": "not-run", "sha": sha, "reason": f"variant build failed: {exc}"}
-        cand = Candidate(variant.ref)
-        verdicts = [judge(self.bug.repeat, self.prober, cand, "revert", on_probe=self.on_probe).verdict
-                    for _ in range(3)]
-        confirmed = all(v is Verdict.GOOD for v in verdicts)
-        return {"status": "confirmed" if confirmed else "not-confirmed", "sha": sha, "kernel": variant.spec,
-                "verdicts": [v.value for v in verdicts]}
+        return {"sha": sha, "kernel": variant.spec,
+                **revert_verdicts(self.bug, self.prober, Candidate(variant.ref), self.on_probe)}
+
+
+REVERT_RUNS = 3  # KernelCI's check: the culprit reverted, probed three times
+
+
+def revert_verdicts(bug: Bug, prober: ProbeFn, cand: Candidate,
+                    on_probe: Callable[[Probe], None] | None) -> dict[str, Any]:
+    """The reverted kernel probed REVERT_RUNS times: `confirmed` only when every run is good (a
+    skip confirms nothing: without evidence the culprit stays unconfirmed, never called good)."""
+    verdicts = [judge(bug.repeat, prober, cand, "revert", on_probe=on_probe).verdict for _ in range(REVERT_RUNS)]
+    confirmed = all(v is Verdict.GOOD for v in verdicts)
+    return {"status": "confirmed" if confirmed else "not-confirmed", "verdicts": [v.value for v in verdicts]}

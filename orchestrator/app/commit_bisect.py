@@ -23,7 +23,9 @@ from typing import Any, Callable
 
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.store import Store
-from orchestrator.app.bisect import finish
+from orchestrator.adapters import config
+from orchestrator.adapters.fsutil import atomic_write
+from orchestrator.app.bisect import finish, revert_verdicts
 from orchestrator.app.build import BuildRequest, build_kernel
 from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.prober import ResumingProbe
@@ -47,6 +49,7 @@ class CommitBisectRequest:
     # the whole catalog, as `kbisect kernels build`, so both share one build directory
     kconfig_for: list[Bug] = field(default_factory=list)
     fix: bool = False  # bisect for the first commit WITHOUT the bug: `bad` is the older revision
+    verify_revert: bool = False  # build the first bad commit with itself reverted, probe it 3x
 
 
 @dataclass
@@ -104,12 +107,15 @@ class CommitKernels:
             return
         self.on_event(f"building {commit.sha[:12]} {commit.subject}")
         t0 = time.monotonic()
-        bugs = [self.bug] + [b for b in self.req.kconfig_for if b.id != self.bug.id]
         kernel = self.deps.build(BuildRequest(repo=self.req.repo, rev=commit.sha, config=self.req.config,
-                                              bugs=bugs, name=spec.split(":", 1)[1]))
+                                              bugs=self.bugs(), name=spec.split(":", 1)[1]))
         self.built.add(spec)
         self.builds += 1
         self.on_event(f"built {kernel.spec} in {time.monotonic() - t0:.0f} s")
+
+    def bugs(self) -> list[Bug]:
+        """Whose kconfig requirements every build meets: the same set each time, one build directory."""
+        return [self.bug] + [b for b in self.req.kconfig_for if b.id != self.bug.id]
 
     def kernel_id(self, spec: str) -> str:
         self.ensure(spec)
@@ -158,7 +164,40 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
         commit = by_label.get(str(data.get(key) or ""))
         if commit is not None:
             data[f"{key}_commit"] = {"sha": commit.sha, "subject": commit.subject}
+    if req.verify_revert:
+        first = data.get("first_bad_commit")
+        data["revert_check"] = (_revert_check(req, bug, first["sha"], kernels, prober, on_event, on_probe, result.probes)
+                                if first and result.status is BisectStatus.FOUND and not req.fix else
+                                {"status": "not-run", "reason": "no first bad commit was found"
+                                 if not req.fix else "a fix bisection has no culprit to revert"})
+        data["probes"] = [p.to_json() for p in result.probes]  # the revert's runs are evidence too
     return finish(bug, data, result.probes, store, run_key, on_event)
+
+
+def _revert_check(req: CommitBisectRequest, bug: Bug, sha: str, kernels: "CommitKernels", prober: ResumingProbe,
+                  on_event: Callable[[str], None], on_probe: Callable[[Probe], None] | None,
+                  probes: list[Probe]) -> dict[str, Any]:
+    """KernelCI's revert check on the first bad commit, built-in code included: that commit built
+    (incrementally, in the bisection's own build directory) with its own diff reverted, probed
+    three times; bad→good confirms. A revert that does not apply, or a build that fails, is said
+    plainly as not run: the bisection's answer stands without it."""
+    from orchestrator.adapters.gitlog import revert_diff  # GitPython: a slow import
+
+    sha, diff, _files = revert_diff(req.repo, sha)
+    patch = config.subdir("builds") / "reverts" / f"revert-{sha[:12]}.patch"
+    patch.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(patch, diff)
+    name = f"git-{sha[:12]}-revert"
+    on_event(f"revert check: building {sha[:12]} with itself reverted")
+    try:
+        kernel = kernels.deps.build(BuildRequest(repo=req.repo, rev=sha, config=req.config, bugs=kernels.bugs(),
+                                                 patches=[patch], name=name))
+    except KbisectError as exc:
+        return {"status": "not-run", "sha": sha, "reason": f"the reverted build failed: {exc}"}
+    check = revert_verdicts(bug, prober, Candidate(f"local:{name}", label=f"{sha[:12]} reverted"),
+                            lambda p: (probes.append(p), on_probe and on_probe(p)))
+    on_event(f"revert check: {check['status']} ({', '.join(check['verdicts'])})")
+    return {"sha": sha, "kernel": kernel.spec, "patch": str(patch), **check}
 
 
 def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict], old: Verdict = Verdict.GOOD,

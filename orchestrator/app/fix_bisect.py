@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from orchestrator.app.bisect import BisectDeps, BisectRequest, build_index, finish
+from orchestrator.app.bisect import BisectDeps, BisectRequest, build_index, config_change, finish
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.core.bug import Bug
 from orchestrator.core.differential import canonical, resolve_kernel
@@ -53,6 +53,8 @@ def run_fix_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None,
     data = result.to_json()
     data.update(mode="fix", bug=bug.id, bad=req.bad, good=req.good, counts=dict(prober.counts),
                 origin=fix_origin(old.lineage) if result.status is BisectStatus.FOUND else None)
+    data["config_diff"] = config_change(bug, data.get("last_bad"), data.get("first_good"), result.probes,
+                                        deps.kernel_config)
     if result.status is BisectStatus.FOUND:
         data["notes"].append(f"the fix reached {old.lineage} in {data['first_good']}: kernels from it on are "
                              f"fixed, {data['last_bad']} and older are not")

@@ -80,7 +80,8 @@ def exit_code(status: str) -> int:
 @click.option("--verify", "verify_runs", type=click.IntRange(0, 20), default=3, show_default=True,
               help="Re-run last good and first bad this many times before reporting.")
 @click.option("--verify-revert", is_flag=True, help="Build the first-bad kernel with the top candidate "
-              "reverted and probe it (bad→good confirms the culprit).")
+              "reverted and probe it 3x (bad→good confirms the culprit); with --build, the first bad commit "
+              "itself, whole kernel, built-in code included.")
 @click.option("--build", "build_commits", is_flag=True, help="Bisect the commits of --repo: --good and --bad are "
               "revisions; each step is built (incrementally, kbisect kernels build) and probed, down to a tested "
               "first bad commit. The commit the bug's ranking puts first is tried with its parent before binary search.")
@@ -123,7 +124,8 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     from orchestrator.core.differential import distro_lineage
 
     if build_commits:
-        _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet, fix)
+        _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet, fix,
+                        verify_revert)
         return
     if fix and (distro or repo is not None or verify_revert):
         raise KbisectError("--fix bisects the one lineage of --bad and --good: --distro, --repo and --verify-revert "
@@ -166,7 +168,7 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
 
 def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_mode: str,
                     kconfig_for: tuple[str, ...], verify_runs: int, fresh: bool, as_json: bool, quiet: bool,
-                    fix: bool = False) -> None:
+                    fix: bool = False, verify_revert: bool = False) -> None:
     """`--build`: the commit bisection (app.commit_bisect), same output and exit codes."""
     from orchestrator.adapters import catalog
     from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
@@ -182,7 +184,8 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_
     check_results_dir()
     progress = Progress(quiet)
     progress.event(f"bisecting commits of {repo} for {bug.id}: good {good}, bad {bad}")
-    request = CommitBisectRequest(repo.resolve(), good, bad, config_mode, verify_runs, fresh, kconfig_for=also, fix=fix)
+    request = CommitBisectRequest(repo.resolve(), good, bad, config_mode, verify_runs, fresh, kconfig_for=also, fix=fix,
+                                  verify_revert=verify_revert)
     data = run_commit_bisect(bug, request, current(CommitBisectDeps), on_event=progress.event,
                              on_probe=progress.probe)
     data.setdefault("bug", bug.id)
@@ -194,6 +197,11 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_
         click.echo(f"{bug.id}: {data.get('stopped')}")
         if first:
             click.echo(f"{key.replace('_', ' ')} {first['sha']} {first['subject']}")
+        check = data.get("revert_check")
+        if check:
+            click.echo(f"revert check: {check['status']}"
+                       + (f" ({', '.join(check['verdicts'])})" if check.get("verdicts") else "")
+                       + (f": {check['reason']}" if check.get("reason") else ""))
         click.echo(f"report: {data.get('report')}")
     code = exit_code(data["status"])
     if code:

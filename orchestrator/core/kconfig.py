@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 _CONFIG_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _REQUIREMENT_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)(?:=(y|m|n|ym|\S+))?$")
@@ -170,3 +171,41 @@ def config_diff(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str
     """(option, old value, new value) for every option that differs ("n" for unset), sorted."""
     names = sorted(set(old) | set(new))
     return [(n, old.get(n, "n"), new.get(n, "n")) for n in names if old.get(n, "n") != new.get(n, "n")]
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One option that differs between two kernels' configs, and why it matters to a bug if it does."""
+
+    option: str
+    old: str  # "n" when unset
+    new: str
+    why: str = ""  # "" (not the bug's), "declared in kconfig:", "defined under net/ipv4/"
+
+    def to_json(self) -> dict[str, str]:
+        return {"option": self.option, "old": self.old, "new": self.new, "why": self.why}
+
+
+def bug_config_diff(old: dict[str, str], new: dict[str, str], declared: Iterable[str] = (),
+                    under_paths: dict[str, str] | None = None) -> list[ConfigChange]:
+    """The options that differ between last good and first bad, the bug's first.
+
+    A prebuilt kernel can go bad through its config alone, and then no commit is to blame. An
+    option is the bug's when its `kconfig:` declares it, or when a Kconfig file in a directory
+    of its paths defines it (`under_paths`: option -> that directory, read from a source tree)."""
+    declared = set(declared)
+    under_paths = under_paths or {}
+    changes = []
+    for name, was, now in config_diff(old, new):
+        why = ("declared in kconfig:" if name in declared else
+               f"defined under {under_paths[name]}" if name in under_paths else "")
+        changes.append(ConfigChange(name, was, now, why))
+    return sorted(changes, key=lambda c: (not c.why, c.option))
+
+
+_KCONFIG_DEF_RE = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$", re.MULTILINE)
+
+
+def kconfig_defines(text: str) -> list[str]:
+    """CONFIG_ names a Kconfig file defines (`config X`, `menuconfig X`)."""
+    return [f"CONFIG_{m}" for m in _KCONFIG_DEF_RE.findall(text)]

@@ -8,6 +8,7 @@ plain records, and running the rows is the app's (orchestrator.app.verify).
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from orchestrator.core.bug import GUEST_BUILD, Bug
@@ -84,8 +85,13 @@ def plan_lines(bugs: list[Bug], entries: list[dict]) -> LinePlan:
 
 def pinned_lines(bugs: list[Bug], kernels: tuple[str, ...]) -> LinePlan:
     """`--kernel`s as the fixed kernels: one pseudo-line each, expected good, replacing the bugs'
-    own lines (the bugs are changed in place: the plan is what this invocation proves)."""
+    own lines (the bugs are changed in place: the plan is what this invocation proves). A pinned
+    Debian kernel is also its line's kernel for the controls built on that line."""
     line_kernels: dict[str, str | None] = {f"k{i}": k for i, k in enumerate(kernels)}
+    for spec in kernels:  # a pinned Debian kernel also stands for its line: controls on `debian:6.1` use it
+        source, _, version = spec.partition(":")
+        if source == "debian" and "+" not in version and re.match(r"\d+\.\d+\.", version):
+            line_kernels.setdefault(".".join(version.split(".")[:2]), spec)
     for bug in bugs:
         bug.verify.lines = list(line_kernels)
         bug.verify.expect = {}
