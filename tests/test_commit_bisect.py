@@ -5,6 +5,7 @@ tests/test_builds_vm.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -182,3 +183,87 @@ def test_verify_revert_says_plainly_when_the_reverted_build_fails(history, kbise
     assert data["status"] == "found" and data["first_bad_commit"]["sha"] == shas[CULPRIT]  # the answer stands
     check = data["revert_check"]
     assert check["status"] == "not-run" and "hunk FAILED" in check["reason"]
+
+
+# -- the automatic handover from a package bisection ----------------------------------------------
+
+def test_a_package_bisection_hands_its_boundary_over_to_a_commit_bisection(kbisect_home, tmp_path, capsys) -> None:
+    """`bisect --good 5.5 --bad 5.8 --repo CLONE --build`: kernels, not revisions, so the package
+    bisection runs first (mainline 5.6 good, 5.7 bad), then the commits of v5.6..v5.7 are built
+    and probed down to the culprit, whose revert is checked."""
+    from orchestrator.app.commit_bisect import CommitBisectDeps
+    from tests.test_uncovered import BUG as GRE, FOUND, FakeBisect, run_cli, tiny_linux
+
+    sha = tiny_linux(tmp_path / "linux")
+    built: list[tuple[str, bool]] = []
+
+    def build(req):
+        built.append((req.rev[:12], bool(req.patches)))
+        return SimpleNamespace(spec=f"local:{req.name}")
+
+    def probe(spec, bug):
+        bad = sha[:12] in spec and not spec.endswith("-revert")
+        return ProbeRecord(spec, bug.id, Verdict.BAD if bad else Verdict.GOOD, "fake", {"run": 1.0})
+
+    commits = CommitBisectDeps(build=build, probe=probe, kernel_id=lambda spec: "id-" + spec)
+    world = FakeBisect(FOUND, tmp=tmp_path / "v")
+    code, out, err = run_cli(["bisect", "--bug", GRE, "--good", "5.5", "--bad", "5.8", "--repo", str(tmp_path / "linux"),
+                              "--build", "--verify", "1", "--verify-revert", "--json", "--quiet"], capsys,
+                             world.deps(), commits)
+    assert code == 0, err[-2000:]
+    data = json.loads(out)
+    assert (data["last_good"], data["first_bad"], data["origin"]) == ("5.6", "5.7", "mainline")
+    handed = data["commit_bisection"]
+    assert (handed["good"], handed["bad"], handed["status"]) == ("v5.6", "v5.7", "found")
+    assert handed["first_bad_commit"]["sha"] == sha
+    assert handed["revert_check"]["status"] == "confirmed"
+    assert (sha[:12], True) in built and Path(handed["report"]).is_file()
+    assert "revert_check" not in data  # the package level's module-only check is not run besides
+
+
+def test_a_handover_range_the_clone_lacks_is_a_note_and_the_package_answer_stands(kbisect_home, tmp_path,
+                                                                                  capsys) -> None:
+    from orchestrator.app.commit_bisect import CommitBisectDeps
+    from tests.test_uncovered import BUG as GRE, FakeBisect, run_cli, table, tiny_linux
+
+    tiny_linux(tmp_path / "linux")
+    world = FakeBisect(table(k5_5="good", k5_6="good", k5_7="good", k5_8="bad"), tmp=tmp_path / "v")  # v5.8: no tag
+    never = CommitBisectDeps(build=lambda req: pytest.fail("built without a range"),
+                             probe=lambda spec, bug: pytest.fail("probed without a range"))
+    code, out, err = run_cli(["bisect", "--bug", GRE, "--good", "5.5", "--bad", "5.8", "--repo", str(tmp_path / "linux"),
+                              "--build", "--verify", "1", "--json", "--quiet"], capsys, world.deps(), never)
+    assert code == 0, err[-2000:]
+    handed = json.loads(out)["commit_bisection"]
+    assert handed["status"] == "not-run" and "v5.8 not in" in handed["reason"]
+
+
+def test_paths_first_then_the_culprits_parent_beats_plain_binary_search(history, kbisect_home) -> None:
+    """No ranking guess: the commits touching the bug's paths are bisected first (here the
+    culprit alone), then the culprit's own parent closes the pair; fewer builds than the plain
+    binary search over every commit, the same answer."""
+    from orchestrator.app.commit_bisect import touching_paths
+
+    repo, shas = history
+    plain_world, paths_world = World(shas), World(shas)
+    plain_deps = plain_world.deps()
+    plain_deps.touching = None
+    plain = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, guided=False),
+                              plain_deps)
+    paths_deps = paths_world.deps()
+    paths_deps.touching = touching_paths
+    first = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, guided=False,
+                                                       fresh=True), paths_deps)
+    assert plain["first_bad_commit"]["sha"] == first["first_bad_commit"]["sha"] == shas[CULPRIT]
+    assert first["last_good_commit"]["sha"] == shas[CULPRIT - 1]
+    assert any("paths first" in n and "neighbours" in n for n in first["notes"]), first["notes"]
+    assert first["builds"] == 4 < plain["builds"] == 5  # ends, the culprit, its parent / ends + 3 midpoints
+
+
+def test_paths_first_falls_back_when_the_culprit_touches_none_of_the_paths(history, kbisect_home) -> None:
+    repo, shas = history
+    world = World(shas)
+    deps = world.deps()
+    deps.touching = lambda *a: {shas[5]}  # a decoy touches the paths; the culprit (3) does not
+    data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, guided=False), deps)
+    assert data["status"] == "found" and data["first_bad_commit"]["sha"] == shas[CULPRIT]
+    assert any("the commits between were bisected too" in n for n in data["notes"]), data["notes"]

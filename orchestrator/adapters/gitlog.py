@@ -131,6 +131,14 @@ def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[st
     return [(lo, repo.commit(lo).summary)] + [(sha, subject) for sha, subject in rows]
 
 
+def commits_touching(repo_path: str | Path, good: str, bad: str, paths: list[str]) -> set[str]:
+    """Shas of good..bad (ancestry path, merges left out) that change any of `paths`."""
+    repo = open_repo(repo_path)
+    rng = f"{resolve_rev(repo, good)}..{resolve_rev(repo, bad)}"
+    out = repo.git.log("--format=%H", "--no-merges", "--ancestry-path", rng, "--", *paths)
+    return {line for line in out.splitlines() if line}
+
+
 def revert_diff(repo_path: str | Path, rev: str) -> tuple[str, str, list[str]]:
     """(full sha, the diff that undoes it, the files it touches): its parent's tree against its
     own, applied with -p1 like any patch. A merge or root commit has no single revert."""

@@ -31,7 +31,7 @@ from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
-from orchestrator.core.engine import BisectStatus, Candidate, Engine, Probe
+from orchestrator.core.engine import BisectResult, BisectStatus, Candidate, Engine, Probe, judge
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
@@ -81,6 +81,12 @@ def top_ranked(repo: Path, good: str, bad: str, bug: Bug) -> str | None:
     return ranked[0].sha if ranked and ranked[0].score > 0 else None
 
 
+def touching_paths(repo: Path, good: str, bad: str, paths: list[str]) -> set[str]:
+    from orchestrator.adapters.gitlog import commits_touching  # GitPython: a slow import
+
+    return commits_touching(repo, good, bad, paths)
+
+
 @dataclass
 class CommitBisectDeps:
     build: Callable[[BuildRequest], UnpackedKernel] = build_kernel
@@ -89,6 +95,8 @@ class CommitBisectDeps:
     store: Callable[[], Store] = Store
     # (repo, good, bad, bug) -> the commit the ranking puts first, or None (None: no guided start)
     top_ranked: Callable[[Path, str, str, Bug], str | None] | None = top_ranked
+    # (repo, good, bad, paths) -> shas of good..bad touching the paths (None: no paths-first pass)
+    touching: Callable[[Path, str, str, list[str]], set[str]] | None = field(default=touching_paths)
 
 
 class CommitKernels:
@@ -139,21 +147,10 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
                              f"good={req.good} bad={req.bad}")
     prober = ResumingProbe(bug, kernels.probe, store=store, fresh=req.fresh, kernel_id=kernels.kernel_id,
                            run_key=run_key)
-    candidates = [Candidate(c.spec, label=c.sha[:12]) for c in commits]
-    guesses: list[Probe] = []
-    known = _guided(req, bug, commits, deps, prober, on_event, on_probe, guesses) if req.guided else {}
-    old, new = (Verdict.BAD, Verdict.GOOD) if req.fix else (Verdict.GOOD, Verdict.BAD)
-    pair = _proven_pair(candidates, known, old, new)
-    if pair:  # the ranking's guess was right: the boundary is that pair, verified like any other
-        on_event(f"ranking-guided: {pair[0].label} {old.value}, {pair[1].label} {new.value}; verifying")
-        candidates = pair
-    engine = Engine(candidates, prober, policy=bug.repeat, lineage=f"commits of {req.repo}",
-                    verify=req.verify_runs, on_probe=on_probe, on_event=on_event, known=known, fix=req.fix)
-    result = engine.run()
-    result.probes[:0] = guesses  # the ranking's two probes are part of the evidence
-    if pair:
-        result.notes.append(f"ranking-guided: the top-ranked commit {pair[1].label} and its parent were probed "
-                            "first and showed the boundary; the range's own ends were not built")
+    search = Search(req, bug, commits, prober, on_event, on_probe)
+    known = _guided(req, bug, commits, deps, prober, on_event, on_probe, search.probes) if req.guided else {}
+    touching = deps.touching(req.repo, old_rev, new_rev, bug.paths) if deps.touching and bug.paths else set()
+    result = search.run(known, touching)
     data = result.to_json()
     data.update(origin="commit" if result.status is BisectStatus.FOUND else None, kind="commits",
                 mode="fix" if req.fix else "cause",
@@ -200,6 +197,81 @@ def _revert_check(req: CommitBisectRequest, bug: Bug, sha: str, kernels: "Commit
     return {"sha": sha, "kernel": kernel.spec, "patch": str(patch), **check}
 
 
+class Search:
+    """The engine over a commit range, in the cheapest order the evidence allows.
+
+    1. The ranking's guess proven (its parent in the old state, it in the new): that pair alone,
+       verified. 2. Paths first (ktest's BISECT_FILES, `git bisect -- PATHS`): when some commits
+       of the range touch the bug's paths, bisect those first; the boundary found there is then
+       closed over the full history (the commits between the last old-state path commit and the
+       first new-state one, usually none) so the answer is still a tested pair of neighbours.
+       3. Otherwise, or when the paths held no boundary, the whole range. Verdicts already had
+       are passed on as known each time, so nothing is built or probed twice."""
+
+    def __init__(self, req: CommitBisectRequest, bug: Bug, commits: list[Commit], prober: ResumingProbe,
+                 on_event: Callable[[str], None], on_probe: Callable[[Probe], None] | None) -> None:
+        self.req, self.bug, self.prober, self.on_event, self.on_probe = req, bug, prober, on_event, on_probe
+        self.candidates = [Candidate(c.spec, label=c.sha[:12]) for c in commits]
+        self.shas = [c.sha for c in commits]
+        self.old, self.new = (Verdict.BAD, Verdict.GOOD) if req.fix else (Verdict.GOOD, Verdict.BAD)
+        self.probes: list[Probe] = []  # every probe outside the final engine run (guesses, paths pass)
+        self.notes: list[str] = []
+
+    def engine(self, candidates: list[Candidate], known: dict[str, Verdict], verify: int | None = None) -> Engine:
+        return Engine(candidates, self.prober, policy=self.bug.repeat, lineage=f"commits of {self.req.repo}",
+                      verify=self.req.verify_runs if verify is None else verify, on_probe=self.on_probe,
+                      on_event=self.on_event, known=known, fix=self.req.fix)
+
+    def run(self, known: dict[str, Verdict], touching: set[str]) -> BisectResult:
+        pair = _proven_pair(self.candidates, known, self.old, self.new)
+        if pair:
+            self.on_event(f"ranking-guided: {pair[0].label} {self.old.value}, {pair[1].label} {self.new.value}; "
+                          "verifying")
+            self.notes.append(f"ranking-guided: the top-ranked commit {pair[1].label} and its parent were probed "
+                              "first and showed the boundary; the range's own ends were not built")
+            return self._final(self.engine(pair, known).run())
+        inner = [i for i in range(1, len(self.candidates) - 1) if self.shas[i] in touching]
+        if not inner or len(inner) == len(self.candidates) - 2:
+            return self._final(self.engine(self.candidates, known).run())
+        return self._paths_first([0, *inner, len(self.candidates) - 1], known)
+
+    def _paths_first(self, picked: list[int], known: dict[str, Verdict]) -> BisectResult:
+        self.on_event(f"paths first: {len(picked) - 2} of {len(self.candidates) - 2} commits inside the range "
+                      f"touch {', '.join(self.bug.paths)}")
+        first = self.engine([self.candidates[i] for i in picked], known, verify=0)
+        r = first.run()
+        known.update(first.verdicts)
+        self.probes.extend(r.probes)
+        if r.status is not BisectStatus.FOUND or r.last_good is None or r.first_bad is None:
+            self.notes.append(f"paths first found no boundary ({r.stopped}); the whole range was bisected")
+            return self._final(self.engine(self.candidates, known).run())
+        lo = self.candidates.index(r.last_good)
+        hi = self.candidates.index(r.first_bad)
+        note = (f"paths first: among the commits touching the bug's paths the boundary is "
+                f"{r.last_good.label}..{r.first_bad.label}")
+        if hi - lo > 1:
+            # `git bisect -- PATHS` would stop here; kbisect tests the commit's own parent: in the
+            # old state, the pair is neighbours; in the new, the culprit is an earlier commit that
+            # does not touch the paths, and the rest of the range is bisected
+            parent = self.candidates[hi - 1]
+            probe = judge(self.bug.repeat, self.prober, parent, "bisect", on_probe=self.on_probe)
+            self.probes.append(probe)
+            known[parent.spec] = probe.verdict
+            if probe.verdict is self.old:
+                lo = hi - 1
+                note += f"; its parent {parent.label} is {self.old.value}: they are neighbours"
+            else:
+                note += (f"; its parent {parent.label} is {probe.verdict.value}: the commits between were "
+                         "bisected too")
+        self.notes.append(note)
+        return self._final(self.engine(self.candidates[lo:hi + 1], known).run())
+
+    def _final(self, result: BisectResult) -> BisectResult:
+        result.probes[:0] = self.probes  # the guesses and the paths pass are part of the evidence
+        result.notes.extend(self.notes)
+        return result
+
+
 def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict], old: Verdict = Verdict.GOOD,
                  new: Verdict = Verdict.BAD) -> list[Candidate] | None:
     """[parent, commit] when the guided probes found the parent in the old state (good; bad for
@@ -223,8 +295,6 @@ def _guided(req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: Com
     index = next((i for i, c in enumerate(commits) if top and c.sha.startswith(top)), None)
     if index is None or index == 0:
         return {}
-    from orchestrator.core.engine import judge
-
     on_event(f"ranking first: {commits[index].sha[:12]} {commits[index].subject}, and its parent")
     known = {}
     for commit in (commits[index], commits[index - 1]):

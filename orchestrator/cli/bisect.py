@@ -82,9 +82,11 @@ def exit_code(status: str) -> int:
 @click.option("--verify-revert", is_flag=True, help="Build the first-bad kernel with the top candidate "
               "reverted and probe it 3x (bad→good confirms the culprit); with --build, the first bad commit "
               "itself, whole kernel, built-in code included.")
-@click.option("--build", "build_commits", is_flag=True, help="Bisect the commits of --repo: --good and --bad are "
-              "revisions; each step is built (incrementally, kbisect kernels build) and probed, down to a tested "
-              "first bad commit. The commit the bug's ranking puts first is tried with its parent before binary search.")
+@click.option("--build", "build_commits", is_flag=True, help="Bisect the commits of --repo, each step built "
+              "(incrementally, kbisect kernels build) and probed, down to a tested first bad commit; the commit the "
+              "bug's ranking puts first is tried with its parent before binary search. --good and --bad are "
+              "revisions of --repo, or kernels: then the package bisection runs first and hands its boundary "
+              "(v5.7-rc4..v5.7-rc5) over to the commit bisection.")
 @click.option("--config", "config_mode", default="guest", show_default=True, metavar="guest|base|FILE",
               help="With --build: the kernel config (see kbisect kernels build).")
 @click.option("--kconfig-for", "kconfig_for", multiple=True, metavar="ID",
@@ -123,10 +125,20 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     from orchestrator.app.prober import load_replay
     from orchestrator.core.differential import distro_lineage
 
+    handover = False
     if build_commits:
-        _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet, fix,
-                        verify_revert)
-        return
+        from orchestrator.app.handover import resolves
+
+        if repo is None:
+            raise KbisectError("--build needs --repo (the clone whose commits are built)")
+        _check_repo(repo)
+        if resolves(repo, good) and resolves(repo, bad):
+            _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet,
+                            fix, verify_revert)
+            return
+        if fix:
+            raise KbisectError("--fix --build bisects commits: give --good and --bad as revisions of --repo")
+        handover = True  # kernel specs: a package bisection first, then its commits
     if fix and (distro or repo is not None or verify_revert):
         raise KbisectError("--fix bisects the one lineage of --bad and --good: --distro, --repo and --verify-revert "
                            "do not apply (with --build, --repo names the clone whose commits are bisected)")
@@ -150,23 +162,43 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     progress = Progress(quiet)
     progress.event(f"bisecting {'the fix of ' if fix else ''}{bug.id}: good {good}, bad {bad}"
                    + (f", distro {distro}" if distro else "") + (" (fresh)" if fresh else ""))
-    request = BisectRequest(good, bad, distro, mirror, distro_mirror, replay, fresh, verify_runs, repo, verify_revert)
+    # with a handover, the revert check is the commit bisection's (a whole-kernel build of the culprit)
+    request = BisectRequest(good, bad, distro, mirror, distro_mirror, replay, fresh, verify_runs, repo,
+                            verify_revert and not handover)
     if fix:
         from orchestrator.app.fix_bisect import run_fix_bisect
 
         data = run_fix_bisect(bug, request, current(BisectDeps), on_event=progress.event, on_probe=progress.probe)
     else:
         data = run_bisect(bug, request, current(BisectDeps), on_event=progress.event, on_probe=progress.probe)
+    if handover:
+        data = _hand_over(bug, data, repo, config_mode, kconfig_for, verify_runs, fresh, verify_revert, progress)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
         _summary(data)
-    code = exit_code(data["status"])
+    commits = data.get("commit_bisection") or {}
+    code = exit_code(commits["status"] if commits.get("status") not in (None, "not-run") else data["status"])
     if code:
         sys.exit(code)
 
 
-def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_mode: str,
+def _hand_over(bug, data: dict[str, Any], repo: Path, config_mode: str, kconfig_for: tuple[str, ...],
+               verify_runs: int, fresh: bool, verify_revert: bool, progress: Progress) -> dict[str, Any]:
+    """The package bisection's boundary handed to a commit bisection (app.handover)."""
+    from orchestrator.adapters import catalog
+    from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest
+    from orchestrator.app.deps import current
+    from orchestrator.app.handover import hand_over
+
+    also = [catalog.resolve(b) for b in kconfig_for] if kconfig_for else catalog.all_bugs()
+    request = CommitBisectRequest(repo.resolve(), "", "", config_mode, verify_runs, fresh, kconfig_for=also,
+                                  verify_revert=verify_revert)
+    return hand_over(bug, data, request, current(CommitBisectDeps), on_event=progress.event,
+                     on_probe=progress.probe)
+
+
+def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path, config_mode: str,
                     kconfig_for: tuple[str, ...], verify_runs: int, fresh: bool, as_json: bool, quiet: bool,
                     fix: bool = False, verify_revert: bool = False) -> None:
     """`--build`: the commit bisection (app.commit_bisect), same output and exit codes."""
@@ -174,9 +206,6 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path | None, config_
     from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
     from orchestrator.app.deps import current
 
-    if repo is None:
-        raise KbisectError("--build needs --repo (the clone whose commits are bisected)")
-    _check_repo(repo)
     if config_mode not in ("guest", "base"):
         check_input_file("--config", Path(config_mode), max_bytes=4 << 20)
     bug = catalog.resolve(bug_id)
@@ -252,6 +281,15 @@ def _summary(data: dict[str, Any]) -> None:
             click.echo(f"  {u['kernel']} ({u['why']}{': ' + u['reason'] if u.get('reason') else ''})")
     if data.get("advice"):
         click.echo(f"next: {data['advice']}")
+    commits = data.get("commit_bisection")
+    if commits:
+        first = commits.get("first_bad_commit")
+        click.echo(f"commits {commits.get('good', '?')}..{commits.get('bad', '?')}: {commits['status']}"
+                   + (f", first bad commit {first['sha']} {first['subject']}" if first else "")
+                   + (f" ({commits['reason']})" if commits.get("reason") else ""))
+        check = commits.get("revert_check")
+        if check:
+            click.echo(f"revert check: {check['status']}" + (f": {check['reason']}" if check.get("reason") else ""))
     if data.get("mode") == "fix" and data.get("first_good"):
         click.echo(f"fixed in: {data['first_good']} (last bad {data['last_bad']})")
     if data.get("upstream_first_bad"):

@@ -1,0 +1,76 @@
+"""From a package bisection to a tested commit: the automatic handover.
+
+A package bisection narrows the regression to two neighbouring prebuilt kernels (mainline 5.7-rc4
+good, 5.7-rc5 bad). With a Linux clone and `--build`, kbisect goes on by itself: the commits
+between those two kernels' tags are built and bisected (app.commit_bisect) to the first bad
+commit, ranking-guided, and (with --verify-revert) its revert is checked.
+
+Which range: where the change entered mainline. A mainline origin's own boundary; for a
+backport (stable or distro), the upstream boundary the differential found, because the
+culprit is a mainline commit and a clone of mainline has its tags; a distro-only or
+stable-only origin, the lineage's own range (its tags: `Ubuntu-5.4.0-31.35`, `v5.4.41`). A
+range the clone does not hold is a note, not a failure: the package answer stands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.app.bisect import git_rev
+from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
+from orchestrator.core.bug import Bug
+from orchestrator.core.engine import Probe
+from orchestrator.core.errors import KbisectError
+
+
+def handover_range(data: dict[str, Any]) -> tuple[str, str] | None:
+    """(good rev, bad rev) of the commits to build, from a package bisection's result; None when
+    it found no boundary to continue from."""
+    if data.get("status") != "found":
+        return None
+    if data.get("origin") == "mainline" or data.get("lineage") == "mainline":
+        lo, hi, lineage = data.get("last_good"), data.get("first_bad"), "mainline"
+    elif data.get("upstream_last_good") and data.get("upstream_first_bad"):
+        lo, hi, lineage = data["upstream_last_good"], data["upstream_first_bad"], "mainline"
+    else:
+        lo, hi, lineage = data.get("last_good"), data.get("first_bad"), data.get("lineage")
+    if not lo or not hi or data.get("origin") == "variant":
+        return None
+    return git_rev(str(lo), lineage), git_rev(str(hi), lineage)
+
+
+def resolves(repo: Path, rev: str) -> bool:
+    """Whether `rev` names a commit of the clone."""
+    from orchestrator.adapters.gitlog import open_repo, resolve_rev  # GitPython: a slow import
+
+    try:
+        resolve_rev(open_repo(repo), rev)
+    except KbisectError:
+        return False
+    return True
+
+
+def hand_over(bug: Bug, data: dict[str, Any], request: CommitBisectRequest, deps: CommitBisectDeps, *,
+              on_event: Callable[[str], None] = lambda m: None,
+              on_probe: Callable[[Probe], None] | None = None) -> dict[str, Any]:
+    """`data` (a package bisection's result) with `commit_bisection`: the commit bisection's
+    summary, or why there was none."""
+    revs = handover_range(data)
+    if revs is None:
+        data["commit_bisection"] = {"status": "not-run", "reason": "the package bisection found no boundary to "
+                                                                    "continue from"}
+        return data
+    good, bad = revs
+    missing = [rev for rev in revs if not resolves(request.repo, rev)]
+    if missing:
+        data["commit_bisection"] = {"status": "not-run", "good": good, "bad": bad,
+                                    "reason": f"{', '.join(missing)} not in {request.repo}"}
+        return data
+    on_event(f"handing over to a commit bisection of {good}..{bad} in {request.repo}")
+    request.good, request.bad = good, bad
+    result = run_commit_bisect(bug, request, deps, on_event=on_event, on_probe=on_probe)
+    data["commit_bisection"] = {key: result.get(key) for key in (
+        "status", "stopped", "first_bad_commit", "last_good_commit", "builds", "report", "revert_check", "notes")}
+    data["commit_bisection"].update(good=good, bad=bad)
+    return data
