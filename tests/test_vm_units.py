@@ -582,10 +582,12 @@ def _leftover_tree(home: Path, pid: int) -> dict[str, Path]:
         "variant_tmp": home / "kernels" / "debian" / f".6.1.0-54-cloud-amd64+rev{pid}.tmp-{pid}",
         "variant_old": home / "kernels" / "debian" / f".6.1.0-54-cloud-amd64+rev{pid}.old-{pid}",
         "image_build": home / "images" / f"0123456789abcdef.build-{pid}",
+        "build_tmp": home / "local" / f".6.1.192-guest-{pid}.tmp-{pid}",
+        "source_tmp": home / "builds" / "src" / f".linux-source-6.1_6.1.192-{pid}.tmp-{pid}",
     }
     for key, path in paths.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        if key in ("apt", "variant_tmp", "variant_old", "image_build"):
+        if key in ("apt", "variant_tmp", "variant_old", "image_build", "build_tmp", "source_tmp"):
             (path / "sub").mkdir(parents=True)
             (path / "sub" / "f").write_bytes(b"x" * 10)
         else:
@@ -626,7 +628,8 @@ def test_gc_removes_dead_owners_leftovers_and_keeps_live_ones(kbisect_home, tmp_
         child.wait()
     text = "\n".join(removed)
     assert removed[0] == "domain kbisect-dead-1"
-    for key in ("part", "apt", "data_tar", "tmp", "variant_tmp", "variant_old", "image_build"):
+    for key in ("part", "apt", "data_tar", "tmp", "variant_tmp", "variant_old", "image_build", "build_tmp",
+                "source_tmp"):
         assert not dead[key].exists() and str(dead[key]) in text, key
         assert live[key].exists(), key  # a live owner's work is never touched
     assert not (kernels / "5.7.2.partial").exists() and (kernels / "5.7.3.partial").exists()
@@ -634,7 +637,7 @@ def test_gc_removes_dead_owners_leftovers_and_keeps_live_ones(kbisect_home, tmp_
     assert not (kbisect_home / "variants" / ".6.1.0-54-cloud-amd64+x.work-ab12cd").exists()
     assert not list(results.rglob("*.tmp"))
     assert (kbisect_home / "kernels" / "debian" / "6.1.0-54-cloud-amd64" / "kernel.json").exists()
-    assert len(removed) == 12, removed
+    assert len(removed) == 14, removed
     # the lock is free now: its staging goes next time; then nothing is left to remove
     def again() -> list[str]:
         return gc.collect(domains=lambda uri: [], builds=lambda: [], leftovers=gc.Leftovers(kbisect_home, results))

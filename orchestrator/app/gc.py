@@ -17,6 +17,7 @@ its pid (in the name) is not alive, or the lock it works under is free, and no l
 | `variants/.<name>.work-XXXX/` | adapters/variants/steps.py `workspace` (under `variants/locks/<name>.lock`) |
 | `variants/downloads/.dl-XXXX/` | adapters/variants/packages.py `download` (under that directory's locks) |
 | `images/*.build-PID/`, `bootfiles/*.build-PID/` | adapters/guest/image.py, bootfiles.py |
+| `local/.<name>.tmp-PID/`, `builds/src/.<package>.tmp-PID/` | app/build.py `_build_into`, adapters/builds/trees.py `_unpack_source` |
 | `.NAME.PID.TID.tmp` anywhere in the home or results | adapters/fsutil.py `atomic_write` |
 """
 
@@ -87,6 +88,7 @@ class Leftovers:
             ("killed variant build's staging", self.variant_staging()),
             ("killed variant build's workspace", self.variant_work()),
             ("killed variant package download", self.variant_downloads()),
+            ("killed kernel build's staging", self.build_staging()),
             ("killed atomic write", self.atomic_tmp()),
         ):
             found += [f"{label} {p}" for p in paths]
@@ -126,6 +128,12 @@ class Leftovers:
 
     def variant_staging(self) -> list[Path]:
         paths = [p for d in _source_dirs(self.home / "kernels") for p in _children(d) if VARIANT_STAGING.match(p.name)]
+        return reap_dead(paths, lambda name: int(VARIANT_STAGING.match(name).group(2)))
+
+    def build_staging(self) -> list[Path]:
+        """A kernel build's install staging, and a Debian source's unpack staging (pid in the name)."""
+        dirs = (self.home / "local", self.home / "builds" / "src")
+        paths = [p for d in dirs for p in _children(d) if VARIANT_STAGING.match(p.name) and p.is_dir()]
         return reap_dead(paths, lambda name: int(VARIANT_STAGING.match(name).group(2)))
 
     def variant_work(self) -> list[Path]:
