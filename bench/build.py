@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Kernel build benchmark: the first build of a tree with kbisect's guest config, and an
-incremental step on the same tree and config (one built-in file changed by a patch).
+"""Kernel build benchmark: the first build of a tree with kbisect's guest config (the whole
+catalog's requirements, BTF and so DWARF included), and an incremental step on the same tree and
+config (one built-in file changed by a patch).
 
     .venv/bin/python bench/build.py [--linux-source 6.1] [--cold] [--home DIR]
 
