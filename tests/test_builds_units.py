@@ -162,3 +162,24 @@ def test_a_git_revision_is_checked_out_in_kbisects_own_worktree(tmp_path, kbisec
 def test_bad_requests_are_one_line(req, says) -> None:
     with pytest.raises(KbisectError, match=says.replace("-", r"\-")):
         check_request(req)
+
+
+def test_a_bases_own_source_is_that_version_or_an_error(kbisect_home):
+    """A whole-kernel control is built from its base's own source: the nearest linux-source apt
+    has (what a module variant's headers may use) is refused, before anything is downloaded."""
+    from orchestrator.adapters.progress import StepLog
+
+    class Packages:
+        downloaded: list[str] = []
+
+        def pick(self, package: str, wanted: str) -> str:
+            return "6.1.192-3"
+
+        def download(self, package, version, progress):
+            self.downloaded.append(version)
+            raise AssertionError("downloaded")
+
+    packages = Packages()
+    with pytest.raises(KbisectError, match=r"linux-source-6.1 6.1.190-1 is not downloadable \(nearest: 6.1.192-3\)"):
+        trees.debian_repo("6.1", packages, StepLog(), "6.1.190-1", exact=True)
+    assert packages.downloaded == []
