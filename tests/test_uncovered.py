@@ -240,6 +240,33 @@ def test_verify_revert_builds_the_revert_and_probes_it(kbisect_home, tmp_path, c
     assert json.loads(doc.blocks[heading]) == check
 
 
+def test_verify_revert_of_built_in_code_rebuilds_the_whole_first_bad_kernel(kbisect_home, tmp_path, capsys) -> None:
+    """The module route refuses a .c file the kernel links into vmlinux (BuiltInCode): the whole
+    first-bad kernel is rebuilt from its own source with the revert instead, probed 3x."""
+    from orchestrator.core.errors import BuiltInCode
+
+    sha = tiny_linux(tmp_path / "linux")
+    variant = f"5.7+revert-{sha[:12]}"
+    world = FakeBisect({**FOUND, variant: ["good"]}, tmp=tmp_path)
+    whole: list[tuple[str, str]] = []
+
+    def refuse(base, patch, name):
+        raise BuiltInCode("net/ipv4/ip_tunnel.c is built-in code (CONFIG_NET_IP_TUNNEL=y: compiled into vmlinux)")
+
+    def build_whole(base, patch, name):
+        whole.append((base, name))
+        return FakeBisect.build_variant(world, base, patch, name)
+
+    deps = world.deps()
+    deps.build_variant, deps.build_whole = refuse, build_whole
+    code, out, err = run_cli(["bisect", "--bug", BUG, "--good", "5.5", "--bad", "5.8", "--verify", "1", "--json",
+                              "--quiet", "--repo", str(tmp_path / "linux"), "--verify-revert"], capsys, deps)
+    assert code == 0, err[-2000:]
+    check = json.loads(out)["revert_check"]
+    assert whole == [("mainline:5.7", f"revert-{sha[:12]}")]
+    assert check["status"] == "confirmed" and check["verdicts"] == ["good"] * 3
+
+
 # -- bugs verify without --plan ----------------------------------------------------------------------
 
 def verify_rows(capsys, answer: Callable[[dict], str], *extra: str) -> tuple[int, list[dict], str]:

@@ -23,7 +23,7 @@ from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
 from orchestrator.core.differential import Differential, KernelIndex, canonical, kernel_of, make_kernel
 from orchestrator.core.engine import Candidate, Probe, ProbeFn, judge
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import BuiltInCode, KbisectError
 from orchestrator.core.kconfig import bug_config_diff, kconfig_defines, parse_kconfig
 from orchestrator.core.verdict import ProbeRecord, Verdict
 from orchestrator.core.versions import KernelRef, parse_spec, series_of_base
@@ -78,6 +78,15 @@ def kernel_ids(mirror: str | None) -> Callable[[str], str]:
     return KernelProvider(mirror).kernel_id
 
 
+def build_whole_variant(spec: str, patch: Path, name: str) -> UnpackedKernel:
+    """`spec` rebuilt whole from its own Debian source with `patch` (app.controls): what reverts
+    built-in code in a prebuilt Debian kernel."""
+    from orchestrator.adapters import catalog
+    from orchestrator.app.controls import ControlBuilder
+
+    return ControlBuilder().whole_kernel(parse_spec(f"{spec}+{name}"), patch, catalog.all_bugs())
+
+
 @dataclass
 class BisectDeps:
     """What a bisection touches; the defaults are the real world, tests pass fakes."""
@@ -88,6 +97,7 @@ class BisectDeps:
     store: Callable[[], Store] = field(default=Store)
     build_variant: Callable[[str, Path, str], UnpackedKernel] = field(default=build_variant)
     kernel_config: Callable[[str], str | None] = field(default=kernel_config)
+    build_whole: Callable[[str, Path, str], UnpackedKernel] = field(default=build_whole_variant)
 
 
 @dataclass
@@ -186,7 +196,7 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
         data["candidates"] = narrow(str(req.repo), result, bug)
         data["notes"] = result.notes
         if req.verify_revert:
-            check = RevertCheck(bug, prober, deps.build_variant, on_event, on_probe)
+            check = RevertCheck(bug, prober, deps.build_variant, on_event, on_probe, deps.build_whole)
             data["revert_check"] = check.run(str(req.repo), result, data["candidates"])
     return finish(bug, data, result.probes, store, run_key, on_event)
 
@@ -282,14 +292,16 @@ def narrow(repo: str, result, bug: Bug) -> list[dict[str, Any]]:
 class RevertCheck:
     """KernelCI's revert check: the first-bad kernel with the top candidate reverted must be good.
 
-    Only possible when the candidate touches modular code only (the variant machinery rebuilds
-    modules, never vmlinuz) and the first-bad kernel's source is reachable (Debian kernels)."""
+    A candidate in modular code: the first-bad kernel with those modules rebuilt. Anything else
+    (built-in code, headers): the whole first-bad kernel rebuilt from its own Debian source
+    (app.controls), when that exact source can be had. Either needs a Debian first-bad kernel."""
 
     bug: Bug
     prober: ResumingProbe
     build_variant: Callable[[str, Path, str], UnpackedKernel]
     on_event: Callable[[str], None]
     on_probe: Callable[[Probe], None] | None = None
+    build_whole: Callable[[str, Path, str], UnpackedKernel] | None = None
 
     def run(self, repo: str, result, candidates: list[dict[str, Any]]) -> dict[str, Any]:
         # imported here: GitPython is a slow import, needed only with --verify-revert
@@ -302,17 +314,24 @@ class RevertCheck:
         if not first_bad_spec:
             return {"status": "not-run", "reason": "first bad kernel spec unknown"}
         sha, diff, files = revert_diff(repo, sha)
-        if not files or not all(f.endswith(".c") and f.startswith(("net/", "drivers/", "fs/")) for f in files):
+        modular = bool(files) and all(f.endswith(".c") and f.startswith(("net/", "drivers/", "fs/")) for f in files)
+        build = self.build_variant if modular else self.build_whole
+        if build is None:
             return {"status": "not-run", "sha": sha,
-                    "reason": "top candidate touches headers or built-in code: a module-only variant of a "
-                              "prebuilt kernel cannot revert it (a commit bisection with --build "
-                              "--verify-revert builds the whole kernel)"}
+                    "reason": "top candidate touches headers or built-in code, and no whole-kernel build is "
+                              "available here"}
         patch = Path(tempfile.mkdtemp(prefix="kbisect-revert-")) / f"revert-{sha[:12]}.patch"
         patch.write_text(diff)
         name = f"revert-{sha[:12]}"
         try:
-            self.on_event(f"building {first_bad_spec}+{name}")
-            variant = self.build_variant(first_bad_spec, patch, name)
+            try:
+                self.on_event(f"building {first_bad_spec}+{name}" + ("" if modular else " (whole kernel: built-in code)"))
+                variant = build(first_bad_spec, patch, name)
+            except BuiltInCode as exc:  # a .c file the kernel links into vmlinux: the whole kernel then
+                if self.build_whole is None or build is self.build_whole:
+                    raise
+                self.on_event(f"{exc}: building the whole kernel instead")
+                variant = self.build_whole(first_bad_spec, patch, name)
         except KbisectError as exc:
             # an extra check after the answer: whatever stops the build (even trouble that would
             # abort a bisection) is reported as not run, never allowed to lose the answer itself

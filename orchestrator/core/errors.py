@@ -33,6 +33,11 @@ class VariantBuildError(KernelTrouble):
     """A patched variant cannot be built (the patch does not apply, the build fails)."""
 
 
+class BuiltInCode(KbisectError):
+    """A patch touches code linked into vmlinux: rebuilding modules cannot honour it, a whole
+    kernel build can (a revert check switches to one)."""
+
+
 class BuildFailed(KernelTrouble):
     """make (or a patch) failed for this source: a commit bisection skips the commit, as
     `git bisect skip` does; a config whose requirements cannot be met is not this (it stops)."""

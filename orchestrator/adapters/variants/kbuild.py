@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import BuiltInCode, KbisectError
 
 _CONFIG_REF_RE = re.compile(r"^\$\((CONFIG_[A-Za-z0-9_]+)\)$")
 _ASSIGN_RE = re.compile(r"^([A-Za-z0-9_.]+?)-(y|m|objs|\$\((CONFIG_[A-Za-z0-9_]+)\))\s*(\+=|:=|=)\s*(.*)$")
@@ -185,12 +185,12 @@ def _refuse_unless_module(placement: Placement | None, where: str, obj: str, dir
     """The condition text of a module placement; anything else is a one-line refusal."""
     if placement is None:
         if any(obj in a.words for a in assigns if a.target == "lib"):
-            raise KbisectError(f"{where} is built-in code (lib-y, linked into vmlinux); kbisect can only rebuild modules")
+            raise BuiltInCode(f"{where} is built-in code (lib-y, linked into vmlinux); kbisect can only rebuild modules")
         raise KbisectError(f"cannot tell how {where} is built: {obj} is not in an obj-* or composite line "
                            f"of {directory}/Makefile")
     value, cond_text = placement
     if value == "y":
-        raise KbisectError(f"{where} is built-in code ({cond_text}: compiled into vmlinux); "
+        raise BuiltInCode(f"{where} is built-in code ({cond_text}: compiled into vmlinux); "
                            "kbisect can only rebuild modules")
     if value != "m":
         raise KbisectError(f"{where} is not compiled in this kernel ({cond_text})")
