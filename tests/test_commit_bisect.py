@@ -219,6 +219,15 @@ def test_a_package_bisection_hands_its_boundary_over_to_a_commit_bisection(kbise
     assert handed["revert_check"]["status"] == "confirmed"
     assert (sha[:12], True) in built and Path(handed["report"]).is_file()
     assert "revert_check" not in data  # the package level's module-only check is not run besides
+    # the package run's own result.json and report name the commit bisection and link its report
+    stored = json.loads((Path(data["report"]).parent / "result.json").read_text())
+    assert stored["commit_bisection"]["first_bad_commit"]["sha"] == sha
+    from tests.browser import Elements, dump_dom
+
+    dom = dump_dom(Path(data["report"]))
+    links = [h for h in Elements(dom).hrefs() if h.endswith("report.html") and not h.startswith("http")]
+    assert "Commit bisection" in dom and any((Path(data["report"]).parent / h).resolve() == Path(handed["report"])
+                                             for h in links), links
 
 
 def test_a_handover_range_the_clone_lacks_is_a_note_and_the_package_answer_stands(kbisect_home, tmp_path,

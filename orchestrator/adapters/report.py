@@ -138,6 +138,9 @@ def render_bisect(result: dict[str, Any], run_id: str, evidence: dict[str, dict]
     view.setdefault("confidence", 0.0)
     for c in view.get("candidates") or []:
         c["sha_link"], c["upstream_link"] = _commit_links(c, view)
+    handed = view.get("commit_bisection")
+    if isinstance(handed, dict) and handed.get("report"):
+        handed["href"] = os.path.relpath(str(handed["report"]), directory)
     shown = [(i, p) for i, p in enumerate(view.get("probes", []), 1) if p.get("verdict") == "bad" and p.get("console_excerpt")]
     first_bad_probe = next((i for i, p in shown if p.get("label") == view.get("first_bad")), shown[0][0] if shown else 0)
     return _render("bisect.html.j2", r=view, run_id=run_id, when=_utc(), answer=answer_sentence(view),

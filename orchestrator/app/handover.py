@@ -14,9 +14,11 @@ range the clone does not hold is a note, not a failure: the package answer stand
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.app.bisect import git_rev
 from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
 from orchestrator.core.bug import Bug
@@ -60,17 +62,27 @@ def hand_over(bug: Bug, data: dict[str, Any], request: CommitBisectRequest, deps
     if revs is None:
         data["commit_bisection"] = {"status": "not-run", "reason": "the package bisection found no boundary to "
                                                                     "continue from"}
-        return data
+        return _stored(data)
     good, bad = revs
     missing = [rev for rev in revs if not resolves(request.repo, rev)]
     if missing:
         data["commit_bisection"] = {"status": "not-run", "good": good, "bad": bad,
                                     "reason": f"{', '.join(missing)} not in {request.repo}"}
-        return data
+        return _stored(data)
     on_event(f"handing over to a commit bisection of {good}..{bad} in {request.repo}")
     request.good, request.bad = good, bad
     result = run_commit_bisect(bug, request, deps, on_event=on_event, on_probe=on_probe)
     data["commit_bisection"] = {key: result.get(key) for key in (
         "status", "stopped", "first_bad_commit", "last_good_commit", "builds", "report", "revert_check", "notes")}
     data["commit_bisection"].update(good=good, bad=bad)
+    return _stored(data)
+
+
+def _stored(data: dict[str, Any]) -> dict[str, Any]:
+    """The package run's result.json and report again, now naming the commit bisection."""
+    if data.get("run_id") and data.get("report"):
+        from orchestrator.app.report import regenerate_run
+
+        atomic_write(Path(data["report"]).parent / "result.json", json.dumps(data, indent=2) + "\n")
+        regenerate_run(str(data["run_id"]))
     return data
