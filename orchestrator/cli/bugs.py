@@ -111,7 +111,8 @@ def show_cmd(bug_id: str, as_json: bool) -> None:
         out.append(f"  note       {bug.history.note.strip()}")
     out.append("controls")
     for ctl in bug.controls:
-        out.append(f"  {ctl.name} on {ctl.base} (expect {ctl.expect}): {ctl.note.strip()}")
+        how = "whole kernel" if ctl.build == "kernel" else "modules rebuilt"
+        out.append(f"  {ctl.name} on {ctl.base} ({how}, expect {ctl.expect}): {ctl.note.strip()}")
     if not bug.controls:
         out.append(f"  none: {bug.verify.no_control.strip() or '-'}")
     out.append(f"verify      lines {', '.join(bug.verify.lines)}"
