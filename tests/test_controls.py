@@ -101,3 +101,13 @@ def test_a_whole_kernel_variant_needs_a_debian_base(tmp_path, kbisect_home):
     with pytest.raises(KbisectError, match="must be a debian kernel"):
         world.builder().get("mainline:6.1+revert-66f8209547cc")
     assert not world.builds
+
+
+def test_an_edited_kconfig_requirement_builds_the_control_anew(tmp_path, kbisect_home):
+    from orchestrator.core.kconfig import Requirement
+
+    world = World(tmp_path)
+    world.builder().get(f"{BASE}+revert-66f8209547cc")
+    world.bugs[1].kconfig.append(Requirement.parse("CONFIG_NET_SCH_FQ=m"))
+    world.builder().get(f"{BASE}+revert-66f8209547cc")
+    assert len(world.builds) == 2

@@ -70,8 +70,9 @@ class ControlBuilder:
             raise KbisectError(f"{spec}: a whole-kernel variant is built from Debian's linux-source, "
                                f"so its base must be a debian kernel, not {base_spec.source!r}")
         patch_sha = cache.sha256_file(patch) if patch else ""
+        requirements = sorted({str(r) for bug in bugs for r in bug.kconfig})
         pointer = pointer_path(spec)
-        served = self._served(pointer, patch_sha)
+        served = self._served(pointer, patch_sha, requirements)
         if served is not None:
             return served
         base = self.fetch(str(base_spec))
@@ -80,14 +81,17 @@ class ControlBuilder:
         kernel = self.build(BuildRequest(linux_source=line, linux_source_version=version, exact_source=True,
                                          config="guest", patches=[patch] if patch else [], bugs=bugs))
         atomic_write(pointer, json.dumps({"spec": str(spec), "local": kernel.spec, "patch_sha256": patch_sha,
-                                          "source_version": version}, indent=1) + "\n")
+                                          "requirements": requirements, "source_version": version}, indent=1) + "\n")
         return kernel
 
-    def _served(self, pointer: Path, patch_sha: str) -> UnpackedKernel | None:
-        """The build the pointer names, while it exists and was made from this patch."""
+    def _served(self, pointer: Path, patch_sha: str, requirements: list[str]) -> UnpackedKernel | None:
+        """The build the pointer names, while it exists and was made from this patch for these
+        requirements (a reproducer's edited `kconfig:` is another config: built anew)."""
         try:
             record = json.loads(pointer.read_text())
         except (OSError, ValueError):
+            return None
+        if record.get("requirements") != requirements:
             return None
         if record.get("patch_sha256") != patch_sha or not re.fullmatch(r"local:[\w.\-]+", record.get("local", "")):
             return None
