@@ -12,6 +12,8 @@ run costs neither a build nor a boot).
 Ranking-guided first steps: when the bug's keyword and path ranking (adapters.gitlog) puts one
 commit of the range first, that commit and its parent are tried before binary search; a good
 parent and a bad candidate are the answer in two builds (then verified like any boundary).
+Otherwise the commits touching the bug's paths go first (`Search`). `fix=True` looks for the
+first commit without the bug instead; `verify_revert` rebuilds the culprit with itself reverted.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.adapters.kernel import UnpackedKernel
-from orchestrator.adapters.store import Store
 from orchestrator.adapters import config
 from orchestrator.adapters.fsutil import atomic_write
+from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.adapters.store import Store
 from orchestrator.app.bisect import finish, revert_verdicts
 from orchestrator.app.build import BuildRequest, build_kernel
 from orchestrator.app.kernels import KernelProvider
