@@ -286,10 +286,14 @@ def _wait_for_domain(prefix_pid: int, timeout: float = 600) -> str:
 
 
 def _start_run(shared_home: Path, repro: Path) -> subprocess.Popen:
+    """`kbisect run` as a terminal's foreground job: SIGINT at its default disposition even when
+    the test suite itself was started in the background (a non-interactive shell's `&` ignores
+    SIGINT in its children, and an ignored SIGINT stays ignored, so Ctrl-C would test nothing)."""
     env = dict(os.environ, KBISECT_HOME=str(shared_home))
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "run", "-q", "--bug", str(repro), "--kernel", KERNELS["6.1"]],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
