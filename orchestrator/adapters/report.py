@@ -173,9 +173,7 @@ def _fix_sentence(r: dict[str, Any]) -> str:
     if status == "inconclusive":
         return (f"Inconclusive: in {line} the first good kernel is one of {', '.join(r.get('suspects') or [])}"
                 + (f" (last bad {last_bad})" if last_bad else "") + ".")
-    if status == "unstable":
-        return f"Unstable: the boundary in {line} did not hold on re-runs ({r.get('stopped') or 'see the probes'})."
-    return f"No answer ({status}): {r.get('stopped') or 'see the probes below'}."
+    return _no_answer(r, line, "see the probes below")
 
 
 def answer_sentence(r: dict[str, Any]) -> str:
@@ -216,9 +214,15 @@ def answer_sentence(r: dict[str, Any]) -> str:
         else:
             where = f"no boundary in {line}"
         return f"Inconclusive: {where}; {open_part}."
+    return _no_answer(r, line, "see the stages below")
+
+
+def _no_answer(r: dict[str, Any], line: str, see: str) -> str:
+    """The sentence of a bisection (cause or fix) whose boundary did not hold or was not found."""
+    status = r.get("status")
     if status == "unstable":
         return f"Unstable: the boundary in {line} did not hold on re-runs ({r.get('stopped') or 'see the probes'})."
-    return f"No answer ({status}): {r.get('stopped') or 'see the stages below'}."
+    return f"No answer ({status}): {r.get('stopped') or see}."
 
 
 def _answer_class(r: dict[str, Any]) -> str:

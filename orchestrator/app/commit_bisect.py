@@ -33,7 +33,7 @@ from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
-from orchestrator.core.engine import BisectResult, BisectStatus, Candidate, Engine, Probe, judge
+from orchestrator.core.engine import BisectResult, BisectStatus, Candidate, Engine, Probe, judge, search_states
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
@@ -52,6 +52,11 @@ class CommitBisectRequest:
     kconfig_for: list[Bug] = field(default_factory=list)
     fix: bool = False  # bisect for the first commit WITHOUT the bug: `bad` is the older revision
     verify_revert: bool = False  # build the first bad commit with itself reverted, probe it 3x
+
+    @property
+    def ends(self) -> tuple[str, str]:
+        """(older revision, newer revision): good..bad, or for a fix bisection bad..good."""
+        return (self.bad, self.good) if self.fix else (self.good, self.bad)
 
 
 @dataclass
@@ -141,7 +146,7 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
                       on_probe: Callable[[Probe], None] | None = None) -> dict[str, Any]:
     """The bisection over commits: result.json's content, with the report written."""
     deps = deps or CommitBisectDeps()
-    old_rev, new_rev = (req.bad, req.good) if req.fix else (req.good, req.bad)
+    old_rev, new_rev = req.ends
     commits = commits_between(req.repo, old_rev, new_rev)
     kernels = CommitKernels(req, bug, commits, deps, on_event)
     store = deps.store()
@@ -215,7 +220,7 @@ class Search:
         self.req, self.bug, self.prober, self.on_event, self.on_probe = req, bug, prober, on_event, on_probe
         self.candidates = [Candidate(c.spec, label=c.sha[:12]) for c in commits]
         self.shas = [c.sha for c in commits]
-        self.old, self.new = (Verdict.BAD, Verdict.GOOD) if req.fix else (Verdict.GOOD, Verdict.BAD)
+        self.old, self.new = search_states(req.fix)
         self.probes: list[Probe] = []  # every probe outside the final engine run (guesses, paths pass)
         self.notes: list[str] = []
 
@@ -292,8 +297,7 @@ def _guided(req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: Com
     (the engine still confirms the ends and verifies that boundary)."""
     if deps.top_ranked is None:
         return {}
-    old_rev, new_rev = (req.bad, req.good) if req.fix else (req.good, req.bad)
-    top = deps.top_ranked(req.repo, old_rev, new_rev, bug)
+    top = deps.top_ranked(req.repo, *req.ends, bug)
     index = next((i for i, c in enumerate(commits) if top and c.sha.startswith(top)), None)
     if index is None or index == 0:
         return {}

@@ -17,16 +17,15 @@ from typing import Any, Callable
 from orchestrator.app.bisect import BisectDeps, BisectRequest, build_index, config_change, finish
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.core.bug import Bug
-from orchestrator.core.differential import canonical, resolve_kernel
+from orchestrator.core.differential import canonical, carrier_of, resolve_kernel
 from orchestrator.core.engine import BisectStatus, Engine, Probe
 from orchestrator.core.errors import KbisectError
 
 
 def fix_origin(lineage) -> str:
-    """The line that carried the fix: mainline, stable, or the distro."""
-    if lineage.is_mainline:
-        return "mainline"
-    return "stable" if lineage.is_stable else "distro"
+    """The line that carried the fix: mainline, or the stable or distro line (core.differential's
+    carrier of a boundary in that lineage)."""
+    return "mainline" if lineage.is_mainline else carrier_of(lineage).value
 
 
 def run_fix_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,

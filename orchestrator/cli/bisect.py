@@ -132,6 +132,8 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
         if repo is None:
             raise KbisectError("--build needs --repo (the clone whose commits are built)")
         _check_repo(repo)
+        if config_mode not in ("guest", "base"):  # before the package bisection a handover would run first
+            check_input_file("--config", Path(config_mode), max_bytes=4 << 20)
         if resolves(repo, good) and resolves(repo, bad):
             _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet,
                             fix, verify_revert)
@@ -186,16 +188,21 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
 def _hand_over(bug, data: dict[str, Any], repo: Path, config_mode: str, kconfig_for: tuple[str, ...],
                verify_runs: int, fresh: bool, verify_revert: bool, progress: Progress) -> dict[str, Any]:
     """The package bisection's boundary handed to a commit bisection (app.handover)."""
-    from orchestrator.adapters import catalog
     from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest
     from orchestrator.app.deps import current
     from orchestrator.app.handover import hand_over
 
-    also = [catalog.resolve(b) for b in kconfig_for] if kconfig_for else catalog.all_bugs()
-    request = CommitBisectRequest(repo.resolve(), "", "", config_mode, verify_runs, fresh, kconfig_for=also,
-                                  verify_revert=verify_revert)
+    request = CommitBisectRequest(repo.resolve(), "", "", config_mode, verify_runs, fresh,
+                                  kconfig_for=_kconfig_bugs(kconfig_for), verify_revert=verify_revert)
     return hand_over(bug, data, request, current(CommitBisectDeps), on_event=progress.event,
                      on_probe=progress.probe)
+
+
+def _kconfig_bugs(kconfig_for: tuple[str, ...]) -> list:
+    """The reproducers whose kconfig the builds meet: `--kconfig-for`, else the whole catalog."""
+    from orchestrator.adapters import catalog
+
+    return [catalog.resolve(b) for b in kconfig_for] if kconfig_for else catalog.all_bugs()
 
 
 def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path, config_mode: str,
@@ -206,10 +213,8 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path, config_mode: s
     from orchestrator.app.commit_bisect import CommitBisectDeps, CommitBisectRequest, run_commit_bisect
     from orchestrator.app.deps import current
 
-    if config_mode not in ("guest", "base"):
-        check_input_file("--config", Path(config_mode), max_bytes=4 << 20)
     bug = catalog.resolve(bug_id)
-    also = [catalog.resolve(b) for b in kconfig_for] if kconfig_for else catalog.all_bugs()
+    also = _kconfig_bugs(kconfig_for)
     check_results_dir()
     progress = Progress(quiet)
     progress.event(f"bisecting commits of {repo} for {bug.id}: good {good}, bad {bad}")

@@ -52,7 +52,7 @@ from orchestrator.core.verdict import Verdict
 
 __all__ = [
     "CONFIDENCE_THRESHOLD", "DEFAULT_VERIFY", "BisectStatus", "End", "BisectResult", "Engine", "bisect",
-    "clean_bound", "Candidate", "Phase", "Probe", "ProbeFn", "ProbeResult", "RunOutcome", "decide",
+    "clean_bound", "search_states", "Candidate", "Phase", "Probe", "ProbeFn", "ProbeResult", "RunOutcome", "decide",
     "good_needed", "judge", "max_attempts",
     "FOUND", "INCONCLUSIVE", "ENDS_DISAGREE", "UNSTABLE", "NO_CANDIDATES",
 ]
@@ -113,15 +113,6 @@ class BisectResult:
     fix: bool = False  # a fix bisection: last_good holds the last BAD kernel, first_bad the first GOOD
 
     @property
-    def last_old(self) -> Candidate | None:
-        """The newest kernel in the old state (good for a cause bisection, bad for a fix one)."""
-        return self.last_good
-
-    @property
-    def first_new(self) -> Candidate | None:
-        return self.first_bad
-
-    @property
     def flagged(self) -> bool:
         """Below the confidence threshold: say so rather than present a guess as a finding."""
         return self.confidence < CONFIDENCE_THRESHOLD
@@ -145,6 +136,12 @@ class BisectResult:
             "notes": list(self.notes),
             "probes": [p.to_json() for p in self.probes],
         }
+
+
+def search_states(fix: bool) -> tuple[Verdict, Verdict]:
+    """A search's two states, the old end's verdict and the new end's: good then bad, or for a
+    fix bisection bad then good."""
+    return (Verdict.BAD, Verdict.GOOD) if fix else (Verdict.GOOD, Verdict.BAD)
 
 
 class Engine:
@@ -181,8 +178,7 @@ class Engine:
         self.untestable: set[int] = {i for i, c in enumerate(self.candidates) if not c.available}
         self.notes: list[str] = []
         self.fix = fix
-        # the search's two states: the old end's verdict and the new end's
-        self.old, self.new = (Verdict.BAD, Verdict.GOOD) if fix else (Verdict.GOOD, Verdict.BAD)
+        self.old, self.new = search_states(fix)
 
     # -- probing ---------------------------------------------------------------------------
     def _event(self, message: str) -> None:

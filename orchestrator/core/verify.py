@@ -87,13 +87,14 @@ def pinned_lines(bugs: list[Bug], kernels: tuple[str, ...]) -> LinePlan:
     """`--kernel`s as the fixed kernels: one pseudo-line each, expected good, replacing the bugs'
     own lines (the bugs are changed in place: the plan is what this invocation proves). A pinned
     Debian kernel is also its line's kernel for the controls built on that line."""
-    line_kernels: dict[str, str | None] = {f"k{i}": k for i, k in enumerate(kernels)}
+    pinned: dict[str, str | None] = {f"k{i}": k for i, k in enumerate(kernels)}
+    line_kernels = dict(pinned)
     for spec in kernels:  # a pinned Debian kernel also stands for its line: controls on `debian:6.1` use it
         source, _, version = spec.partition(":")
         if source == "debian" and "+" not in version and re.match(r"\d+\.\d+\.", version):
             line_kernels.setdefault(".".join(version.split(".")[:2]), spec)
     for bug in bugs:
-        bug.verify.lines = list(line_kernels)
+        bug.verify.lines = list(pinned)
         bug.verify.expect = {}
     return LinePlan(line_kernels, None)
 

@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,14 +117,18 @@ DEBIAN_TAG = "kbisect/debian-source"  # the commit of the package's source as De
 
 
 def debian_source_dir(package: str, pkg_version: str) -> Path:
-    """Where linux-source-X.Y at `pkg_version` is unpacked (a git repository, see from_debian)."""
+    """Where linux-source-X.Y at `pkg_version` is unpacked (a git repository, see debian_repo)."""
     return config.subdir("builds") / "src" / f"{package}_{pkg_version.replace(':', '%3a')}"
 
 
 def _has_tag(repo: Path) -> bool:
-    return (repo / ".git").is_dir() and subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{DEBIAN_TAG}"],
-        capture_output=True).returncode == 0
+    if not (repo / ".git").is_dir():
+        return False
+    try:
+        run_tool(["git", "-C", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{DEBIAN_TAG}"], "git rev-parse")
+    except KbisectError:
+        return False
+    return True
 
 
 def _commit_source(repo: Path, message: str, progress: StepLog) -> None:
