@@ -125,7 +125,7 @@ def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[st
     repo = open_repo(repo_path)
     lo, hi = resolve_rev(repo, good), resolve_rev(repo, bad)
     if not repo.is_ancestor(lo, hi):
-        raise KbisectError(f"--good {good} is not an ancestor of --bad {bad}")
+        raise KbisectError(f"{good} is not an ancestor of {bad}: the older revision of the range must come first")
     out = repo.git.log("--reverse", "--ancestry-path", "--format=%H%x00%s", f"{lo}..{hi}")
     rows = [tuple(line.split("\0", 1)) for line in out.splitlines() if line]
     return [(lo, repo.commit(lo).summary)] + [(sha, subject) for sha, subject in rows]
