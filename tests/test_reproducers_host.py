@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -215,6 +216,9 @@ def test_rp_filter_lo_good_on_host(tmp_path):
     code, line, err = run_repro("rp-filter-lo", tmp_path)
     assert code == 0, f"{line}\n{err[-2000:]}"
     assert line.startswith("ping 192.0.2.1 via lo passes with rp_filter=1") and line.endswith("(good)")
+    # issue 19: good only with the loop's evidence - both mirred redirects into lo counted the ping
+    m = re.search(r"into lo: request \+(\d+), reply \+(\d+)", line)
+    assert m and int(m[1]) > 0 and int(m[2]) > 0, line
     assert not leftover_namespaces()
 
 
