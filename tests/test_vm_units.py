@@ -31,7 +31,7 @@ def _render(**over):
     values = dict(
         name="kbisect-abc123-1",
         domain_type="qemu",
-        owner_pid="4242 start 99",
+        owner=vm.Owner(home="/h", pid=4242, start=99, pidns="pid:[1]"),
         memory_mb=768,
         cpus=2,
         kernel="/k/vmlinuz",
@@ -256,7 +256,7 @@ def test_gc_keeps_live_and_reaps_dead_run_dirs(kbisect_home):
     (dead / "vm-1").mkdir()
     (dead / "vm-1" / "overlay.qcow2").write_text("x")
     # gc() also talks to libvirt for domains; the directory part is its own helper.
-    vm._gc_run_dirs(include_live=False)
+    vm._gc_run_dirs()
     assert not dead.exists()
     assert live.dir.exists()
     live.close()

@@ -8,7 +8,7 @@ its pid (in the name) is not alive, or the lock it works under is free, and no l
 
 | leftover | written by |
 |---|---|
-| domains, `runs/<id>/` (overlays, consoles) | adapters/guest/vm.py (owner pid in the domain XML and state.json) |
+| this home's domains, `runs/<id>/` (overlays, consoles) | adapters/guest/vm.py (owner home, pid and pid namespace in the domain's <metadata>, and state.json; another home's domains are never touched) |
 | `downloads/<source>/.NAME.PID.part` | adapters/cache.py `download` |
 | `downloads/debian/.apt-PID/` | adapters/sources/debian.py `_download` |
 | `kernels/<source>/.DEB.PID.data.tar` | adapters/unpack.py `open_data` (zstd scratch) |

@@ -10,9 +10,15 @@ Leaks are handled at four levels: a `finally` in `VM.__exit__` (normal exit, exc
 Ctrl-C; the CLI turns SIGTERM/SIGHUP into KeyboardInterrupt), an atexit hook for anything still
 registered, libvirt's VIR_DOMAIN_START_AUTODESTROY (the domain dies when the connection that
 started it closes, which the kernel does for a SIGKILLed orchestrator), and `gc()` for whatever
-is left (a connection without the flag): every domain's description records its owner's pid and
-start time, and domains whose owner is gone are destroyed by `kbisect gc` and by the start of
-every new run.
+is left (a connection without the flag).
+
+Every domain records its owner in its `<metadata>` (`Owner`: the $KBISECT_HOME, pid, start time
+and pid namespace of the process that started it), and only that home ever destroys it: `gc` and
+the reaper at the start of every run destroy a domain only when its recorded home is their own
+and its owner is provably dead (`reapable`). Other homes' domains, live ones, domains whose owner
+lives in another pid namespace (its pid means nothing here) and domains without kbisect's
+metadata are never touched: other kbisect installations and CI share this host's libvirt, with
+the same `kbisect-` names.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import socket
 import subprocess
 import threading
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,7 +45,9 @@ from orchestrator.core.errors import BootFailure, InstallationError
 DEFAULT_URI = "qemu:///system"
 PREFIX = "kbisect-"
 TEMPLATE = "domain.xml.j2"
-OWNER_RE = re.compile(r"owner pid (\d+) start (\d+)")
+OWNER_RE = re.compile(r"owner pid (\d+) start (\d+)")  # the description's human-readable copy
+# The namespace of kbisect's <metadata> child. `.invalid` is reserved (RFC 2606): it names no host.
+OWNER_NS = "https://kbisect.invalid/xmlns/owner/1"
 
 _live: dict[str, "VM"] = {}
 _pending: list[threading.Thread] = []
@@ -59,6 +68,63 @@ def _proc_start(pid: int) -> int | None:
 def owner_alive(pid: int, start: int | None) -> bool:
     now = _proc_start(pid)
     return now is not None and (start is None or now == start)
+
+
+def this_pidns() -> str:
+    """This process's pid namespace ("pid:[4026531836]"): a recorded pid is only judged alive or
+    dead in the namespace it was recorded in ("" where /proc does not say)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def home_key(home: Path) -> str:
+    """A home as domains record it: resolved, so two spellings of one directory are one owner."""
+    return str(Path(home).resolve())
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who started a domain, as its <metadata> records it: only this owner's home may destroy it."""
+
+    home: str
+    pid: int
+    start: int | None
+    pidns: str
+
+    @classmethod
+    def me(cls, home: Path) -> "Owner":
+        pid = os.getpid()
+        return cls(home=home_key(home), pid=pid, start=_proc_start(pid), pidns=this_pidns())
+
+
+def owner_of(domain_xml: str) -> Owner | None:
+    """The owner recorded in a domain's XML, None when it holds no (readable) kbisect metadata:
+    a domain of another tool, or of an older kbisect, that no gc may judge."""
+    try:
+        node = ET.fromstring(domain_xml).find(f"metadata/{{{OWNER_NS}}}owner")
+        if node is None:
+            return None
+        start = node.get("start")
+        return Owner(home=node.get("home") or "", pid=int(node.get("pid", "")),
+                     start=int(start) if start and start.isdigit() else None, pidns=node.get("pidns") or "")
+    except (ET.ParseError, ValueError):
+        return None
+
+
+def reapable(owner: Owner | None, home: Path, pidns: str | None = None,
+             alive: Callable[[int, int | None], bool] = owner_alive) -> bool:
+    """May the gc of `home` destroy a domain of `owner`? Only its own home's, whose owner is dead.
+
+    Anything else is not ours to judge: another home's domain (its own gc and reaper answer for
+    it), a domain without kbisect's metadata, or one recorded in another pid namespace, whose pid
+    cannot be looked up here (a live owner in a container would look dead)."""
+    if owner is None or not owner.home or owner.home != home_key(home):
+        return False
+    if owner.pidns != (this_pidns() if pidns is None else pidns):
+        return False
+    return not alive(owner.pid, owner.start)
 
 
 def connect(uri: str | None = None):
@@ -135,11 +201,13 @@ class Run:
     def __init__(self, run_id: str | None = None, new_id: Callable[[], str] = lambda: secrets.token_hex(3)) -> None:
         runs = config.subdir("runs")
         self.id, self.dir = _claim(runs, run_id, new_id, self.ATTEMPTS)
-        self.pid = os.getpid()
-        self.start = _proc_start(self.pid)
+        self.owner = Owner.me(runs.parent)
+        self.pid = self.owner.pid
+        self.start = self.owner.start
         self._n = 0
         self._lock = threading.Lock()
-        state = {"run_id": self.id, "pid": self.pid, "start": self.start, "created": time.time()}
+        state = {"run_id": self.id, "pid": self.pid, "start": self.start, "pidns": self.owner.pidns,
+                 "home": self.owner.home, "created": time.time()}
         atomic_write(self.dir / "state.json", json.dumps(state))
 
     def next_name(self) -> tuple[str, Path]:
@@ -180,6 +248,7 @@ def render_domain_xml(**values) -> str:
         keep_trailing_newline=True,
     )
     values.setdefault("seclabel_user", None)
+    values["owner_ns"] = OWNER_NS
     values.setdefault("seclabel_group", None)
     return env.get_template(TEMPLATE).render(**values)
 
@@ -237,7 +306,7 @@ class VM:
         return render_domain_xml(
             name=self.name,
             domain_type="kvm" if self.cfg.accel == "kvm" else "qemu",
-            owner_pid=f"{self.run.pid} start {self.run.start}",
+            owner=self.run.owner,
             memory_mb=self.cfg.memory_mb,
             cpus=self.cfg.cpus,
             kernel=str(self.vmlinuz),
@@ -299,7 +368,7 @@ class VM:
             except libvirt.libvirtError:  # already gone (it panicked and was reaped, or shut down)
                 pass
         elif self._conn is not None:
-            _destroy_by_name(self._conn, self.name)
+            _destroy_by_name(self._conn, self.name, self.run.owner)
         # The VM's directory (overlay, console) goes too: callers copy the console first.
         shutil.rmtree(self.dir, ignore_errors=True)
         with _live_lock:
@@ -379,11 +448,16 @@ class BootError(BootFailure):
     """The VM could not be started or never became reachable: a SKIP, not a user error."""
 
 
-def _destroy_by_name(conn, name: str) -> None:
+def _destroy_by_name(conn, name: str, owner: Owner) -> None:
+    """Destroy the domain called `name` only if `owner` started it. A createXML that failed
+    because the name was taken leaves another home's live domain under that name (run ids are
+    unique within one home only): destroying by name alone would kill it."""
     import libvirt  # slow import: only probes pay it
 
     try:
-        conn.lookupByName(name).destroy()
+        dom = conn.lookupByName(name)
+        if owner_of(dom.XMLDesc(0)) == owner:
+            dom.destroy()
     except libvirt.libvirtError:  # no such domain: nothing to destroy
         pass
 
@@ -409,15 +483,18 @@ def _atexit_destroy() -> None:
 atexit.register(_atexit_destroy)
 
 
-def gc(uri: str | None = None, include_live: bool = False) -> list[str]:
-    """Destroy kbisect domains whose owner process is gone; remove dead runs' overlays.
+def gc(uri: str | None = None, home: Path | None = None, conn=None) -> list[str]:
+    """Destroy the domains of `home` (default: $KBISECT_HOME) whose owner process is gone, and
+    remove that home's dead runs' overlays and consoles. Returns what was removed.
 
-    Returns what was removed. Domains of a live owner are left alone unless include_live.
-    """
+    Only `reapable` domains are touched: never another home's, never a live owner's (see the
+    module docstring). `conn` is an open libvirt connection (tests pass a fake)."""
     import libvirt
 
+    home = config.home() if home is None else home
     removed: list[str] = []
-    conn = connect(uri)
+    own_conn = conn is None
+    conn = connect(uri) if own_conn else conn
     try:
         for dom in conn.listAllDomains(0):
             name = dom.name()
@@ -427,9 +504,7 @@ def gc(uri: str | None = None, include_live: bool = False) -> list[str]:
                 desc = dom.XMLDesc(0)
             except libvirt.libvirtError:
                 continue
-            m = OWNER_RE.search(desc)
-            alive = bool(m) and owner_alive(int(m.group(1)), int(m.group(2)) if m.group(2) else None)
-            if alive and not include_live:
+            if not reapable(owner_of(desc), home):
                 continue
             try:
                 persistent = bool(dom.isPersistent())
@@ -441,8 +516,9 @@ def gc(uri: str | None = None, include_live: bool = False) -> list[str]:
             except libvirt.libvirtError:
                 pass
     finally:
-        conn.close()
-    return removed + _gc_run_dirs(include_live)
+        if own_conn:
+            conn.close()
+    return removed + _gc_run_dirs(home=home)
 
 
 def run_owner_alive(run_dir: Path) -> bool | None:
@@ -450,19 +526,23 @@ def run_owner_alive(run_dir: Path) -> bool | None:
     read (a run still writing it, or a damaged one): each caller decides what that means."""
     try:
         st = json.loads((run_dir / "state.json").read_text())
+        if st.get("pidns", this_pidns()) != this_pidns():
+            return True  # recorded in another pid namespace: its pid cannot be judged here
         return owner_alive(int(st["pid"]), st.get("start"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _gc_run_dirs(include_live: bool = False) -> list[str]:
-    """Remove run directories (overlays, consoles) whose owner process is gone."""
+def _gc_run_dirs(home: Path | None = None) -> list[str]:
+    """Remove `home`'s run directories (overlays, consoles) whose owner process is gone; never
+    another home's (each home's runs/ holds only its own)."""
     removed: list[str] = []
-    for d in config.subdir("runs").iterdir():
+    runs = (config.home() if home is None else Path(home)) / "runs"
+    for d in sorted(runs.iterdir()) if runs.is_dir() else []:
         alive = run_owner_alive(d)
         if alive is None:
             alive = time.time() - d.stat().st_mtime < 60  # a run still writing its state file
-        if not alive or include_live:
+        if not alive:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(f"run dir {d}")
     return removed
