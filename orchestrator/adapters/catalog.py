@@ -3,8 +3,6 @@ the pure schema in orchestrator.core.bug, plus where the shared guest helpers li
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from orchestrator.adapters import config
@@ -32,58 +30,14 @@ def writeup_path(bug: Bug) -> Path | None:
 MAX_BUG_YAML_BYTES = 1 << 20
 
 
-def _read_text(source: Path) -> str:
-    """The file as UTF-8 text, or one KbisectError naming it (unreadable, too large, binary)."""
-    try:
-        # O_NONBLOCK: a fifo named bug.yaml must not block the open; then only regular files
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise KbisectError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KbisectError(f"{source}: not a regular file (a directory, fifo, socket or device)")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(MAX_BUG_YAML_BYTES + 1)
-    except OSError as exc:
-        raise KbisectError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_BUG_YAML_BYTES:
-        raise KbisectError(f"{source}: larger than {MAX_BUG_YAML_BYTES} bytes, not a bug description")
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise KbisectError(f"{source}: binary data (NUL byte at {nul}), not YAML text")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise KbisectError(f"{source}: not UTF-8 text (byte {raw[exc.start]:#04x} at {exc.start}); "
-                           "is it a binary file?") from None
-
-
-def _yaml(source: Path, text: str) -> object:
-    """safe_load, with every way it can fail on a damaged file as one line: YAML errors, and the
-    ValueErrors its constructors raise (a date like 2020-13-45, `!!int x`), deep nesting."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise KbisectError(f"{source}:{where} not valid YAML: {problem}") from None
-    except RecursionError:
-        raise KbisectError(f"{source}: not valid YAML: nested too deeply") from None
-    except (ValueError, TypeError, AttributeError) as exc:  # PyYAML's constructors on bad scalars
-        raise KbisectError(f"{source}: not valid YAML: {exc}") from None
-
-
 def load(path: Path) -> Bug:
-    """Load and validate `<path>/bug.yaml`: any damage (binary, empty, truncated, malformed) is
-    one KbisectError naming the file."""
+    """Load and validate `<path>/bug.yaml`: any damage (binary, empty, truncated, malformed, an
+    alias bomb) is one KbisectError naming the file."""
+    from orchestrator.adapters import yamlfile  # PyYAML only when a file is read, not at startup
+
     path = Path(path)
     source = path / "bug.yaml"
-    data = _yaml(source, _read_text(source))
+    data = yamlfile.load(source, str(source), MAX_BUG_YAML_BYTES)
     if data is None:
         raise KbisectError(f"{source}: empty file")
     bug = parse(data, path, source)

@@ -6,9 +6,11 @@ bisections and sweeps share one order of answers and one way of storing what was
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.adapters import yamlfile
 from orchestrator.adapters.store import Store, reproducer_hash
 from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.policy import Decision, decide, skip_outcome
@@ -34,29 +36,24 @@ def _parse_verdict(value: object, where: str) -> list[Verdict]:
         raise KbisectError(f"{where}: verdict must be good, bad or skip, got {value!r}")
     key = str(value).strip().lower()
     if key not in _WORDS:
-        raise KbisectError(f"{where}: verdict must be good, bad or skip (or 0/1/125), got {value!r}")
+        raise KbisectError(f"{where}: verdict must be good, bad or skip (or 0/1/125), got {reprlib.repr(value)}")
     return [_WORDS[key]]
+
+
+# A replay file names kernels: thousands fit in well under a MiB (the CLI checks the same bound first).
+MAX_REPLAY_BYTES = 4 << 20
 
 
 def load_replay(path: Path) -> dict[str, list[Verdict]]:
     """Read a `--verdicts` file: a YAML or JSON object mapping kernel specs to verdicts
-    (ktest's BISECT_REPLAY, and how a user feeds in verdicts found by hand)."""
-    import yaml
-
+    (ktest's BISECT_REPLAY, and how a user feeds in verdicts found by hand). Read through the
+    catalog's bounded loader, so a few KB of nested aliases is one line, not gigabytes."""
     path = Path(path)
-    if not path.is_file():
-        raise KbisectError(f"--verdicts {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        raise KbisectError(f"--verdicts {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
-    except UnicodeDecodeError as exc:
-        raise KbisectError(f"--verdicts {path}: not UTF-8 text (byte {exc.start}); is it a binary file?") from None
-    except (ValueError, RecursionError) as exc:  # PyYAML's constructors on bad scalars, deep nesting
-        raise KbisectError(f"--verdicts {path}: not YAML or JSON ({type(exc).__name__})") from None
+    where = f"--verdicts {path}"
+    data = yamlfile.load(path, where, MAX_REPLAY_BYTES, expected="YAML or JSON")  # YAML is a superset of JSON
     if not isinstance(data, dict):
-        raise KbisectError(f"--verdicts {path}: expected an object mapping kernel to verdict")
-    return {str(k).strip(): _parse_verdict(v, f"--verdicts {path}: {k}") for k, v in data.items()}
+        raise KbisectError(f"{where}: expected an object mapping kernel to verdict")
+    return {str(k).strip(): _parse_verdict(v, f"{where}: {k}") for k, v in data.items()}
 
 
 class ResumingProbe:

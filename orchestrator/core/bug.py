@@ -17,6 +17,7 @@ rule: count only crashes with the bug's own signature). The rules are in core/cl
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,7 @@ class _Checker:
 
     def boolean(self, value: Any, where: str) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(where, f"expected true or false, got {value!r}")
+            raise self.fail(where, f"expected true or false, got {reprlib.repr(value)}")  # never a whole list
         return value
 
     def strings(self, value: Any, where: str, empty_ok: bool = True) -> list[str]:
