@@ -119,16 +119,45 @@ def resolve_rev(repo, rev: str) -> str:
         raise KbisectError(f"unknown revision {rev!r} in {repo.working_dir}") from None
 
 
-def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[str, str]]:
-    """(sha, subject) of `good`, then of every commit of good..bad on the ancestry path, oldest
-    first (`bad` last): what a commit bisection walks. One `git log`, not one read per commit."""
+@dataclass(frozen=True)
+class GraphCommit:
+    """One commit of a bisected range: its parents (in or outside the range) and subject."""
+
+    sha: str
+    parents: tuple[str, ...]
+    subject: str
+
+
+def commit_graph(repo_path: str | Path, good: str, bad: str) -> tuple[str, list[GraphCommit], list[GraphCommit]]:
+    """(the good end's sha, the commits of `bad ^good` parents first, the commits outside the
+    range that are parents of one inside it: the good end and any side branch's fork point).
+
+    The range is git bisect's own (`git rev-list bad --not good`), not the ancestry path: a side
+    branch forked before the good end and merged after it is part of what changed. Two `git log`
+    calls, not one read per commit."""
     repo = open_repo(repo_path)
     lo, hi = resolve_rev(repo, good), resolve_rev(repo, bad)
+    if lo == hi:
+        raise KbisectError(f"{good} and {bad} are the same commit: there is nothing to bisect")
     if not repo.is_ancestor(lo, hi):
         raise KbisectError(f"{good} is not an ancestor of {bad}: the older revision of the range must come first")
-    out = repo.git.log("--reverse", "--ancestry-path", "--format=%H%x00%s", f"{lo}..{hi}")
-    rows = [tuple(line.split("\0", 1)) for line in out.splitlines() if line]
-    return [(lo, repo.commit(lo).summary)] + [(sha, subject) for sha, subject in rows]
+    inside = _graph_log(repo, "--topo-order", "--reverse", f"{lo}..{hi}")
+    known = {c.sha for c in inside}
+    outside = sorted({p for c in inside for p in c.parents if p not in known} | {lo})
+    return lo, inside, _graph_log(repo, "--no-walk=unsorted", *outside)
+
+
+def _graph_log(repo, *args: str) -> list[GraphCommit]:
+    out = repo.git.log("--format=%H%x00%P%x00%s", *args)
+    rows = [line.split("\0", 2) for line in out.splitlines() if line]
+    return [GraphCommit(sha, tuple(parents.split()), subject) for sha, parents, subject in rows]
+
+
+def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[str, str]]:
+    """(sha, subject) of `good`, then of every commit of good..bad parents first (`bad` last)."""
+    lo, inside, outside = commit_graph(repo_path, good, bad)
+    first = next(c for c in outside if c.sha == lo)
+    return [(first.sha, first.subject)] + [(c.sha, c.subject) for c in inside]
 
 
 def commits_touching(repo_path: str | Path, good: str, bad: str, paths: list[str]) -> set[str]:
@@ -139,15 +168,26 @@ def commits_touching(repo_path: str | Path, good: str, bad: str, paths: list[str
     return {line for line in out.splitlines() if line}
 
 
-def revert_diff(repo_path: str | Path, rev: str) -> tuple[str, str, list[str]]:
-    """(full sha, the diff that undoes it, the files it touches): its parent's tree against its
-    own, applied with -p1 like any patch. A merge or root commit has no single revert."""
+@dataclass(frozen=True)
+class Revert:
+    """What undoes one commit: the diff (applied with -p1 like any patch) and the files it touches."""
+
+    sha: str
+    diff: str
+    files: list[str]
+    merge: bool  # a merge is undone against its first parent (`git revert -m 1`): its whole branch
+
+
+def revert_diff(repo_path: str | Path, rev: str) -> Revert:
+    """The commit's first parent's tree against its own. For a merge that is `git revert -m 1`:
+    everything the merged branch brought in is undone, which is what a merge found bad with
+    good parents needs checked. A root commit has nothing to revert to (KbisectError)."""
     repo = open_repo(repo_path)
     sha = resolve_rev(repo, rev)
     commit = repo.commit(sha)
-    if len(commit.parents) != 1:
-        raise KbisectError(f"{sha[:12]} is a {'merge' if commit.parents else 'root'} commit: no single revert")
-    return sha, repo.git.diff(sha, f"{sha}^") + "\n", _files(commit)
+    if not commit.parents:
+        raise KbisectError(f"{sha[:12]} is a root commit: there is nothing to revert it to")
+    return Revert(sha, repo.git.diff(sha, commit.parents[0].hexsha) + "\n", _files(commit), len(commit.parents) > 1)
 
 
 def _files(commit) -> list[str]:

@@ -8,12 +8,12 @@ stops the bisection is app.policy's (applied in app.prober), as in a sweep or a 
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.adapters import report
+from orchestrator.adapters import config, report
+from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.store import Store
 from orchestrator.adapters.variants import build_variant
@@ -313,15 +313,18 @@ class RevertCheck:
         first_bad_spec = next((p.kernel for p in result.probes if p.label == result.first_bad), None)
         if not first_bad_spec:
             return {"status": "not-run", "reason": "first bad kernel spec unknown"}
-        sha, diff, files = revert_diff(repo, sha)
+        try:
+            revert = revert_diff(repo, sha)
+        except KbisectError as exc:
+            return {"status": "not-run", "sha": sha, "reason": str(exc)}
+        sha, files = revert.sha, revert.files
         modular = bool(files) and all(f.endswith(".c") and f.startswith(("net/", "drivers/", "fs/")) for f in files)
         build = self.build_variant if modular else self.build_whole
         if build is None:
             return {"status": "not-run", "sha": sha,
                     "reason": "top candidate touches headers or built-in code, and no whole-kernel build is "
                               "available here"}
-        patch = Path(tempfile.mkdtemp(prefix="kbisect-revert-")) / f"revert-{sha[:12]}.patch"
-        patch.write_text(diff)
+        patch = revert_patch(revert)
         name = f"revert-{sha[:12]}"
         try:
             try:
@@ -338,6 +341,15 @@ class RevertCheck:
             return {"status": "not-run", "sha": sha, "reason": f"variant build failed: {exc}"}
         return {"sha": sha, "kernel": variant.spec,
                 **revert_verdicts(self.bug, self.prober, Candidate(variant.ref), self.on_probe)}
+
+
+def revert_patch(revert) -> Path:
+    """The revert's patch, kept in the home under the commit's name (builds/reverts/): a build
+    record names it, the next check of the same commit rewrites it, and nothing is left in /tmp."""
+    patch = config.subdir("builds") / "reverts" / f"revert-{revert.sha[:12]}.patch"
+    patch.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(patch, revert.diff)
+    return patch
 
 
 REVERT_RUNS = 3  # KernelCI's check: the culprit reverted, probed three times

@@ -2,17 +2,18 @@
 kernel built from that commit (incrementally: one worktree, one build directory, ccache) and
 probed like any other kernel, down to a first bad commit that was itself built and tested.
 
-The search is the core engine's, over the commits of good..bad on the ancestry path, oldest
-first: the ends are confirmed, a commit that does not build or boot is a skip and the search moves
-to its neighbour (as `git bisect skip` does), and the boundary is verified by re-running both
-sides. Each commit's kernel is `local:git-<sha12>`, built on the first question about it (the
+The search is the core's commit-graph search (core.dag), over the commits of `bad ^good` as git
+bisect walks them, merges and side branches included: the ends are confirmed, a commit that does
+not build or boot is a skip and the next best commit is tried (as `git bisect skip` does), and the
+answer is a commit proven bad whose every parent was built and proven good, then re-run. Each commit's kernel is `local:git-<sha12>`, built on the first question about it (the
 stored-verdict lookup asks for its content id first, so a commit built and probed by an earlier
 run costs neither a build nor a boot).
 
 Ranking-guided first steps: when the bug's keyword and path ranking (adapters.gitlog) puts one
-commit of the range first, that commit and its parent are tried before binary search; a good
-parent and a bad candidate are the answer in two builds (then verified like any boundary).
-Otherwise the commits touching the bug's paths go first (`Search`). `fix=True` looks for the
+commit of the range first, that commit and its parents are tried before anything else; good
+parents and a bad candidate are the answer in two builds (then verified like any boundary).
+The commits touching the bug's paths are searched before the others (`git bisect -- PATHS`),
+and one of them found bad has its parents probed next. `fix=True` looks for the
 first commit without the bug instead; `verify_revert` rebuilds the culprit with itself reverted.
 """
 
@@ -23,19 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.adapters import config
-from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.store import Store
-from orchestrator.app.bisect import finish, revert_verdicts
+from orchestrator.app.bisect import finish, revert_patch, revert_verdicts
 from orchestrator.app.build import BuildRequest, build_kernel
 from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
-from orchestrator.core.engine import BisectResult, BisectStatus, Candidate, Engine, Probe, judge, search_states
+from orchestrator.core.dag import CommitGraph, DagEngine
+from orchestrator.core.engine import BisectStatus, Candidate, Probe
 from orchestrator.core.errors import KbisectError
-from orchestrator.core.verdict import ProbeRecord, Verdict
+from orchestrator.core.verdict import ProbeRecord
 
 
 @dataclass
@@ -63,20 +63,58 @@ class CommitBisectRequest:
 class Commit:
     sha: str
     subject: str
+    parents: tuple[str, ...] = ()
+    inside: bool = True  # in the range (`bad ^good`); else the good end or a side branch's fork point
 
     @property
     def spec(self) -> str:
         return f"local:git-{self.sha[:12]}"
 
+    @property
+    def candidate(self) -> Candidate:
+        return Candidate(self.spec, label=self.sha[:12])
 
-def commits_between(repo: Path, good: str, bad: str) -> list[Commit]:
-    """`good`, then every commit of good..bad on the ancestry path, oldest first (`bad` last)."""
-    from orchestrator.adapters.gitlog import commits_between as listed  # GitPython: a slow import
+
+@dataclass
+class CommitRange:
+    """The commits a bisection may build: the good end, the range's commits parents first, and
+    the fork points of side branches (parents outside the range, which the answer's check may
+    need to build)."""
+
+    good: str
+    bad: str
+    commits: list[Commit]
+
+    def graph(self) -> CommitGraph:
+        inside = [c for c in self.commits if c.inside]
+        return CommitGraph(good=self.good, bad=self.bad, order=[c.sha for c in inside],
+                           parents={c.sha: c.parents for c in inside},
+                           candidates={c.sha: c.candidate for c in self.commits})
+
+    def by_spec(self) -> dict[str, Commit]:
+        return {c.spec: c for c in self.commits}
+
+    def listed(self) -> list[Commit]:
+        """The good end, then the range's commits: what result.json's `commits` lists."""
+        return [c for c in self.commits if c.sha == self.good] + [c for c in self.commits if c.inside]
+
+
+def commit_range(repo: Path, good: str, bad: str) -> CommitRange:
+    """The range good..bad of `repo` as git bisect sees it (adapters.gitlog.commit_graph)."""
+    from orchestrator.adapters.gitlog import commit_graph  # GitPython: a slow import
 
     try:
-        return [Commit(sha, subject) for sha, subject in listed(repo, good, bad)]
+        lo, inside, outside = commit_graph(repo, good, bad)
     except KbisectError as exc:
         raise KbisectError(f"--repo {repo}: {exc}") from None
+    commits = [Commit(c.sha, c.subject, c.parents, inside=False) for c in outside]
+    commits += [Commit(c.sha, c.subject, c.parents) for c in inside]
+    return CommitRange(good=lo, bad=inside[-1].sha if inside else lo, commits=commits)
+
+
+def commits_between(repo: Path, good: str, bad: str) -> list[Commit]:
+    """`good`, then every commit of good..bad parents first (`bad` last)."""
+    return commit_range(repo, good, bad).listed()
 
 
 def top_ranked(repo: Path, good: str, bad: str, bug: Bug) -> str | None:
@@ -109,10 +147,10 @@ class CommitBisectDeps:
 class CommitKernels:
     """Commit spec -> its kernel, built the first time anything asks (counted in `builds`)."""
 
-    def __init__(self, req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: CommitBisectDeps,
+    def __init__(self, req: CommitBisectRequest, bug: Bug, commits: CommitRange, deps: CommitBisectDeps,
                  on_event: Callable[[str], None]) -> None:
         self.req, self.bug, self.deps, self.on_event = req, bug, deps, on_event
-        self.by_spec = {c.spec: c for c in commits}
+        self.by_spec = commits.by_spec()
         self.built: set[str] = set()
         self.builds = 0
 
@@ -122,10 +160,10 @@ class CommitKernels:
             return
         self.on_event(f"building {commit.sha[:12]} {commit.subject}")
         t0 = time.monotonic()
+        self.built.add(spec)  # a failed build is not retried within the run: it is a skip
+        self.builds += 1
         kernel = self.deps.build(BuildRequest(repo=self.req.repo, rev=commit.sha, config=self.req.config,
                                               bugs=self.bugs(), name=spec.split(":", 1)[1]))
-        self.built.add(spec)
-        self.builds += 1
         self.on_event(f"built {kernel.spec} in {time.monotonic() - t0:.0f} s")
 
     def bugs(self) -> list[Bug]:
@@ -147,33 +185,48 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
     """The bisection over commits: result.json's content, with the report written."""
     deps = deps or CommitBisectDeps()
     old_rev, new_rev = req.ends
-    commits = commits_between(req.repo, old_rev, new_rev)
+    commits = commit_range(req.repo, old_rev, new_rev)
     kernels = CommitKernels(req, bug, commits, deps, on_event)
     store = deps.store()
     run_key = store.open_run(f"bisect-commits{' --fix' if req.fix else ''} {bug.id} repo={req.repo} "
                              f"good={req.good} bad={req.bad}")
     prober = ResumingProbe(bug, kernels.probe, store=store, fresh=req.fresh, kernel_id=kernels.kernel_id,
                            run_key=run_key)
-    search = Search(req, bug, commits, prober, on_event, on_probe)
-    known = _guided(req, bug, commits, deps, prober, on_event, on_probe, search.probes) if req.guided else {}
+    guess = deps.top_ranked(req.repo, old_rev, new_rev, bug) if req.guided and deps.top_ranked else None
     touching = deps.touching(req.repo, old_rev, new_rev, bug.paths) if deps.touching and bug.paths else set()
-    result = search.run(known, touching)
+    engine = DagEngine(commits.graph(), prober, policy=bug.repeat, lineage=f"commits of {req.repo}",
+                       verify=req.verify_runs, guesses=[c.sha for c in commits.commits if guess and c.inside
+                                                        and c.sha.startswith(guess)],
+                       priority=touching, fix=req.fix, on_probe=on_probe, on_event=on_event)
+    if touching:
+        inside = sum(1 for c in commits.commits if c.inside and c.sha in touching)
+        on_event(f"paths first: {inside} of {len(commits.graph().order)} commits of the range touch "
+                 f"{', '.join(bug.paths)}")
+    result = engine.run()
     data = result.to_json()
     data.update(origin="commit" if result.status is BisectStatus.FOUND else None, kind="commits",
                 mode="fix" if req.fix else "cause",
                 repo=str(req.repo), builds=kernels.builds, counts=dict(prober.counts),
-                commits=[{"sha": c.sha, "subject": c.subject, "spec": c.spec} for c in commits])
-    by_label = {c.sha[:12]: c for c in commits}
+                commits=[{"sha": c.sha, "subject": c.subject, "spec": c.spec, "parents": list(c.parents)}
+                         for c in commits.listed()])
+    by_label = {c.sha[:12]: c for c in commits.commits}
     for key in (("first_good", "last_bad") if req.fix else ("first_bad", "last_good")):
         commit = by_label.get(str(data.get(key) or ""))
         if commit is not None:
             data[f"{key}_commit"] = {"sha": commit.sha, "subject": commit.subject}
+    if result.parents:
+        data["parent_commits"] = [{"sha": by_label[c.label].sha, "subject": by_label[c.label].subject}
+                                  for c in result.parents]
+        data["merge"] = len(result.parents) > 1
     if req.verify_revert:
         first = data.get("first_bad_commit")
-        data["revert_check"] = (_revert_check(req, bug, first["sha"], kernels, prober, on_event, on_probe, result.probes)
-                                if first and result.status is BisectStatus.FOUND and not req.fix else
-                                {"status": "not-run", "reason": "no first bad commit was found"
-                                 if not req.fix else "a fix bisection has no culprit to revert"})
+        if req.fix:
+            data["revert_check"] = {"status": "not-run", "reason": "a fix bisection has no culprit to revert"}
+        elif not first or result.status is not BisectStatus.FOUND:
+            data["revert_check"] = {"status": "not-run", "reason": "no first bad commit was found"}
+        else:
+            data["revert_check"] = _revert_check(req, bug, first["sha"], kernels, prober, on_event, on_probe,
+                                                 result.probes)
         data["probes"] = [p.to_json() for p in result.probes]  # the revert's runs are evidence too
     return finish(bug, data, result.probes, store, run_key, on_event)
 
@@ -187,12 +240,14 @@ def _revert_check(req: CommitBisectRequest, bug: Bug, sha: str, kernels: "Commit
     plainly as not run: the bisection's answer stands without it."""
     from orchestrator.adapters.gitlog import revert_diff  # GitPython: a slow import
 
-    sha, diff, _files = revert_diff(req.repo, sha)
-    patch = config.subdir("builds") / "reverts" / f"revert-{sha[:12]}.patch"
-    patch.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(patch, diff)
+    try:
+        revert = revert_diff(req.repo, sha)
+    except KbisectError as exc:  # the answer stands without its check
+        return {"status": "not-run", "sha": sha, "reason": str(exc)}
+    patch = revert_patch(revert)
     name = f"git-{sha[:12]}-revert"
-    on_event(f"revert check: building {sha[:12]} with itself reverted")
+    on_event(f"revert check: building {sha[:12]} with itself reverted"
+             + (" (a merge: against its first parent)" if revert.merge else ""))
     try:
         kernel = kernels.deps.build(BuildRequest(repo=req.repo, rev=sha, config=req.config, bugs=kernels.bugs(),
                                                  patches=[patch], name=name))
@@ -201,111 +256,6 @@ def _revert_check(req: CommitBisectRequest, bug: Bug, sha: str, kernels: "Commit
     check = revert_verdicts(bug, prober, Candidate(f"local:{name}", label=f"{sha[:12]} reverted"),
                             lambda p: (probes.append(p), on_probe and on_probe(p)))
     on_event(f"revert check: {check['status']} ({', '.join(check['verdicts'])})")
-    return {"sha": sha, "kernel": kernel.spec, "patch": str(patch), **check}
-
-
-class Search:
-    """The engine over a commit range, in the cheapest order the evidence allows.
-
-    1. The ranking's guess proven (its parent in the old state, it in the new): that pair alone,
-       verified. 2. Paths first (ktest's BISECT_FILES, `git bisect -- PATHS`): when some commits
-       of the range touch the bug's paths, bisect those first; the boundary found there is then
-       closed over the full history (the commits between the last old-state path commit and the
-       first new-state one, usually none) so the answer is still a tested pair of neighbours.
-       3. Otherwise, or when the paths held no boundary, the whole range. Verdicts already had
-       are passed on as known each time, so nothing is built or probed twice."""
-
-    def __init__(self, req: CommitBisectRequest, bug: Bug, commits: list[Commit], prober: ResumingProbe,
-                 on_event: Callable[[str], None], on_probe: Callable[[Probe], None] | None) -> None:
-        self.req, self.bug, self.prober, self.on_event, self.on_probe = req, bug, prober, on_event, on_probe
-        self.candidates = [Candidate(c.spec, label=c.sha[:12]) for c in commits]
-        self.shas = [c.sha for c in commits]
-        self.old, self.new = search_states(req.fix)
-        self.probes: list[Probe] = []  # every probe outside the final engine run (guesses, paths pass)
-        self.notes: list[str] = []
-
-    def engine(self, candidates: list[Candidate], known: dict[str, Verdict], verify: int | None = None) -> Engine:
-        return Engine(candidates, self.prober, policy=self.bug.repeat, lineage=f"commits of {self.req.repo}",
-                      verify=self.req.verify_runs if verify is None else verify, on_probe=self.on_probe,
-                      on_event=self.on_event, known=known, fix=self.req.fix)
-
-    def run(self, known: dict[str, Verdict], touching: set[str]) -> BisectResult:
-        pair = _proven_pair(self.candidates, known, self.old, self.new)
-        if pair:
-            self.on_event(f"ranking-guided: {pair[0].label} {self.old.value}, {pair[1].label} {self.new.value}; "
-                          "verifying")
-            self.notes.append(f"ranking-guided: the top-ranked commit {pair[1].label} and its parent were probed "
-                              "first and showed the boundary; the range's own ends were not built")
-            return self._final(self.engine(pair, known).run())
-        inner = [i for i in range(1, len(self.candidates) - 1) if self.shas[i] in touching]
-        if not inner or len(inner) == len(self.candidates) - 2:
-            return self._final(self.engine(self.candidates, known).run())
-        return self._paths_first([0, *inner, len(self.candidates) - 1], known)
-
-    def _paths_first(self, picked: list[int], known: dict[str, Verdict]) -> BisectResult:
-        self.on_event(f"paths first: {len(picked) - 2} of {len(self.candidates) - 2} commits inside the range "
-                      f"touch {', '.join(self.bug.paths)}")
-        first = self.engine([self.candidates[i] for i in picked], known, verify=0)
-        r = first.run()
-        known.update(first.verdicts)
-        self.probes.extend(r.probes)
-        if r.status is not BisectStatus.FOUND or r.last_good is None or r.first_bad is None:
-            self.notes.append(f"paths first found no boundary ({r.stopped}); the whole range was bisected")
-            return self._final(self.engine(self.candidates, known).run())
-        lo = self.candidates.index(r.last_good)
-        hi = self.candidates.index(r.first_bad)
-        note = (f"paths first: among the commits touching the bug's paths the boundary is "
-                f"{r.last_good.label}..{r.first_bad.label}")
-        if hi - lo > 1:
-            # `git bisect -- PATHS` would stop here; kbisect tests the commit's own parent: in the
-            # old state, the pair is neighbours; in the new, the culprit is an earlier commit that
-            # does not touch the paths, and the rest of the range is bisected
-            parent = self.candidates[hi - 1]
-            probe = judge(self.bug.repeat, self.prober, parent, "bisect", on_probe=self.on_probe)
-            self.probes.append(probe)
-            known[parent.spec] = probe.verdict
-            if probe.verdict is self.old:
-                lo = hi - 1
-                note += f"; its parent {parent.label} is {self.old.value}: they are neighbours"
-            else:
-                note += (f"; its parent {parent.label} is {probe.verdict.value}: the commits between were "
-                         "bisected too")
-        self.notes.append(note)
-        return self._final(self.engine(self.candidates[lo:hi + 1], known).run())
-
-    def _final(self, result: BisectResult) -> BisectResult:
-        result.probes[:0] = self.probes  # the guesses and the paths pass are part of the evidence
-        result.notes.extend(self.notes)
-        return result
-
-
-def _proven_pair(candidates: list[Candidate], known: dict[str, Verdict], old: Verdict = Verdict.GOOD,
-                 new: Verdict = Verdict.BAD) -> list[Candidate] | None:
-    """[parent, commit] when the guided probes found the parent in the old state (good; bad for
-    a fix) and the commit in the new one."""
-    for parent, child in zip(candidates, candidates[1:]):
-        if known.get(parent.spec) is old and known.get(child.spec) is new:
-            return [parent, child]
-    return None
-
-
-def _guided(req: CommitBisectRequest, bug: Bug, commits: list[Commit], deps: CommitBisectDeps,
-            prober: ResumingProbe, on_event: Callable[[str], None],
-            on_probe: Callable[[Probe], None] | None, guesses: list[Probe]) -> dict[str, Verdict]:
-    """The top-ranked commit and its parent, probed before binary search; their verdicts are
-    handed to the engine as known, so a good parent and a bad candidate end the search at once
-    (the engine still confirms the ends and verifies that boundary)."""
-    if deps.top_ranked is None:
-        return {}
-    top = deps.top_ranked(req.repo, *req.ends, bug)
-    index = next((i for i, c in enumerate(commits) if top and c.sha.startswith(top)), None)
-    if index is None or index == 0:
-        return {}
-    on_event(f"ranking first: {commits[index].sha[:12]} {commits[index].subject}, and its parent")
-    known = {}
-    for commit in (commits[index], commits[index - 1]):
-        probe = judge(bug.repeat, prober, Candidate(commit.spec, label=commit.sha[:12]), "bisect", on_probe=on_probe)
-        guesses.append(probe)
-        if probe.verdict in (Verdict.GOOD, Verdict.BAD):
-            known[commit.spec] = probe.verdict
-    return known
+    extra = {"merge": "reverted against its first parent (git revert -m 1): the whole merged branch undone"} \
+        if revert.merge else {}
+    return {"sha": sha, "kernel": kernel.spec, "patch": str(patch), **extra, **check}

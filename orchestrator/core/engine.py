@@ -52,6 +52,7 @@ from orchestrator.core.verdict import Verdict
 
 __all__ = [
     "CONFIDENCE_THRESHOLD", "DEFAULT_VERIFY", "BisectStatus", "End", "BisectResult", "Engine", "bisect",
+    "confidence", "detection_p",
     "clean_bound", "search_states", "Candidate", "Phase", "Probe", "ProbeFn", "ProbeResult", "RunOutcome", "decide",
     "good_needed", "judge", "max_attempts",
     "FOUND", "INCONCLUSIVE", "ENDS_DISAGREE", "UNSTABLE", "NO_CANDIDATES",
@@ -111,6 +112,9 @@ class BisectResult:
     notes: list[str] = field(default_factory=list)
     size: int = 0  # number of candidates the engine was given
     fix: bool = False  # a fix bisection: last_good holds the last BAD kernel, first_bad the first GOOD
+    # a commit-graph search: every parent of first_bad, each proven in the old state (last_good is
+    # the first of them); two or more when first_bad is a merge
+    parents: list[Candidate] = field(default_factory=list)
 
     @property
     def flagged(self) -> bool:
@@ -135,6 +139,7 @@ class BisectResult:
             "disagreeing_end": self.disagreeing_end.value if self.disagreeing_end else None,
             "notes": list(self.notes),
             "probes": [p.to_json() for p in self.probes],
+            **({"parents": [c.label for c in self.parents]} if self.parents else {}),
         }
 
 
@@ -350,35 +355,10 @@ class Engine:
 
     # -- confidence ------------------------------------------------------------------------
     def detection_p(self) -> float:
-        """Per-run probability the reproducer shows the bug on a bad kernel.
-
-        A deterministic policy (one run, not flaky) means p = 1. Otherwise estimate from every
-        run on kernels called bad, shrunk towards uncertainty (bad / (runs + 1)) so that a
-        handful of bad runs never claims certainty."""
-        if self.fixed_p is not None:
-            return self.fixed_p
-        if not self.policy.flaky and self.policy.runs <= 1:
-            return 1.0
-        bad = total = 0
-        for probe in self.probes:
-            if probe.verdict is Verdict.BAD or (probe.phase is Phase.VERIFY and probe.bad_runs):
-                bad += probe.bad_runs
-                total += probe.good_runs + probe.bad_runs
-        if not total:
-            return 0.5
-        return bad / (total + 1)
+        return detection_p(self.probes, self.policy, self.fixed_p)
 
     def confidence(self) -> float:
-        """∏ over kernels called good of P(a bad kernel would have shown at least one bad run)."""
-        p = self.detection_p()
-        good_runs: dict[str, int] = {}
-        for probe in self.probes:
-            if probe.good_runs and probe.bad_runs < self.policy.bad_needed:
-                good_runs[probe.kernel] = good_runs.get(probe.kernel, 0) + probe.good_runs
-        conf = 1.0
-        for runs in good_runs.values():
-            conf *= 1.0 - (1.0 - p) ** runs
-        return conf
+        return confidence(self.probes, self.policy, self.fixed_p)
 
     def _result(self, status: BisectStatus, last_good: Candidate | None, first_bad: Candidate | None,
                 stopped: str) -> BisectResult:
@@ -395,6 +375,40 @@ class Engine:
             size=len(self.candidates),
             fix=self.fix,
         )
+
+
+def detection_p(probes: Sequence[Probe], policy: RepeatPolicy, fixed_p: float | None = None) -> float:
+    """Per-run probability the reproducer shows the bug on a bad kernel.
+
+    A deterministic policy (one run, not flaky) means p = 1. Otherwise estimate from every
+    run on kernels called bad, shrunk towards uncertainty (bad / (runs + 1)) so that a
+    handful of bad runs never claims certainty."""
+    if fixed_p is not None:
+        return fixed_p
+    if not policy.flaky and policy.runs <= 1:
+        return 1.0
+    bad = total = 0
+    for probe in probes:
+        if probe.verdict is Verdict.BAD or (probe.phase is Phase.VERIFY and probe.bad_runs):
+            bad += probe.bad_runs
+            total += probe.good_runs + probe.bad_runs
+    if not total:
+        return 0.5
+    return bad / (total + 1)
+
+
+def confidence(probes: Sequence[Probe], policy: RepeatPolicy, fixed_p: float | None = None) -> float:
+    """∏ over kernels called good of P(a bad kernel would have shown at least one bad run):
+    syzkaller's confidence, shared by the linear engine and the commit-graph search."""
+    p = detection_p(probes, policy, fixed_p)
+    good_runs: dict[str, int] = {}
+    for probe in probes:
+        if probe.good_runs and probe.bad_runs < policy.bad_needed:
+            good_runs[probe.kernel] = good_runs.get(probe.kernel, 0) + probe.good_runs
+    conf = 1.0
+    for runs in good_runs.values():
+        conf *= 1.0 - (1.0 - p) ** runs
+    return conf
 
 
 def bisect(candidates: Sequence[Candidate], probe: ProbeFn, **kwargs: Any) -> BisectResult:

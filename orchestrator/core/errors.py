@@ -40,7 +40,13 @@ class BuiltInCode(KbisectError):
 
 class BuildFailed(KernelTrouble):
     """make (or a patch) failed for this source: a commit bisection skips the commit, as
-    `git bisect skip` does; a config whose requirements cannot be met is not this (it stops)."""
+    `git bisect skip` does."""
+
+
+class ConfigUnmet(BuildFailed):
+    """The resolved .config of this source cannot meet a requirement (an option that does not
+    exist yet at this commit, or whose dependency is off): a fact about this one commit, so a
+    commit bisection skips it as it skips one that does not build; a single build stops."""
 
 
 class BootFailure(KernelTrouble):

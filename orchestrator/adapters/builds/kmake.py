@@ -28,7 +28,7 @@ from orchestrator.adapters import cache, config
 from orchestrator.adapters.builds.trees import SourceTree
 from orchestrator.adapters.fsutil import atomic_write, run_to_log, run_tool
 from orchestrator.adapters.progress import StepLog
-from orchestrator.core.errors import BuildFailed, KbisectError
+from orchestrator.core.errors import BuildFailed, ConfigUnmet, KbisectError
 from orchestrator.core.kconfig import Requirement, fragment_text, guest_fragment, parse_kconfig, unmet
 
 CONFIG_MODES = ("guest", "base")  # or a file's path
@@ -94,7 +94,7 @@ def configure(plan: BuildPlan, obj: Path, log) -> dict[str, str]:
         wanted += [Requirement(n, v) for n, v in plan.fragment().items() if n in _MUST_HOLD]
     missing = unmet(wanted, resolved)
     if missing:
-        raise KbisectError(f"config of {plan.tree.path}: {len(missing)} requirement(s) not met after olddefconfig "
+        raise ConfigUnmet(f"config of {plan.tree.path}: {len(missing)} requirement(s) not met after olddefconfig "
                            f"(a dependency is off or the option does not exist in {plan.tree.version}): "
                            + ", ".join(missing[:6]))
     return resolved
