@@ -268,6 +268,22 @@ CASES = [
     Shim("vxlan-rp-filter", "vxlan-zero-mac", "sysctl",
          lie(SYSCTL_READ.format(r"net\.ipv4\.conf\.vx0\.rp_filter"), (r"^0$", "1")),
          "net.ipv4.conf.vx0.rp_filter=0", 'set_sysctl_checked "$B" "net.ipv4.conf.$key.rp_filter" 0', ("vxlan",)),
+    # vxlan-zero-mac, issue 19: bad needs the drop's evidence - the frames reached ns B's vxlan
+    # socket (UdpInDatagrams) and vx0 delivered none (its rx_packets, calibrated on the control).
+    Shim("vxlan-udp-counter-unreadable", "vxlan-zero-mac", "nstat", lie(r"UdpInDatagrams", drop_lines=r"^Udp"),
+         "cannot read counter UdpInDatagrams", 'read_counter "UDP_$1" "UdpInDatagrams', ("vxlan",)),
+    Shim("vxlan-vx0-counter-unreadable", "vxlan-zero-mac", "ip",
+         lie(r"-s link show dev vx0$", drop_lines=r"^\s+\d+(\s+\d+)+\s*$"),
+         "cannot read counter rx packets of vx0", 'read_counter "VX_$1" "rx packets of vx0', ("vxlan",)),
+    Shim("vxlan-vx0-counter-frozen", "vxlan-zero-mac", "ip", lie(r"-s link show dev vx0$", (r"\b\d+\b", "7")),
+         "vx0's rx_packets did not count the delivered control frame", "", ("vxlan",)),
+    # a sender that says it sent the zero-source frame and sent nothing: the old script said bad
+    Shim("vxlan-sender-lies", "vxlan-zero-mac", "python3", ignore(r"vxsend\.py .* 00:00:00:00:00:00 "),
+         "nothing shows vx0 dropped it", "", ("vxlan",)),
+    # a real drop (learning on, test aid) whose arrival counter is frozen after the control
+    Shim("vxlan-udp-frozen-at-bad", "vxlan-zero-mac", "nstat",
+         lie(r"UdpInDatagrams", (r"^(UdpInDatagrams\s+)\d+", r"\g<1>0"), honest_first=2),
+         "nothing shows vx0 dropped it", "", ("vxlan",), {"VXLAN_LEARNING": "1"}),
 ]
 
 # Lines of a run.sh that read back a setting or counter: each needs a case.
