@@ -161,10 +161,11 @@ def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[st
 
 
 def commits_touching(repo_path: str | Path, good: str, bad: str, paths: list[str]) -> set[str]:
-    """Shas of good..bad (ancestry path, merges left out) that change any of `paths`."""
+    """Shas of good..bad (git bisect's range, as commit_graph lists it; merges left out) that
+    change any of `paths`."""
     repo = open_repo(repo_path)
     rng = f"{resolve_rev(repo, good)}..{resolve_rev(repo, bad)}"
-    out = repo.git.log("--format=%H", "--no-merges", "--ancestry-path", rng, "--", *paths)
+    out = repo.git.log("--format=%H", "--no-merges", rng, "--", *paths)
     return {line for line in out.splitlines() if line}
 
 
