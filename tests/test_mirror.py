@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 
 from orchestrator.adapters import unpack
-from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
+from orchestrator.core.errors import ChecksumError, KbisectError, SignatureError, UnavailableError
 from orchestrator.adapters.kernel import UnpackedKernel
 from orchestrator.adapters.sources import fetch, get_source
 from orchestrator.core.versions import KernelVersion, parse_version
@@ -694,6 +694,41 @@ def test_keyring_checks_the_signature_before_any_hash(mirror, home, signing_key,
     assert env_run.returncode == 2 and "does not verify" in env_run.stderr
     missing = run_cli("kernels", "fetch", "mainline:5.7.2", "--mirror", mirror, "--keyring", "/nonexistent", home=home)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
+def test_keyring_applies_to_a_kernel_already_in_the_cache(mirror, home, signing_key, tmp_path, monkeypatch):
+    """Issue 19 item 4: a copy cached by a run without --keyring is not served to a run with one
+    until its CHECKSUMS are verified with that keyring (recorded in its kernel.json); a copy
+    whose signature does not verify is refused in one line, and a copy fetched unverified is
+    served only with --allow-unverified."""
+    monkeypatch.delenv("KBISECT_MAINLINE_KEYRING", raising=False)
+    monkeypatch.delenv("KBISECT_ALLOW_UNVERIFIED", raising=False)
+    plain = fetch("mainline:5.7.2", mirror)
+    assert "signature" not in plain.extra and "keyring_sha256" not in plain.extra
+    before = dict(MirrorHandler.hits)
+    signed = fetch("mainline:5.7.2", mirror, keyring=signing_key.keyring)
+    asked = {k: v - before.get(k, 0) for k, v in MirrorHandler.hits.items() if v != before.get(k, 0)}
+    assert asked.get("CHECKSUMS.gpg") == 1 and not [k for k in asked if k.endswith(".deb")]  # same bytes: no download
+    assert signed.root == plain.root and signed.id == plain.id
+    assert signed.extra["signature"] == "good"
+    assert UnpackedKernel.load(signed.root).extra["keyring_sha256"] == unpack.sha256_file(signing_key.keyring)
+    before = dict(MirrorHandler.hits)  # verified with this keyring: served from the cache alone
+    assert fetch("mainline:5.7.2", mirror, keyring=signing_key.keyring).extra["signature"] == "good"
+    assert MirrorHandler.hits == before
+    stranger = SigningKey(tmp_path / "stranger-gnupg")  # a keyring that never verified it: checked again
+    with pytest.raises(SignatureError, match="does not verify"):
+        fetch("mainline:5.7.2", mirror, keyring=stranger.keyring)
+    # v6.3's CHECKSUMS.gpg does not verify: cached without a keyring, refused with one
+    assert fetch("mainline:6.3", mirror).extra.get("signature") is None
+    refused = run_cli("kernels", "fetch", "mainline:6.3", "--mirror", mirror, "--keyring", str(signing_key.keyring),
+                      home=home)
+    assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("kbisect: error: mainline:6.3: ") and "does not verify" in refused.stderr
+    # fetched unverified (no CHECKSUMS): the cached copy needs --allow-unverified again
+    assert fetch("mainline:3.19", mirror, allow_unverified=True).unverified
+    with pytest.raises(UnavailableError, match="fetched unverified"):
+        fetch("mainline:3.19", mirror)
+    assert fetch("mainline:3.19", mirror, allow_unverified=True).unverified
 
 
 def test_rebuilt_failure_and_republished_build_are_seen(tmp_path, home):

@@ -154,9 +154,11 @@ def fetch(spec: str | KernelRef, mirror: str | None = None, **mainline_options: 
     provider's job (orchestrator.app.kernels), which composes sources and variant builds.
     A `local:` kernel always goes through its source, which serves the cache only while the
     directory holds the same bytes (a published package never changes; a build directory does).
+    So does a `mainline:` one: its source serves the cache only when the cached copy was verified
+    as asked now (a run with a keyring is never handed a copy fetched without one).
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
-    done = None if parsed.source == "local" and not parsed.variant else cached(parsed)
+    done = None if parsed.source in ("local", "mainline") and not parsed.variant else cached(parsed)
     if done is not None:
         return done
     if parsed.variant:

@@ -86,9 +86,10 @@ class MainlineSource(Source):
             raise KbisectError(f"--keyring {ring}: no such file")
         self.refresh = refresh
         self.warn = warn
-        # listing memos are kept per mirror and keyring: hashed once here, not per directory
-        ring = cache.sha256_file(self.keyring) if self.keyring else ""
-        self._memo_key = hashlib.sha256(f"{self.base}\n{ring}".encode()).hexdigest()[:16]
+        # listing memos are kept per mirror and keyring: hashed once here, not per directory;
+        # a kernel verified with this keyring records the same hash in its kernel.json
+        self.keyring_sha256 = cache.sha256_file(self.keyring) if self.keyring else None
+        self._memo_key = hashlib.sha256(f"{self.base}\n{self.keyring_sha256 or ''}".encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ listing
 
@@ -263,15 +264,20 @@ class MainlineSource(Source):
         return dirs[version][0]
 
     def fetch(self, version: str) -> UnpackedKernel:
+        """The unpacked kernel, from the cache only when the cached copy was verified as this
+        source is asked to verify (see `_cached_copy_meets`); else listed, verified, fetched."""
         parsed = parse_version(version)
         target = self.target(str(parsed))
-        if (target / MANIFEST).exists():
-            return UnpackedKernel.load(target)
+        cached = UnpackedKernel.load(target) if (target / MANIFEST).exists() else None
+        if cached is not None and self._cached_copy_meets(cached):
+            return cached
         entry = self.entry(self.resolve(parsed))
         if not entry.available:
             if entry.extra.get("signature") == "bad":  # with a keyring given, a bad mirror is fatal
                 raise SignatureError(f"mainline:{parsed}: {entry.reason}")
             raise UnavailableError(f"mainline:{parsed}: {entry.reason}")
+        if cached is not None and _same_packages(cached, entry):  # verified now: the bytes are the cached ones
+            return self._record_verification(cached, entry)
         if entry.extra.get("unverified"):
             self.warn(f"mainline:{parsed}: no CHECKSUMS in {entry.extra['dir']}/; fetching it unverified "
                       "(marked unverified in kernel.json and every probe)")
@@ -285,8 +291,37 @@ class MainlineSource(Source):
         for key in ("unverified", "signature", "notes"):
             if key in entry.extra:
                 extra[key] = entry.extra[key]
-        return unpack.unpack_debs(debs, target, f"mainline:{parsed}", extra,
-                                 files={name: data for name, data in meta.items() if data is not None})
+        if entry.extra.get("signature") == "good":
+            extra["keyring_sha256"] = self.keyring_sha256
+        kernel = unpack.unpack_debs(debs, target, f"mainline:{parsed}", extra,
+                                    files={name: data for name, data in meta.items() if data is not None})
+        # a finished unpack of the same packages is returned as it was recorded: add this check
+        return self._record_verification(kernel, entry)
+
+    def _cached_copy_meets(self, kernel: UnpackedKernel) -> bool:
+        """Whether a cached unpack was verified as this source verifies: with a keyring, only a
+        copy whose CHECKSUMS this very keyring verified (kernel.json records the keyring's
+        sha256) is served; any other copy, fetched without a keyring or trusted through another
+        one, is verified again before it is served. A copy fetched unverified (no CHECKSUMS) is
+        served only with --allow-unverified, as the listing offers it only then."""
+        if kernel.unverified:
+            if not self.allow_unverified:
+                raise UnavailableError(f"{kernel.spec}: the cached copy was fetched unverified (no CHECKSUMS); "
+                                       "--allow-unverified serves it")
+            return True
+        if self.keyring is None:
+            return True
+        return kernel.extra.get("signature") == "good" and kernel.extra.get("keyring_sha256") == self.keyring_sha256
+
+    def _record_verification(self, kernel: UnpackedKernel, entry: KernelEntry) -> UnpackedKernel:
+        """Record in the cached kernel.json that this keyring verified its packages' CHECKSUMS
+        (atomically, under the unpack's lock), so the next run with it is served from the cache."""
+        if entry.extra.get("signature") != "good" or kernel.extra.get("keyring_sha256") == self.keyring_sha256:
+            return kernel
+        with cache.locked(kernel.root):
+            kernel.extra.update(signature="good", keyring_sha256=self.keyring_sha256)
+            kernel.save()
+        return kernel
 
     def changes(self, version: KernelVersion) -> str | None:
         """The build's `CHANGES`: `git shortlog <previous tag>..<commit>` of what it adds."""
@@ -315,6 +350,14 @@ def verify_signature(keyring: Path, data: bytes, signature: bytes) -> tuple[bool
             raise KbisectError("gpgv is not installed (needed for --keyring)") from None
     lines = [line for line in (proc.stderr or "").splitlines() if line.strip()]
     return proc.returncode == 0, (lines[-1].removeprefix("gpgv: ") if lines else f"gpgv exit {proc.returncode}")
+
+
+def _same_packages(kernel: UnpackedKernel, entry: KernelEntry) -> bool:
+    """Whether the cached kernel was unpacked from exactly the packages `entry` publishes now
+    (by their recorded sha256, which the download checked)."""
+    recorded = unpack.recorded_package_sums(kernel.extra)
+    published = {f.name: (f.sha256 or "").lower() for f in entry.files}
+    return recorded is not None and all(published.values()) and recorded == published
 
 
 def _text(data: bytes | None) -> str | None:
