@@ -359,8 +359,20 @@ def test_shim_turns_the_verdict_into_a_named_skip(case: Shim, tmp_path: Path):
             if n.endswith(f"-{sfx}")]
     fired_file = shim_dir / f"fired.{case.tool}"
     fired = fired_file.read_text() if fired_file.exists() else ""
-    RESULTS[case.name] = "false good" if code == 0 else ("skip" if code == 125 and case.expect in line else
-                                                         f"other: {code} {line}")
+    judge_case(case, code, line, fired, left, err)
+
+
+def outcome(case: Shim, code: int, line: str) -> str:
+    """"skip" (as required), "false good" or "other: ..." - the figure's words for one run."""
+    if code == 0:
+        return "false good"
+    return "skip" if code == 125 and case.expect in line else f"other: {code} {line}"
+
+
+def judge_case(case: Shim, code: int, line: str, fired: str, left: list[str], err: str) -> None:
+    """The one verdict rule for a shim run, on the host here or in a guest (test_oracles_vm):
+    no good, the lie was told, and a skip naming the setting or counter, nothing left behind."""
+    RESULTS[case.name] = outcome(case, code, line)
     assert code != 0, f"FALSE GOOD with {case.tool} lying ({case.rule}): {line}"
     assert fired, f"the {case.tool} shim never fired (rule {case.rule['match']!r}); verdict {code}: {line}"
     assert code == 125 and line.startswith("skip:"), f"{code}: {line}\n{err[-1500:]}"
