@@ -276,3 +276,92 @@ def test_paths_first_falls_back_when_the_culprit_touches_none_of_the_paths(histo
     data = run_commit_bisect(BUG, CommitBisectRequest(repo, shas[0], shas[-1], verify_runs=1, guided=False), deps)
     assert data["status"] == "found" and data["first_bad_commit"]["sha"] == shas[CULPRIT]
     assert any("the commits between were bisected too" in n for n in data["notes"]), data["notes"]
+
+
+# -- a Debian boundary handed over to the upstream stable tags ------------------------------------
+
+def _debian_world(upstream_55: str):
+    """Debian 6.1.0-53..56 listed with the upstream release each package version names (6.1.0-54
+    is 6.1.170-1 and so on, as Debian's package versions carry it); -55 and later are bad."""
+    from tests.test_uncovered import FakeBisect
+
+    ups = {53: "6.1.169", 54: "6.1.170", 55: upstream_55, 56: "6.1.172"}
+    listing = [SimpleNamespace(version=f"6.1.0-{n}-cloud-amd64", available=True, upstream=up) for n, up in ups.items()]
+    world = FakeBisect({f"6.1.0-{n}-cloud-amd64": ["bad" if n >= 55 else "good"] for n in ups})
+    deps = world.deps()
+    deps.list_kernels = lambda source, *_: listing if source == "debian" else []
+    return deps
+
+
+def _stable_clone(root: Path, tags: list[str]) -> str:
+    """v6.1.170, then the culprit (rp-filter-lo's path), then v6.1.171 (tags as named)."""
+    import git
+
+    repo = git.Repo.init(root, initial_branch="linux-6.1.y")
+    actor = git.Actor("Dev", "dev@example.invalid")
+    src = root / "net" / "ipv4" / "fib_frontend.c"
+    src.parent.mkdir(parents=True)
+    src.write_text("/* 6.1.170 */\n")
+    repo.index.add([str(src.relative_to(root))])
+    repo.index.commit("Linux 6.1.170", author=actor, committer=actor)
+    if "v6.1.170" in tags:
+        repo.create_tag("v6.1.170")
+    src.write_text("/* 6.1.170 */\n/* loopback check dropped */\n")
+    repo.index.add([str(src.relative_to(root))])
+    sha = repo.index.commit("fib: drop the loopback relaxation", author=actor, committer=actor).hexsha
+    (root / "Makefile").write_text("SUBLEVEL = 171\n")
+    repo.index.add(["Makefile"])
+    repo.index.commit("Linux 6.1.171", author=actor, committer=actor)
+    if "v6.1.171" in tags:
+        repo.create_tag("v6.1.171")
+    return sha
+
+
+def _hand_over_debian(tmp_path, capsys, upstream_55: str, tags: list[str]):
+    from tests.test_uncovered import run_cli
+
+    culprit = _stable_clone(tmp_path / "linux", tags)
+    built: list[str] = []
+
+    def build(req):
+        built.append(req.rev)
+        return SimpleNamespace(spec=f"local:{req.name}")
+
+    def probe(spec, bug):
+        out = subprocess.run(["git", "-C", str(tmp_path / "linux"), "merge-base", "--is-ancestor", culprit,
+                              next(r for r in built if spec.endswith(r[:12]))])
+        verdict = Verdict.BAD if out.returncode == 0 else Verdict.GOOD
+        return ProbeRecord(spec, bug.id, verdict, "fake", {"run": 1.0})
+
+    commits = CommitBisectDeps(build=build, probe=probe, kernel_id=lambda spec: "id-" + spec,
+                               top_ranked=None, touching=None)
+    code, out, err = run_cli(["bisect", "--bug", "rp-filter-lo", "--good", "debian:6.1.0-53-cloud-amd64",
+                              "--bad", "debian:6.1.0-56-cloud-amd64", "--repo", str(tmp_path / "linux"), "--build",
+                              "--verify", "1", "--json", "--quiet"], capsys, _debian_world(upstream_55), commits)
+    return code, json.loads(out) if out.strip() else {}, err, culprit
+
+
+def test_a_debian_boundary_hands_over_to_the_stable_tags_of_its_packages(kbisect_home, tmp_path, capsys) -> None:
+    code, data, err, culprit = _hand_over_debian(tmp_path, capsys, "6.1.171", ["v6.1.170", "v6.1.171"])
+    assert code == 0, err[-2000:]
+    assert (data["last_good"], data["first_bad"]) == ("6.1.0-54-cloud-amd64", "6.1.0-55-cloud-amd64")
+    assert data["boundary_upstream"] == {"last_good": "6.1.170", "first_bad": "6.1.171"}
+    handed = data["commit_bisection"]
+    assert (handed["good"], handed["bad"], handed["status"]) == ("v6.1.170", "v6.1.171", "found"), handed
+    assert handed["first_bad_commit"]["sha"] == culprit
+
+
+def test_a_debian_boundary_within_one_upstream_release_is_debians_own(kbisect_home, tmp_path, capsys) -> None:
+    code, data, err, _ = _hand_over_debian(tmp_path, capsys, "6.1.170", ["v6.1.170", "v6.1.171"])
+    assert code == 4, err[-2000:]  # the package answer's own exit: its origin stays undecided
+    handed = data["commit_bisection"]
+    assert handed["status"] == "not-run" and "both built from upstream 6.1.170" in handed["reason"]
+    assert "Debian's own" in handed["reason"]
+
+
+def test_a_clone_without_the_stable_tags_is_told_which_to_fetch(kbisect_home, tmp_path, capsys) -> None:
+    code, data, err, _ = _hand_over_debian(tmp_path, capsys, "6.1.171", ["v6.1.170"])
+    assert code == 4, err[-2000:]
+    handed = data["commit_bisection"]
+    assert handed["status"] == "not-run" and "v6.1.171 not in" in handed["reason"]
+    assert "git fetch" in handed["reason"] and "tag v6.1.171" in handed["reason"]

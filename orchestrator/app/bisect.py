@@ -132,10 +132,13 @@ def ubuntu_series(distro: str | None, specs: list[KernelRef]) -> str | None:
 
 
 def build_index(good: str, bad: str, distro: str | None, mirror: str | None,
-                distro_mirror: str | None = None, lister: Lister = list_kernels) -> KernelIndex:
+                distro_mirror: str | None = None, lister: Lister = list_kernels,
+                upstreams: dict[str, str] | None = None) -> KernelIndex:
     """All kernels the differential may need, listed lazily per source: the mainline listing
     (releases, rc's and the stable lines, all from the mainline mirror) from the oldest base
     named on, and the distro sources; a source is only asked when a lineage of it is needed.
+    `upstreams`, when given, is filled with the upstream version each listed distro kernel is
+    built from (spec -> "6.1.170", from its package version), for the handover to stable tags.
     Patched variants (`debian:6.1.0-54-cloud-amd64+revert-x`) are in no listing: they join the
     lineage of the kernel they were built from, right after it."""
     g, b = parse_spec(good), parse_spec(bad)
@@ -147,6 +150,9 @@ def build_index(good: str, bad: str, distro: str | None, mirror: str | None,
         def load() -> list:
             entries = lister(source, mirror if source == "mainline" else distro_mirror,
                              lo if source == "mainline" else None, None, series if source == "ubuntu" else None)
+            if upstreams is not None:
+                upstreams.update({f"{source}:{e.version}": e.upstream for e in entries
+                                  if getattr(e, "upstream", None)})
             return _kernels(source, entries)
         return load
 
@@ -178,7 +184,8 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
     `report`). `on_event` and `on_probe` see the progress. A failure app.policy calls an abort
     raises; the probes stored before it make a re-run resume."""
     deps = deps or BisectDeps()
-    index = build_index(req.good, req.bad, req.distro, req.mirror, req.distro_mirror, deps.list_kernels)
+    upstreams: dict[str, str] = {}
+    index = build_index(req.good, req.bad, req.distro, req.mirror, req.distro_mirror, deps.list_kernels, upstreams)
     store = deps.store()
     # the run scope of stored skips: this command, resumed until a run of it finishes
     run_key = store.open_run(f"bisect {bug.id} good={req.good} bad={req.bad} distro={req.distro or '-'}")
@@ -189,6 +196,7 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
     result = diff.run(req.good, req.bad, req.distro)
     data = result.to_json()
     data["counts"] = dict(prober.counts)
+    data.update(boundary_upstream(data, result.probes, upstreams))
     data["config_diff"] = config_change(bug, data.get("last_good"), data.get("first_bad"), result.probes,
                                         deps.kernel_config, req.repo)
     if req.repo is not None:
@@ -199,6 +207,18 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
             check = RevertCheck(bug, prober, deps.build_variant, on_event, on_probe, deps.build_whole)
             data["revert_check"] = check.run(str(req.repo), result, data["candidates"])
     return finish(bug, data, result.probes, store, run_key, on_event)
+
+
+def boundary_upstream(data: dict[str, Any], probes: list, upstreams: dict[str, str]) -> dict[str, Any]:
+    """{"boundary_upstream": {"last_good": "6.1.170", "first_bad": "6.1.171"}} when both kernels of
+    the boundary are distro builds whose listing named the upstream stable version they are
+    built from (Debian's package version 6.1.170-1 is upstream 6.1.170); else nothing."""
+    labels = {p.label: p.kernel for p in probes}
+    keys = ("last_bad", "first_good") if data.get("mode") == "fix" else ("last_good", "first_bad")
+    found = {key: upstreams.get(labels.get(str(data.get(key)), "")) for key in keys}
+    if not all(found.values()):
+        return {}
+    return {"boundary_upstream": found}
 
 
 def config_change(bug: Bug, old_label: str | None, new_label: str | None, probes: list,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from orchestrator.app.bisect import BisectDeps, BisectRequest, build_index, config_change, finish
+from orchestrator.app.bisect import BisectDeps, BisectRequest, boundary_upstream, build_index, config_change, finish
 from orchestrator.app.prober import ResumingProbe
 from orchestrator.core.bug import Bug
 from orchestrator.core.differential import canonical, carrier_of, resolve_kernel
@@ -33,7 +33,8 @@ def run_fix_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None,
                    on_probe: Callable[[Probe], None] | None = None) -> dict[str, Any]:
     """`req.bad` is the old kernel with the bug, `req.good` the newer one without it."""
     deps = deps or BisectDeps()
-    index = build_index(req.bad, req.good, None, req.mirror, req.distro_mirror, deps.list_kernels)
+    upstreams: dict[str, str] = {}
+    index = build_index(req.bad, req.good, None, req.mirror, req.distro_mirror, deps.list_kernels, upstreams)
     old, new = resolve_kernel(index, req.bad, "bad"), resolve_kernel(index, req.good, "good")
     if old.lineage != new.lineage:
         raise KbisectError(f"a fix bisection runs within one lineage: --bad {req.bad} is {old.lineage}, "
@@ -52,6 +53,7 @@ def run_fix_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None,
     data = result.to_json()
     data.update(mode="fix", bug=bug.id, bad=req.bad, good=req.good, counts=dict(prober.counts),
                 origin=fix_origin(old.lineage) if result.status is BisectStatus.FOUND else None)
+    data.update(boundary_upstream(data, result.probes, upstreams))
     data["config_diff"] = config_change(bug, data.get("last_bad"), data.get("first_good"), result.probes,
                                         deps.kernel_config)
     if result.status is BisectStatus.FOUND:
