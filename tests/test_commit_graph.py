@@ -135,6 +135,11 @@ def test_a_merge_is_the_answer_only_with_every_parent_good_and_says_so(tmp_path,
     patch = Path(world.reverted[0].patches[0])
     assert "net/s1.c" in patch.read_text() and "net/m1.c" not in patch.read_text()  # the side branch undone
     assert patch.parent == kbisect_home / "builds" / "reverts"  # in the home, not a temporary directory
+    # the report, as chromium renders it, names both parents and what a merge answer means
+    from tests.browser import Elements, dump_dom
+
+    text = Elements(dump_dom(Path(data["report"]))).text_of["parents"]
+    assert shas["m1"][:12] in text and shas["s1"][:12] in text and "is a merge" in text, text
 
 
 def test_the_revert_check_of_a_merge_is_not_run_when_it_cannot_apply_and_the_answer_stands(tmp_path,

@@ -231,6 +231,9 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path, config_mode: s
         click.echo(f"{bug.id}: {data.get('stopped')}")
         if first:
             click.echo(f"{key.replace('_', ' ')} {first['sha']} {first['subject']}")
+        for parent in data.get("parent_commits") or []:
+            click.echo(f"  its {'parent' if not data.get('merge') else 'merge parent'} {parent['sha']} "
+                       f"{parent['subject']}: {'bad' if fix else 'good'}, built and probed")
         check = data.get("revert_check")
         if check:
             click.echo(f"revert check: {check['status']}"
