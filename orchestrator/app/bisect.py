@@ -15,6 +15,7 @@ from typing import Any, Callable
 from orchestrator.adapters import config, report
 from orchestrator.adapters.fsutil import atomic_write
 from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.adapters.sources import Mirrors
 from orchestrator.adapters.store import Store
 from orchestrator.adapters.variants import build_variant
 from orchestrator.app.kernels import KernelProvider
@@ -31,7 +32,7 @@ from orchestrator.core.versions import KernelRef, parse_spec, series_of_base
 # (source, mirror, lo, hi, ubuntu series) -> listed entries (KernelEntry, or anything with a
 # `version` and optionally `available` / `reason`; a bare version string will do)
 Lister = Callable[[str, str | None, str | None, str | None, str | None], list[Any]]
-RealProbe = Callable[[Bug, str | None], Callable[[str], ProbeRecord]]
+RealProbe = Callable[[Bug, Mirrors], Callable[[str], ProbeRecord]]  # each source's mirror
 
 
 def list_kernels(source: str, mirror: str | None, lo: str | None = None, hi: str | None = None,
@@ -52,10 +53,11 @@ def list_kernels(source: str, mirror: str | None, lo: str | None = None, hi: str
     return list(src.list(lo, hi))
 
 
-def real_probe(bug: Bug, mirror: str | None) -> Callable[[str], ProbeRecord]:
-    """One real boot per call: fetch the kernel (any source) and run the reproducer in a VM."""
+def real_probe(bug: Bug, mirrors: Mirrors) -> Callable[[str], ProbeRecord]:
+    """One real boot per call: fetch the kernel (any source, from that source's own mirror) and
+    run the reproducer in a VM."""
     def probe(spec: str) -> ProbeRecord:
-        return run_probe(spec, bug, mirror=mirror)
+        return run_probe(spec, bug, mirror=mirrors)
 
     return probe
 
@@ -73,9 +75,9 @@ def kernel_config(spec: str) -> str | None:
     return path.read_text(errors="replace") if path is not None else None
 
 
-def kernel_ids(mirror: str | None) -> Callable[[str], str]:
+def kernel_ids(mirrors: Mirrors) -> Callable[[str], str]:
     """The content id of a kernel spec, what stored verdicts follow (the kernel provider's)."""
-    return KernelProvider(mirror).kernel_id
+    return KernelProvider(mirrors).kernel_id
 
 
 def build_whole_variant(spec: str, patch: Path, name: str) -> UnpackedKernel:
@@ -93,7 +95,7 @@ class BisectDeps:
 
     list_kernels: Lister = field(default=list_kernels)
     real_probe: RealProbe = field(default=real_probe)
-    kernel_ids: Callable[[str | None], Callable[[str], str]] = field(default=kernel_ids)  # mirror -> (spec -> id)
+    kernel_ids: Callable[[Mirrors], Callable[[str], str]] = field(default=kernel_ids)  # mirrors -> (spec -> id)
     store: Callable[[], Store] = field(default=Store)
     build_variant: Callable[[str, Path, str], UnpackedKernel] = field(default=build_variant)
     kernel_config: Callable[[str], str | None] = field(default=kernel_config)
@@ -114,6 +116,13 @@ class BisectRequest:
     verify_runs: int = 3  # re-runs of the boundary
     repo: Path | None = None  # a Linux clone for git narrowing
     verify_revert: bool = False  # build the first bad kernel with the top candidate reverted
+
+    @property
+    def mirrors(self) -> Mirrors:
+        """Where each probed kernel is fetched from: mainline kernels from `mirror`, distro ones
+        from `distro_mirror`, as the listings are read (one mirror for every spec once sent
+        ubuntu: kernels to the mainline mirror)."""
+        return Mirrors.of_options(self.mirror, self.distro_mirror)
 
 
 # -- listings ---------------------------------------------------------------------------------
@@ -189,8 +198,8 @@ def run_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None, *,
     store = deps.store()
     # the run scope of stored skips: this command, resumed until a run of it finishes
     run_key = store.open_run(f"bisect {bug.id} good={req.good} bad={req.bad} distro={req.distro or '-'}")
-    prober = ResumingProbe(bug, deps.real_probe(bug, req.mirror), store=store, replay=req.replay, fresh=req.fresh,
-                           canon=canonical, kernel_id=deps.kernel_ids(req.mirror), run_key=run_key)
+    prober = ResumingProbe(bug, deps.real_probe(bug, req.mirrors), store=store, replay=req.replay, fresh=req.fresh,
+                           canon=canonical, kernel_id=deps.kernel_ids(req.mirrors), run_key=run_key)
     diff = Differential(bug.id, index, prober, policy=bug.repeat, verify=req.verify_runs,
                         on_probe=on_probe, on_event=on_event)
     result = diff.run(req.good, req.bad, req.distro)

@@ -44,8 +44,8 @@ def run_fix_bisect(bug: Bug, req: BisectRequest, deps: BisectDeps | None = None,
     kernels = index.between(old.lineage, old, new)
     store = deps.store()
     run_key = store.open_run(f"bisect-fix {bug.id} bad={req.bad} good={req.good}")
-    prober = ResumingProbe(bug, deps.real_probe(bug, req.mirror), store=store, replay=req.replay, fresh=req.fresh,
-                           canon=canonical, kernel_id=deps.kernel_ids(req.mirror), run_key=run_key)
+    prober = ResumingProbe(bug, deps.real_probe(bug, req.mirrors), store=store, replay=req.replay, fresh=req.fresh,
+                           canon=canonical, kernel_id=deps.kernel_ids(req.mirrors), run_key=run_key)
     on_event(f"[fix] {old.lineage}: {kernels[0].label} .. {kernels[-1].label} ({len(kernels)} kernels)")
     engine = Engine([k.candidate() for k in kernels], prober, policy=bug.repeat, lineage=str(old.lineage),
                     verify=req.verify_runs, on_probe=on_probe, on_event=on_event, fix=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.adapters import sources
+from orchestrator.adapters.sources import Mirrors
 from orchestrator.adapters.kernel import UnpackedKernel, refetch_damaged
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.versions import KernelRef, parse_spec
@@ -29,9 +30,12 @@ def _build_variant(spec: str) -> UnpackedKernel:
 
 @dataclass
 class KernelProvider:
-    """`get(spec)` for every use case; tests pass fakes for the collaborators."""
+    """`get(spec)` for every use case; tests pass fakes for the collaborators.
 
-    mirror: str | None = None
+    `mirror` is one base for whatever source a spec names (`kbisect run --mirror`, one kernel),
+    or a `Mirrors` giving each source its own (a bisection, whose kernels come from several)."""
+
+    mirror: str | Mirrors | None = None
     fetch_source: Callable[[KernelRef, str | None], UnpackedKernel] = field(default=_fetch_source)
     build_variant: Callable[[str], UnpackedKernel] = field(default=_build_variant)
     cached: Callable[[KernelRef], UnpackedKernel | None] = field(default=sources.cached)
@@ -57,7 +61,11 @@ class KernelProvider:
             if done is not None and not done.patch_sha256:
                 return done
             return self.build_variant(str(parsed))
-        return self.fetch_source(parsed, self.mirror)
+        return self.fetch_source(parsed, self.mirror_for(parsed.source))
+
+    def mirror_for(self, source: str) -> str | None:
+        """The base `source`'s kernels are fetched from."""
+        return self.mirror.for_source(source) if isinstance(self.mirror, Mirrors) else self.mirror
 
     def kernel_id(self, spec: str) -> str:
         """The content id of what `spec` boots now (core.identity): what stored verdicts are
@@ -66,6 +74,6 @@ class KernelProvider:
         return self.get(spec).id
 
 
-def fetch_kernel(spec: str, mirror: str | None = None) -> UnpackedKernel:
+def fetch_kernel(spec: str, mirror: str | Mirrors | None = None) -> UnpackedKernel:
     """The kernel `spec` names, fetched or built as needed."""
     return KernelProvider(mirror).get(spec)

@@ -11,15 +11,17 @@ import time
 
 from orchestrator.adapters.guest.probe import aggregate, run_probe_kernel
 from orchestrator.adapters.kernel import UnpackedKernel
+from orchestrator.adapters.sources import Mirrors
 from orchestrator.app.kernels import fetch_kernel
 from orchestrator.core.bug import Bug
 from orchestrator.core.errors import KbisectError
 from orchestrator.core.verdict import ProbeRecord, Verdict
 
 
-def run_probe(kernel_spec: str, bug: Bug, *, mirror: str | None = None, accel: str | None = None,
+def run_probe(kernel_spec: str, bug: Bug, *, mirror: str | Mirrors | None = None, accel: str | None = None,
               **opts) -> ProbeRecord:
-    """Fetch `kernel_spec` (any source) and probe it with `bug`; see run_probe_kernel."""
+    """Fetch `kernel_spec` (any source; `mirror` as KernelProvider reads it) and probe it with
+    `bug`; see run_probe_kernel."""
     return _probes(kernel_spec, bug, 1, mirror, accel=accel, **opts)[0]
 
 
@@ -34,7 +36,7 @@ def run_repeated(kernel_spec: str, bug: Bug, repeat: int = 1, **opts) -> tuple[V
     return aggregate(records, bug.repeat.bad_needed), records
 
 
-def _probes(kernel_spec: str, bug: Bug, repeat: int, mirror: str | None, **opts) -> list[ProbeRecord]:
+def _probes(kernel_spec: str, bug: Bug, repeat: int, mirror: str | Mirrors | None, **opts) -> list[ProbeRecord]:
     """Fetch once, probe `repeat` times; the fetch counts in the first record's prepare phase."""
     t0 = time.monotonic()
     kernel = fetch_kernel(kernel_spec, mirror=mirror)

@@ -88,6 +88,27 @@ class KernelEntry:
         return record
 
 
+@dataclass(frozen=True)
+class Mirrors:
+    """Each source's own base for one run, so every kernel is fetched from its source's endpoint:
+    a bisection's --mirror is the mainline mirror only and --distro-mirror the distro sources'
+    (ubuntu, debian), as its listings already use them. None leaves a source to its default (its
+    environment variable, then the public service); `local` is a directory."""
+
+    mainline: str | None = None
+    ubuntu: str | None = None
+    debian: str | None = None
+    local: str | None = None
+
+    @classmethod
+    def of_options(cls, mirror: str | None, distro_mirror: str | None) -> "Mirrors":
+        """`--mirror` and `--distro-mirror` as a bisection reads them."""
+        return cls(mainline=mirror, ubuntu=distro_mirror, debian=distro_mirror)
+
+    def for_source(self, source: str) -> str | None:
+        return getattr(self, source) if source in SOURCES else None
+
+
 class Source:
     """What every source offers; subclasses fill in `list` and `fetch`."""
 
@@ -166,4 +187,4 @@ def fetch(spec: str | KernelRef, mirror: str | None = None, **mainline_options: 
     return get_source(parsed.source, mirror, **mainline_options).fetch(parsed.version)
 
 
-__all__ = ["KernelEntry", "KernelFile", "Source", "cached", "fetch", "get_source"]
+__all__ = ["KernelEntry", "KernelFile", "Mirrors", "Source", "cached", "fetch", "get_source"]
