@@ -282,8 +282,34 @@ def verify_rows(capsys, answer: Callable[[dict], str], *extra: str) -> tuple[int
 
     code, out, err = run_cli(["bugs", "verify", BUG, "--kernel", "debian:6.1.0-54-cloud-amd64", "--json", *extra],
                              capsys, VerifyDeps(debian_entries=lambda: pytest.fail("listed with --kernel"),
-                                                probe=probe))
+                                                probe=probe, store=None))
     return code, json.loads(out), err
+
+
+def test_bugs_verify_takes_stored_verdicts_of_the_same_bytes_and_fresh_boots_again(kbisect_home, capsys) -> None:
+    booted: list[str] = []
+
+    def probe(spec: str, bug) -> ProbeRecord:
+        booted.append(spec)
+        verdict = Verdict.BAD if "+revert" in spec else Verdict.GOOD
+        return ProbeRecord(spec, bug.id, verdict, f"fake {verdict.value}", {"run": 1.0})
+
+    def verify(*extra: str) -> list[dict]:
+        code, out, err = run_cli(["bugs", "verify", BUG, "--kernel", "debian:6.1.0-54-cloud-amd64", "--json", *extra],
+                                 capsys, VerifyDeps(debian_entries=lambda: pytest.fail("listed"), probe=probe,
+                                                    kernel_id=lambda spec: "bytes-of-" + spec))
+        assert code == 0, err[-2000:]
+        return json.loads(out)
+
+    first = verify()
+    booted_first = len(booted)
+    assert booted_first >= 2 and all(r["outcome"] == "ok" for r in first if r["expect"])
+    again = verify()  # the same bytes and reproducer: answered from the store, no boot
+    assert len(booted) == booted_first
+    assert [r["verdict"] for r in again] == [r["verdict"] for r in first]
+    assert all("(stored)" in r["reason"] for r in again if r["verdict"] in ("good", "bad"))
+    verify("--fresh")
+    assert len(booted) == 2 * booted_first
 
 
 def test_bugs_verify_exits_1_on_a_mismatch_and_0_when_every_row_holds(kbisect_home, tmp_path, capsys) -> None:

@@ -4,16 +4,23 @@ The plan is pure (orchestrator.core.verify); this module brings the world in: th
 listing for the newest kernel of each line, and the probe for each row. Both are collaborators
 in `VerifyDeps`, so tests plan against a fake listing and run rows on a fake probe. Whether a
 probe's failure is a skip row or stops the run is app.policy's, as in a bisection or a sweep.
+
+A row whose kernel bytes and reproducer were already probed (by a sweep, a bisection, an earlier
+verify) takes the stored verdict instead of booting again, as every other use case does
+(app.prober: stored verdicts follow content ids, not names); `--fresh` boots every row.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+from orchestrator.adapters.store import Store
+from orchestrator.app.kernels import KernelProvider
 from orchestrator.app.lines import debian_entries
 from orchestrator.app.policy import guarded
+from orchestrator.app.prober import ResumingProbe
 from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
 from orchestrator.core.verdict import ProbeRecord
@@ -33,6 +40,8 @@ class VerifyDeps:
 
     debian_entries: Callable[[], list[dict]] = field(default=debian_entries)
     probe: Probe = field(default=real_probe)
+    store: Callable[[], Store] | None = Store  # None: every row boots, nothing is stored
+    kernel_id: Callable[[str], str] = field(default_factory=lambda: KernelProvider().kernel_id)
 
 
 def plan(bugs: list[Bug], kernels: tuple[str, ...] = (), deps: VerifyDeps | None = None) -> list[Row]:
@@ -44,23 +53,35 @@ def plan(bugs: list[Bug], kernels: tuple[str, ...] = (), deps: VerifyDeps | None
 
 
 def run_rows(rows: list[Row], bugs_by_id: dict[str, Bug], probe: Probe,
-             echo: Callable[[str], None] = lambda s: None) -> list[Row]:
+             echo: Callable[[str], None] = lambda s: None, *, store: Store | None = None,
+             kernel_id: Callable[[str], str] | None = None, fresh: bool = False) -> list[Row]:
     """Probe every row that still needs it (mutates and returns rows).
 
-    A probe failure app.policy calls a skip (kernel not fetchable, variant not buildable, no
-    boot) becomes a skip row with the error as its reason, so one unreachable kernel never hides
-    the rest of the table; any other failure stops the run (it would fail every row alike).
+    With a `store`, a row is answered by the stored verdict of the same bytes and reproducer when
+    there is one (no boot), and a row that boots is stored. A probe failure app.policy calls a
+    skip (kernel not fetchable, variant not buildable, no boot) becomes a skip row with the error
+    as its reason, so one unreachable kernel never hides the rest of the table; any other
+    failure stops the run (it would fail every row alike).
     """
+    probers: dict[str, ResumingProbe] = {}
     for row in rows:
-        if row.to_probe:
-            _probe_row(row, bugs_by_id[row.bug], probe, echo)
+        if not row.to_probe:
+            continue
+        bug = bugs_by_id[row.bug]
+        if store is None:
+            _probe_row(row, bug, lambda spec: probe(spec, bug), echo)
+            continue
+        if bug.id not in probers:
+            probers[bug.id] = ResumingProbe(bug, lambda spec, b=bug: probe(spec, b), store=store, fresh=fresh,
+                                            kernel_id=kernel_id)
+        _probe_row(row, bug, probers[bug.id], echo)
     return rows
 
 
-def _probe_row(row: Row, bug: Bug, probe: Probe, echo: Callable[[str], None]) -> None:
+def _probe_row(row: Row, bug: Bug, probe: Callable[[str], Any], echo: Callable[[str], None]) -> None:
     echo(f"verify: {row.bug} on {row.kernel} (expect {row.expect})")
     t0 = time.monotonic()
-    rec = guarded(lambda spec: probe(spec, bug), row.kernel, bug.id)
+    rec = guarded(probe, row.kernel, bug.id)
     row.verdict = rec.verdict.value
     row.reason = rec.reason or ""
     row.seconds = float(rec.seconds or 0.0) or round(time.monotonic() - t0, 1)

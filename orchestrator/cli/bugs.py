@@ -128,8 +128,10 @@ def show_cmd(bug_id: str, as_json: bool) -> None:
 @click.option("--plan", "plan_only", is_flag=True, help="Print the rows that would be probed; boot nothing.")
 @click.option("--kernel", "kernels", multiple=True,
               help="Probe these kernels as fixed kernels instead of the newest of each Debian line.")
+@click.option("--fresh", is_flag=True, help="Boot every row, even one whose kernel bytes and reproducer were "
+              "already probed (by default the stored verdict answers it).")
 def verify_cmd(bug_ids: tuple[str, ...], as_json: bool, markdown: str | None, plan_only: bool,
-               kernels: tuple[str, ...]) -> None:
+               kernels: tuple[str, ...], fresh: bool) -> None:
     """Prove reproducers both ways on real boots: BAD on a positive control or affected kernel,
     GOOD on the newest kernel of each reachable Debian line. Exit 1 if any row disagrees."""
     # imported when the command runs: the use case pulls in the guest runtime and the variant
@@ -148,7 +150,13 @@ def verify_cmd(bug_ids: tuple[str, ...], as_json: bool, markdown: str | None, pl
     selected = [catalog.resolve(b) for b in bug_ids] if bug_ids else catalog.all_bugs()
     rows = verify.plan(selected, kernels, deps)
     if not plan_only:
-        verify.run_rows(rows, {b.id: b for b in selected}, deps.probe, echo=lambda s: click.echo(s, err=True))
+        store = deps.store() if deps.store else None
+        try:
+            verify.run_rows(rows, {b.id: b for b in selected}, deps.probe, echo=lambda s: click.echo(s, err=True),
+                            store=store, kernel_id=deps.kernel_id, fresh=fresh)
+        finally:
+            if store is not None:
+                store.close()
     if markdown:
         try:  # whole or not at all: a full disk leaves the previous table (or none), never half of one
             atomic_write(Path(markdown), markdown_table(rows) + "\n")
