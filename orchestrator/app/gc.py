@@ -19,6 +19,10 @@ its pid (in the name) is not alive, or the lock it works under is free, and no l
 | `images/*.build-PID/`, `bootfiles/*.build-PID/` | adapters/guest/image.py, bootfiles.py |
 | `local/.<name>.tmp-PID/`, `builds/src/.<package>.tmp-PID/` | app/build.py `_build_into`, adapters/builds/trees.py `_unpack_source` |
 | `.NAME.PID.TID.tmp` anywhere in the home or results | adapters/fsutil.py `atomic_write` |
+
+Not leftovers, so kept: `builds/reverts/revert-SHA.patch`, a revert check's patch (app/bisect.py
+`revert_patch`): named by its commit, rewritten by the next check of it, and named by the build
+record of the reverted kernel. It never goes to a temporary directory.
 """
 
 from __future__ import annotations
