@@ -1,14 +1,14 @@
-"""Slow tier (issue 13): whole kernels built from Debian's linux-source-6.1 with the guest config,
-booted in kbisect's VM; a commit bisection over a small history on top of that source finds a
-planted culprit with real incremental builds and boots, and its revert check confirms it; the
+"""Slow tier (issues 13, 19): whole kernels built from Debian's linux-source-6.1 with the guest
+config, booted in kbisect's VM; a commit bisection over a small real history with a merge on top
+of that source finds a planted side-branch culprit with real incremental builds and boots (the
+ranking's guess wrong, one commit that does not compile), and its revert check confirms it; the
 whole-kernel positive controls of the two built-in fixes say BAD and their build without the
 patch says GOOD (`kbisect bugs verify`).
 
 kbisect records Debian's source as a git repository (adapters.builds.trees.debian_repo); the
-history is a branch of that very repository: `base` (Debian's source as it is), a decoy touching
-a file the guest config does not build, the planted culprit (rp-filter-lo's fix 66f8209547cc
-reverted in net/ipv4/fib_frontend.c, always built in:
-reproducers/rp-filter-lo/controls/revert-66f8209547cc.patch), another decoy. So every build here
+history is a branch of that very repository (make_merge_history: the culprit is rp-filter-lo's
+fix 66f8209547cc reverted in net/ipv4/fib_frontend.c, always built in:
+reproducers/rp-filter-lo/controls/revert-66f8209547cc.patch). So every build here
 (the base, the bisection's steps, the revert check, both controls) goes through one worktree and
 one build directory with ccache: one full build (the whole catalog's config, BTF included for
 gro-inner-th; about 15 minutes on 2 cores from an empty cache, none with a warm one), and every
@@ -32,7 +32,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.registry]
 REPO = Path(__file__).resolve().parent.parent
 BUGS = ["gretap-ecn", "gro-inner-th", "ipvs-gue-mtu", "rp-filter-lo", "veth-csum", "vxlan-zero-mac"]
 REVERT = REPO / "reproducers" / "rp-filter-lo" / "controls" / "revert-66f8209547cc.patch"
-HISTORY_VERSION = "2"  # bump when the planted history below changes (it names the branch)
 
 
 def kbisect(args: list[str], home: Path, results: Path, timeout: float = 5400) -> subprocess.CompletedProcess:
@@ -52,54 +51,6 @@ def _commit(repo: Path, subject: str) -> str:
     return _git(repo, "rev-parse", "HEAD")
 
 
-def make_history(home: Path) -> tuple[Path, dict[str, str]]:
-    """The synthetic history, a branch of kbisect's git repository of Debian's linux-source-6.1;
-    (the repository, {name: sha}). Made in a temporary worktree: the repository's own checkout
-    stays Debian's source."""
-    from orchestrator.adapters.builds.trees import DEBIAN_TAG, debian_repo
-    from orchestrator.adapters.progress import StepLog
-    from orchestrator.adapters.variants.packages import DebianPackages
-
-    os.environ["KBISECT_HOME"] = str(home)
-    repo, origin = debian_repo("6.1", DebianPackages(), StepLog(label="test"))
-    branch = f"kbisect-test-history-v{HISTORY_VERSION}"
-    work = home / "test-repos" / f".{branch}.work"
-    shutil.rmtree(work, ignore_errors=True)
-    _git(repo, "worktree", "prune")
-    _git(repo, "worktree", "add", "-q", "--force", "-B", branch, str(work), DEBIAN_TAG)
-    try:
-        shas = {"base": _git(repo, "rev-parse", DEBIAN_TAG + "^{commit}")}
-        decoy = work / "drivers" / "net" / "ethernet" / "intel" / "e1000" / "e1000_main.c"  # not in the guest config
-        decoy.write_text(decoy.read_text() + "\n/* a decoy change the guest kernel does not build */\n")
-        shas["decoy1"] = _commit(work, "e1000: a decoy change outside the guest config")
-        subprocess.run(["patch", "-p1", "--batch", "--fuzz=0", "-d", str(work), "-i", str(REVERT)], check=True,
-                       capture_output=True)
-        shas["culprit"] = _commit(work, 'Revert "fib: relax source validation check for loopback packets"')
-        doc = work / "Documentation" / "networking" / "ip-sysctl.rst"
-        doc.write_text(doc.read_text() + "\n.. a decoy documentation change\n")
-        shas["decoy2"] = _commit(work, "docs: a decoy change")
-    finally:
-        _git(repo, "worktree", "remove", "--force", str(work))
-    return repo, shas
-
-
-@pytest.fixture(scope="module")
-def history(vm_host, shared_home) -> tuple[Path, dict[str, str]]:
-    names = shared_home / "test-repos" / f"linux-6.1-history-v{HISTORY_VERSION}.json"
-    if names.is_file():
-        record = json.loads(names.read_text())
-        repo = Path(record["repo"])
-        if (repo / ".git").is_dir() and subprocess.run(["git", "-C", str(repo), "cat-file", "-e",
-                                                        record["shas"]["decoy2"]]).returncode == 0:
-            return repo, record["shas"]
-    names.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    repo, shas = make_history(shared_home)
-    names.write_text(json.dumps({"repo": str(repo), "shas": shas}))
-    print(f"\nsynthetic history on linux-source-6.1 made in {time.monotonic() - t0:.0f} s")
-    return repo, shas
-
-
 def build(home: Path, results: Path, *args: str) -> tuple[str, float]:
     t0 = time.monotonic()
     proc = kbisect(["kernels", "build", *[a for b in BUGS for a in ("--bug", b)], *args], home, results)
@@ -108,15 +59,15 @@ def build(home: Path, results: Path, *args: str) -> tuple[str, float]:
 
 
 @pytest.fixture(scope="module")
-def base_kernel(history, shared_home, tmp_path_factory) -> str:
+def base_kernel(merge_history, shared_home, tmp_path_factory) -> str:
     # through --linux-source: the same repository, revision and build directory as --repo would use
     spec, seconds = build(shared_home, tmp_path_factory.mktemp("results"), "--linux-source", "6.1")
     print(f"\nguest build of linux-source-6.1 (base): {spec} in {seconds:.0f} s")
     return spec
 
 
-def test_the_build_says_how_it_was_built(base_kernel, history, shared_home, tmp_path) -> None:
-    repo, shas = history
+def test_the_build_says_how_it_was_built(base_kernel, merge_history, shared_home, tmp_path) -> None:
+    repo, shas = merge_history
     proc = kbisect(["kernels", "show", base_kernel, "--json"], shared_home, tmp_path)
     (info,) = json.loads(proc.stdout)
     record = info["build"]
@@ -142,28 +93,95 @@ def test_the_built_kernel_passes_the_reproducers_in_one_vm(base_kernel, shared_h
     assert data["boots_by_kind"] == {**data["boots_by_kind"], "shared": 1, "isolated": 1} and data["boots"] == 2
 
 
-def test_commit_bisection_finds_the_planted_culprit_in_two_builds(base_kernel, history, shared_home,
-                                                                   tmp_path) -> None:
-    """The ranking puts the culprit first (it touches rp-filter-lo's path and names loopback):
-    the culprit and its parent are built (incrementally, from the base's build directory) and
-    probed, bad and good, and the boundary is verified; the range's ends are not built. Then
-    --verify-revert builds the culprit with itself reverted (built-in code: a whole kernel,
-    incrementally) and probes it three times: good each time confirms it."""
-    repo, shas = history
+MERGE_VERSION = "1"  # bump when the merge history below changes (it names the branch)
+NOT_BUILDABLE = "#error kbisect test: this commit does not build\n"
+
+
+def make_merge_history(home: Path) -> tuple[Path, dict[str, str]]:
+    """A real history with a merge on Debian's linux-source-6.1, every commit touching
+    rp-filter-lo's path net/ipv4/fib_frontend.c (so the paths pass cannot tell them apart):
+
+        base ── decoy ─────────────────────────┐
+           └── broken ── fixup ── culprit ──── merge
+
+    The decoy (main branch) names the bug's keywords in its subject and changes only a comment:
+    the ranking puts it first and it is good. On the side branch `broken` does not compile,
+    `fixup` repairs it, and the culprit (rp-filter-lo's fix reverted) has a subject with none of
+    the bug's words. The merge of both branches is the bad end."""
+    from orchestrator.adapters.builds.trees import DEBIAN_TAG, debian_repo
+    from orchestrator.adapters.progress import StepLog
+    from orchestrator.adapters.variants.packages import DebianPackages
+
+    os.environ["KBISECT_HOME"] = str(home)
+    repo, _origin = debian_repo("6.1", DebianPackages(), StepLog(label="test"))
+    branch = f"kbisect-test-merge-v{MERGE_VERSION}"
+    work = home / "test-repos" / f".{branch}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    _git(repo, "worktree", "prune")
+    _git(repo, "worktree", "add", "-q", "--force", "-B", branch, str(work), DEBIAN_TAG)
+    fib = work / "net" / "ipv4" / "fib_frontend.c"
+    try:
+        shas = {"base": _git(repo, "rev-parse", DEBIAN_TAG + "^{commit}")}
+        _git(work, "checkout", "-q", "-B", f"{branch}-side", shas["base"])
+        original = fib.read_text()
+        fib.write_text(original + NOT_BUILDABLE)
+        shas["broken"] = _commit(work, "fib: start a local helper")
+        fib.write_text(original)
+        shas["fixup"] = _commit(work, "fib: finish the local helper")
+        subprocess.run(["patch", "-p1", "--batch", "--fuzz=0", "-d", str(work), "-i", str(REVERT)], check=True,
+                       capture_output=True)
+        shas["culprit"] = _commit(work, "fib: simplify the device match")
+        _git(work, "checkout", "-q", branch)
+        fib.write_text(original + "/* Note on loopback packets, rp_filter and martian sources: a comment. */\n")
+        shas["decoy"] = _commit(work, "fib: document loopback source validation and rp_filter")
+        _git(work, "merge", "-q", "--no-ff", "-m", "Merge branch 'fib-helpers'", f"{branch}-side")
+        shas["merge"] = _git(work, "rev-parse", "HEAD")
+        assert NOT_BUILDABLE not in fib.read_text()
+    finally:
+        _git(repo, "worktree", "remove", "--force", str(work))
+    return repo, shas
+
+
+@pytest.fixture(scope="module")
+def merge_history(vm_host, shared_home) -> tuple[Path, dict[str, str]]:
+    names = shared_home / "test-repos" / f"linux-6.1-merge-v{MERGE_VERSION}.json"
+    if names.is_file():
+        record = json.loads(names.read_text())
+        repo = Path(record["repo"])
+        if (repo / ".git").is_dir() and subprocess.run(["git", "-C", str(repo), "cat-file", "-e",
+                                                        record["shas"]["merge"]]).returncode == 0:
+            return repo, record["shas"]
+    names.parent.mkdir(parents=True, exist_ok=True)
+    repo, shas = make_merge_history(shared_home)
+    names.write_text(json.dumps({"repo": str(repo), "shas": shas}))
+    return repo, shas
+
+
+def test_commit_bisection_over_a_merge_names_the_side_branch_culprit(base_kernel, merge_history, shared_home,
+                                                                       tmp_path) -> None:
+    """Real builds and boots over a merge history: the ranking's guess (the decoy) is probed
+    first and is good, the commit that does not compile is a skip, and the culprit on the side
+    branch is named, tested against its real parent (the fixup, built and probed good, not the
+    decoy that precedes it by date). Then --verify-revert builds the culprit with itself reverted
+    (built-in code: a whole kernel, incrementally) and probes it three times."""
+    repo, shas = merge_history
     t0 = time.monotonic()
     proc = kbisect(["bisect", "--bug", "rp-filter-lo", "--repo", str(repo), "--good", shas["base"],
-                    "--bad", shas["decoy2"], "--build", *[a for b in BUGS for a in ("--kconfig-for", b)],
+                    "--bad", shas["merge"], "--build", *[a for b in BUGS for a in ("--kconfig-for", b)],
                     "--verify", "1", "--verify-revert", "--fresh", "--json"], shared_home, tmp_path / "results")
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(proc.stdout)
-    print(f"\ncommit bisection: {data['builds']} build(s), {len(data['probes'])} probe(s), {seconds:.0f} s")
+    print(f"\ncommit bisection over a merge: {data['builds']} build(s), {len(data['probes'])} probe(s), "
+          f"{seconds:.0f} s")
     assert data["status"] == "found" and data["origin"] == "commit", data["stopped"]
     assert data["first_bad_commit"]["sha"] == shas["culprit"]
-    assert data["last_good_commit"]["sha"] == shas["decoy1"]
-    assert data["builds"] <= 2 and any("ranking-guided" in n for n in data["notes"])
-    phases = [p["phase"] for p in data["probes"]]
-    assert phases == ["bisect"] * 2 + ["verify"] * 2 + ["revert"] * 3, phases  # guesses, boundary, revert
+    assert data["parent_commits"] == [{"sha": shas["fixup"], "subject": "fib: finish the local helper"}]
+    assert data["merge"] is False and not any("ranking-guided" in n for n in data["notes"])
+    verdicts = {p["label"]: p["verdict"] for p in data["probes"] if p["phase"] != "verify"}
+    assert verdicts[shas["decoy"][:12]] == "good"  # the ranking's wrong guess, probed and survived
+    assert verdicts[shas["broken"][:12]] == "skip"  # it does not compile: skipped, as git bisect skip
+    assert verdicts[shas["fixup"][:12]] == "good" and verdicts[shas["culprit"][:12]] == "bad"
     bad = [p for p in data["probes"] if p["verdict"] == "bad"]
     assert bad and all("fails with rp_filter=1" in p["reason"] for p in bad), bad
     check = data["revert_check"]
