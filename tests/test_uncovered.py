@@ -68,6 +68,7 @@ class FakeBisect:
     table: dict[str, list[str]]
     asked: list[str] = field(default_factory=list)
     builds: list[tuple[str, str, str]] = field(default_factory=list)  # (base spec, patch text, name)
+    patch_files: list[Path] = field(default_factory=list)  # where each build's patch was
     tmp: Path = Path("/nonexistent")
 
     def real_probe(self, bug, _mirror) -> Callable[[str], ProbeRecord]:
@@ -83,6 +84,7 @@ class FakeBisect:
 
     def build_variant(self, base: str, patch: Path, name: str) -> UnpackedKernel:
         self.builds.append((base, Path(patch).read_text(), name))
+        self.patch_files.append(Path(patch))
         root = self.tmp / f"variant-{len(self.builds)}"
         root.mkdir(parents=True)
         return UnpackedKernel(KernelRef.of(f"{base}+{name}"), root, "5.7.0-fake")
@@ -232,6 +234,8 @@ def test_verify_revert_builds_the_revert_and_probes_it(kbisect_home, tmp_path, c
     ((base, patch, name),) = world.builds
     assert (base, name) == ("mainline:5.7", f"revert-{sha[:12]}")
     assert "-\tpropagate_ect1();" in patch and "net/ipv4/ip_tunnel.c" in patch
+    # the patch is kept in the home under the commit's name, never in a temporary directory
+    assert world.patch_files == [kbisect_home / "builds" / "reverts" / f"revert-{sha[:12]}.patch"]
     assert f"mainline:{variant}" in world.asked
     assert world.asked.count(f"mainline:{variant}") == 3  # three probes of the reverted kernel, none reused
     # the report shows the check as it is in result.json
