@@ -4,7 +4,10 @@ and boot are in tests/test_builds_vm.py."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,81 @@ def test_a_bases_own_source_is_that_version_or_an_error(kbisect_home):
     with pytest.raises(KbisectError, match=r"linux-source-6.1 6.1.190-1 is not downloadable \(nearest: 6.1.192-3\)"):
         trees.debian_repo("6.1", packages, StepLog(), "6.1.190-1", exact=True)
     assert packages.downloaded == []
+
+
+def test_an_override_replaces_a_requirement_and_keeps_what_it_implied(tmp_path) -> None:
+    """`kernels build --kconfig CONFIG_DEBUG_INFO_BTF=n` over the catalog (issue 19): BTF is off
+    and checked off, and the DWARF debug info gro-inner-th's BTF requirement brought stays, so
+    every object is compiled with the same flags (before: no way to say it; the catalog's config
+    always had BTF, and gro-inner-th's config alone has no debug info at all)."""
+    catalog_reqs = sorted({r for bug in catalog.all_bugs() for r in bug.kconfig}, key=str)
+    off = Requirement.parse("CONFIG_DEBUG_INFO_BTF=n")
+    tree = trees.from_dir(_tree(tmp_path / "linux"))
+    with_btf = BuildPlan(tree, "guest", requirements=catalog_reqs)
+    without = BuildPlan(tree, "guest", requirements=catalog_reqs, overrides=[off])
+    frag = without.fragment()
+    assert frag["CONFIG_DEBUG_INFO_BTF"] == "n"
+    assert {k: v for k, v in frag.items() if k != "CONFIG_DEBUG_INFO_BTF"} == \
+        {k: v for k, v in with_btf.fragment().items() if k != "CONFIG_DEBUG_INFO_BTF"}
+    assert frag["CONFIG_DEBUG_INFO_NONE"] == "n" and frag["CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT"] == "y"
+    checked = without.checked()
+    assert off in checked and Requirement.parse("CONFIG_DEBUG_INFO_BTF=y") not in checked
+    assert len(checked) == len(with_btf.checked())
+    # another config: another build directory and another name
+    assert obj_dir(without) != obj_dir(with_btf) and inputs_key(without) != inputs_key(with_btf)
+
+
+def test_an_override_is_appended_to_a_given_config(tmp_path) -> None:
+    tree = trees.from_dir(_tree(tmp_path / "linux"))
+    plain = BuildPlan(tree, "file", CONFIG)
+    plan = BuildPlan(tree, "file", CONFIG, [Requirement.parse("CONFIG_VETH")],
+                     overrides=[Requirement.parse("CONFIG_VETH=n")])
+    assert plain.config_text() == CONFIG
+    assert parse_kconfig(plan.config_text())["CONFIG_HZ"] == "250"
+    assert plan.config_text().endswith("# CONFIG_VETH is not set\n")
+    assert plan.checked() == [Requirement.parse("CONFIG_VETH=n")]
+    assert plan.config_key() != plain.config_key()
+
+
+@pytest.mark.parametrize("req, says", [
+    (BuildRequest(linux_source="6.1", kconfig=[Requirement.parse("CONFIG_VIRTIO_BLK=n")]),
+     "--kconfig CONFIG_VIRTIO_BLK=n: kbisect's guest needs CONFIG_VIRTIO_BLK=y"),
+    (BuildRequest(linux_source="6.1", kconfig=[Requirement.parse("CONFIG_VIRTIO_BLK")]),
+     "guest needs CONFIG_VIRTIO_BLK=y"),  # a module would be undone by the fragment
+])
+def test_an_override_may_not_take_the_guests_needs(req, says) -> None:
+    with pytest.raises(KbisectError, match=says):
+        check_request(req)
+    check_request(BuildRequest(linux_source="6.1", kconfig=[Requirement.parse("CONFIG_VIRTIO_BLK=y")]))
+
+
+def test_a_malformed_override_is_one_line(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "kernels", "build", "--linux-source", "6.1",
+                           "--kconfig", "DEBUG_INFO_BTF=n"], cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, "KBISECT_HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["kbisect: error: --kconfig: 'DEBUG_INFO_BTF=n' is not CONFIG_NAME "
+                                                "or CONFIG_NAME=VALUE"]
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None or shutil.which("gcc") is None, reason="no ccache/gcc")
+def test_two_build_directories_share_ccache_entries(tmp_path, kbisect_home) -> None:
+    """The same source compiled with -g in two build directories whose generated config header
+    differs in an option the file does not use (the catalog's config and the same without BTF)
+    is served from the cache the second time. Before: ccache hashed the working directory (its
+    default with -g), so every object of the second build directory was compiled again."""
+    from orchestrator.adapters.builds import kmake
+
+    src = tmp_path / "src" / "t.c"
+    src.parent.mkdir()
+    src.write_text('#include <generated/autoconf.h>\nint f(void) { return CONFIG_HZ; }\n')
+    env = kmake._env()
+    for obj, extra in (("obj-a", "#define CONFIG_DEBUG_INFO_BTF 1\n"), ("obj-b", "")):
+        gen = tmp_path / obj / "include" / "generated"
+        gen.mkdir(parents=True)
+        (gen / "autoconf.h").write_text("#define CONFIG_HZ 250\n" + extra)
+        subprocess.run(["ccache", "gcc", "-g", "-I./include", "-c", str(src), "-o", "t.o"], cwd=tmp_path / obj,
+                       env=env, check=True)
+    stats = subprocess.run(["ccache", "--print-stats"], env=env, capture_output=True, text=True, check=True).stdout
+    counts = dict(line.split("\t", 1) for line in stats.splitlines() if "\t" in line)
+    assert (counts.get("preprocessed_cache_hit"), counts.get("cache_miss")) == ("1", "1"), stats

@@ -32,7 +32,7 @@ from orchestrator.adapters.variants.patches import apply_patch, reverse_patch
 from orchestrator.app.kernels import fetch_kernel
 from orchestrator.core.bug import Bug
 from orchestrator.core.errors import KbisectError
-from orchestrator.core.kconfig import Requirement
+from orchestrator.core.kconfig import Requirement, check_overrides
 
 
 @dataclass
@@ -49,6 +49,9 @@ class BuildRequest:
     base: str | None = None  # the prebuilt kernel whose config `base` takes
     patches: list[Path] = field(default_factory=list)
     bugs: list[Bug] = field(default_factory=list)  # whose kconfig requirements the guest config meets
+    # `--kconfig`: options set last, each replacing a requirement of the same option (the
+    # catalog's config with CONFIG_DEBUG_INFO_BTF=n: a kernel without BTF, compiled alike)
+    kconfig: list[Requirement] = field(default_factory=list)
     jobs: int = 0
     name: str | None = None  # the local:NAME to install as (a commit bisection names its steps)
 
@@ -77,6 +80,10 @@ def check_request(req: BuildRequest) -> None:
     for patch in req.patches:
         if not Path(patch).is_file():
             raise KbisectError(f"--patch {patch}: no such file")
+    try:
+        check_overrides(req.kconfig)
+    except ValueError as e:
+        raise KbisectError(f"--kconfig {e}") from None
 
 
 def source_repo(req: BuildRequest, deps: BuildDeps, progress: StepLog) -> tuple[Path | None, dict]:
@@ -102,13 +109,16 @@ def plan_for(req: BuildRequest, tree: trees.SourceTree, deps: BuildDeps) -> Buil
     # sorted: the same reproducers named in another order are the same config (one build directory)
     requirements = sorted({r for bug in req.bugs for r in bug.kconfig}, key=str)
     if req.config == "guest":
-        return BuildPlan(tree, "guest", requirements=requirements, patches=list(req.patches), jobs=req.jobs)
+        return BuildPlan(tree, "guest", requirements=requirements, patches=list(req.patches), jobs=req.jobs,
+                         overrides=list(req.kconfig))
     if req.config == "base":
         base = deps.fetch(str(req.base))
         if base.config is None:
             raise KbisectError(f"{req.base} has no kernel config to build with")
-        return BuildPlan(tree, "base", base.config.read_text(), requirements, list(req.patches), req.jobs)
-    return BuildPlan(tree, "file", Path(req.config).read_text(), requirements, list(req.patches), req.jobs)
+        return BuildPlan(tree, "base", base.config.read_text(), requirements, list(req.patches), req.jobs,
+                         list(req.kconfig))
+    return BuildPlan(tree, "file", Path(req.config).read_text(), requirements, list(req.patches), req.jobs,
+                     list(req.kconfig))
 
 
 def inputs_key(plan: BuildPlan) -> str:
@@ -177,7 +187,8 @@ def _build_into(plan: BuildPlan, dest: Path, key: str, progress: StepLog) -> Non
             kmake.write_record(staging, {
                 "release": release, "inputs": key, "source": plan.tree.origin, "tree": str(plan.tree.path),
                 "version": plan.tree.version, "config": plan.mode, "config_key": plan.config_key(),
-                "requirements": [str(r) for r in plan.requirements],
+                "requirements": [str(r) for r in plan.checked()],
+                "overrides": [str(r) for r in plan.overrides],
                 "patches": [{"name": Path(p).name, "sha256": cache.sha256_file(Path(p))} for p in plan.patches],
                 "build_dir": str(obj), "seconds": round(time.monotonic() - t0, 1), "built_at": time.time(),
                 "modules": sum(1 for _ in (staging / "lib" / "modules" / release).rglob("*.ko*")),

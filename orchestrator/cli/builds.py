@@ -13,6 +13,7 @@ import click
 from orchestrator.cli.base import check_input_file
 from orchestrator.cli.kernels import kernels
 from orchestrator.core.errors import KbisectError
+from orchestrator.core.kconfig import Requirement
 
 MAX_PATCH_BYTES = 64 << 20
 
@@ -35,10 +36,14 @@ MAX_PATCH_BYTES = 64 << 20
               help="A patch applied for this build (-p1, no fuzz), reversed afterwards (repeatable).")
 @click.option("--bug", "bug_ids", multiple=True, metavar="ID",
               help="Meet this reproducer's kconfig: requirements (repeatable; default: the whole catalog).")
+@click.option("--kconfig", "kconfig", multiple=True, metavar="CONFIG_X[=V]",
+              help="Set this option after the reproducers' requirements, replacing theirs of the same "
+                   "option, and check it in the result (repeatable). E.g. CONFIG_DEBUG_INFO_BTF=n: the "
+                   "catalog's config without BTF, same debug info, so ccache serves the objects.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="make -j (default: one per core).")
 def build_cmd(tree: Path | None, repo: Path | None, rev: str | None, linux_source: str | None,
               linux_source_version: str | None, config_mode: str, base: str | None, patches: tuple[Path, ...],
-              bug_ids: tuple[str, ...], jobs: int | None) -> None:
+              bug_ids: tuple[str, ...], kconfig: tuple[str, ...], jobs: int | None) -> None:
     """Build bzImage and modules out of tree (ccache, a reused build directory per tree and
     config) and cache the result as a kernel like any other. Prints its spec, `local:NAME`;
     `kbisect kernels show local:NAME` says how it was built. Progress and the build log's path
@@ -51,9 +56,13 @@ def build_cmd(tree: Path | None, repo: Path | None, rev: str | None, linux_sourc
     if config_mode not in ("guest", "base"):
         check_input_file("--config", Path(config_mode), max_bytes=4 << 20)
     bugs = [catalog.resolve(b) for b in bug_ids] if bug_ids else catalog.all_bugs()
+    try:
+        overrides = [Requirement.parse(k) for k in kconfig]
+    except ValueError as e:
+        raise KbisectError(f"--kconfig: {e}") from None
     req = BuildRequest(tree=tree, repo=repo, rev=rev, linux_source=linux_source,
                        linux_source_version=linux_source_version, config=config_mode, base=base,
-                       patches=list(patches), bugs=bugs, jobs=jobs or 0)
+                       patches=list(patches), bugs=bugs, kconfig=overrides, jobs=jobs or 0)
     check_request(req)
     if base and config_mode != "base":
         raise KbisectError("--base is only for --config base")

@@ -140,18 +140,40 @@ class Requirement:
         return self.name if self.want == "ym" else f"{self.name}={self.want}"
 
 
-def guest_fragment(requirements: list[Requirement]) -> dict[str, str]:
-    """The options a guest build sets after defconfig: the guest's, the parents, the requirements.
+def guest_fragment(requirements: list[Requirement], overrides: Iterable[Requirement] = ()) -> dict[str, str]:
+    """The options a guest build sets after defconfig: the guest's, the parents, the requirements,
+    then the overrides (`kernels build --kconfig`).
 
-    An option the guest needs built in stays built in when a reproducer would settle for a module."""
+    An option the guest needs built in stays built in when a reproducer would settle for a module.
+    An override sets only its own option: what a requirement implied stays (the catalog's config
+    with CONFIG_DEBUG_INFO_BTF=n keeps the DWARF debug info BTF brought, so every object is
+    compiled with the same flags and only the link differs)."""
     out = {name: "n" for name in GUEST_OFF}
     out.update(PARENT_OPTIONS)
     for req in requirements:
         if req.want != "n":
             out.update(IMPLIES.get(req.name, {}))
         out[req.name] = req.fragment_value()
+    for req in overrides:
+        out[req.name] = req.fragment_value()
     out.update(GUEST_OPTIONS)
     return out
+
+
+def overridden(requirements: Iterable[Requirement], overrides: Iterable[Requirement]) -> list[Requirement]:
+    """What a build must meet: the requirements, each one an override names replaced by the override."""
+    overrides = list(overrides)
+    names = {o.name for o in overrides}
+    return [r for r in requirements if r.name not in names] + overrides
+
+
+def check_overrides(overrides: Iterable[Requirement]) -> None:
+    """An override may not take away what kbisect's guest needs to boot (it would only be undone
+    by the fragment, silently): refused with the option's name."""
+    for req in overrides:
+        if req.name in GUEST_OPTIONS and not Requirement(req.name, GUEST_OPTIONS[req.name]).met_by(
+                {req.name: req.fragment_value()}):
+            raise ValueError(f"{req}: kbisect's guest needs {req.name}={GUEST_OPTIONS[req.name]}")
 
 
 def fragment_text(options: dict[str, str]) -> str:

@@ -29,7 +29,7 @@ from orchestrator.adapters.builds.trees import SourceTree
 from orchestrator.adapters.fsutil import atomic_write, run_to_log, run_tool
 from orchestrator.adapters.progress import StepLog
 from orchestrator.core.errors import BuildFailed, ConfigUnmet, KbisectError
-from orchestrator.core.kconfig import Requirement, fragment_text, guest_fragment, parse_kconfig, unmet
+from orchestrator.core.kconfig import Requirement, fragment_text, guest_fragment, overridden, parse_kconfig, unmet
 
 CONFIG_MODES = ("guest", "base")  # or a file's path
 _COMPILED_RE = re.compile(rb"^\s+(CC|AS|LD)\s", re.MULTILINE)
@@ -38,7 +38,9 @@ _COMPILED_RE = re.compile(rb"^\s+(CC|AS|LD)\s", re.MULTILINE)
 @dataclass
 class BuildPlan:
     """What to build: the tree, the config (mode and, for base/file, the config's text), the
-    requirements the result must meet, patches applied for this build only, make's -j."""
+    requirements the result must meet, patches applied for this build only, make's -j, and the
+    overrides (`--kconfig`): options set after everything else, replacing a requirement of the
+    same option."""
 
     tree: SourceTree
     mode: str  # "guest", "base" or "file"
@@ -46,15 +48,27 @@ class BuildPlan:
     requirements: list[Requirement] = field(default_factory=list)
     patches: list[Path] = field(default_factory=list)
     jobs: int = 0  # 0: one per core
+    overrides: list[Requirement] = field(default_factory=list)
 
     def config_key(self) -> str:
         """What the reusable build directory is keyed by, besides the tree."""
         if self.mode == "guest":
             return "guest:" + hashlib.sha256(fragment_text(self.fragment()).encode()).hexdigest()[:16]
-        return f"{self.mode}:" + hashlib.sha256(self.base_config.encode()).hexdigest()[:16]
+        return f"{self.mode}:" + hashlib.sha256(self.config_text().encode()).hexdigest()[:16]
 
     def fragment(self) -> dict[str, str]:
-        return guest_fragment(self.requirements)
+        return guest_fragment(self.requirements, self.overrides)
+
+    def config_text(self) -> str:
+        """The base/file config as written before olddefconfig: the overrides appended (the last
+        assignment of an option is the one kconfig keeps)."""
+        if not self.overrides:
+            return self.base_config
+        return self.base_config.rstrip("\n") + "\n" + fragment_text({r.name: r.fragment_value() for r in self.overrides})
+
+    def checked(self) -> list[Requirement]:
+        """What the resolved .config must meet."""
+        return overridden(self.requirements, self.overrides)
 
 
 def obj_dir(plan: BuildPlan) -> Path:
@@ -66,6 +80,14 @@ def _env() -> dict[str, str]:
     env = dict(os.environ, CCACHE_DIR=str(config.subdir("ccache")), KBUILD_BUILD_TIMESTAMP="2000-01-01",
                KBUILD_BUILD_USER="kbisect", KBUILD_BUILD_HOST="kbisect", LC_ALL="C")
     env.setdefault("CCACHE_MAXSIZE", "5G")
+    # Each config has its own build directory (obj_dir), and with -g ccache puts the working
+    # directory into every object's hash (ccache manual, "hash_dir"): the same source under
+    # another config (the catalog's config with --kconfig CONFIG_DEBUG_INFO_BTF=n) would then
+    # never hit. Kbuild names nothing of O= on the compiler's command line (-I./include...), so
+    # without it an object whose preprocessed text is unchanged is served from the cache. Cost:
+    # such an object's DW_AT_comp_dir names the other build directory; nothing reads it (pahole
+    # builds BTF from the types, and a kernel's sources are named by absolute path).
+    env.setdefault("CCACHE_NOHASHDIR", "1")
     return env
 
 
@@ -85,11 +107,11 @@ def configure(plan: BuildPlan, obj: Path, log) -> dict[str, str]:
         with open(obj / ".config", "a") as cfg:
             cfg.write("\n# kbisect guest fragment (core.kconfig)\n" + fragment_text(plan.fragment()))
     else:
-        (obj / ".config").write_text(plan.base_config)
+        (obj / ".config").write_text(plan.config_text())
         _drop_signing_keys(obj / ".config")
     _make(make + ["olddefconfig"], log, "make olddefconfig")
     resolved = parse_kconfig((obj / ".config").read_text())
-    wanted = list(plan.requirements)
+    wanted = plan.checked()
     if plan.mode == "guest":
         wanted += [Requirement(n, v) for n, v in plan.fragment().items() if n in _MUST_HOLD]
     missing = unmet(wanted, resolved)
