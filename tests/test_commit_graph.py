@@ -262,3 +262,22 @@ def test_a_fix_search_names_the_first_good_commit_with_bad_parents() -> None:
     # the fix is s (side branch); bad means "the bug is there": g, a bad; s, m, b good
     res = DagEngine(_graph(edges, "g", "b"), _probe({"g", "a"}, []), verify=1, fix=True).run()
     assert res.status is BisectStatus.FOUND and res.first_bad.label == "s" and [c.label for c in res.parents] == ["g"]
+
+
+@pytest.mark.parametrize("spec, good, bad", [(SIDE, "base", "m3"), (FORK, "G", "m2"), (MERGE, "base", "m2")],
+                         ids=["side", "fork", "merge"])
+def test_the_first_split_is_as_good_as_git_rev_list_bisect(tmp_path, kbisect_home, spec, good, bad) -> None:
+    """The search's first commit after the ends has the best distance git itself computes
+    (`git rev-list --bisect-all`: dist = min(ancestors in the range, the rest))."""
+    repo = tmp_path / "linux"
+    shas = graph_repo(repo, spec)
+    out = subprocess.run(["git", "-C", str(repo), "rev-list", "--bisect-all", shas[bad], "^" + shas[good]],
+                         capture_output=True, text=True, check=True).stdout
+    dist = {line.split()[0]: int(line.split("dist=")[1].rstrip(")")) for line in out.splitlines() if "dist=" in line}
+    world = GraphWorld(shas, {shas[bad]})  # only the bad end is bad: the first split is still probed
+    order: list[str] = []
+    probe = world.probe
+    world.probe = lambda spec_, bug: (order.append(world.sha(spec_)), probe(spec_, bug))[1]
+    run_commit_bisect(BUG, CommitBisectRequest(repo, shas[good], shas[bad], verify_runs=0, guided=False), world.deps())
+    first = next(s for s in order if s not in (shas[good], shas[bad]))
+    assert dist[first] == max(dist.values()), (first, dist)
