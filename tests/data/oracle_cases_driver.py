@@ -50,8 +50,14 @@ def run_once(case: dict, attempt: int) -> dict:
             os.chmod(path, 0o755)
         env.update(PATH=f"{shim_dir}:{HOST_PATH}", KBSHIM_RULES=json.dumps(rules))
     env.update(case.get("env") or {})
-    proc = subprocess.run(["timeout", str(case["timeout"]), "bash", "run.sh"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    cmd = ["timeout", str(case["timeout"]), "bash", "run.sh"]
+    if case.get("hide"):
+        # what the kernel would lack (gro-inner-th without BTF: an empty tmpfs on /sys/kernel/btf),
+        # hidden in a mount namespace of this run only; a mount that fails is exit 99, not a skip
+        cmd = ["unshare", "--mount", "--propagation", "private", "bash", "-c",
+               'for d in "${@:2:$1}"; do mount -t tmpfs kbhide "$d" || exit 99; done; exec "${@:$1+2}"',
+               "hide", str(len(case["hide"])), *case["hide"], *cmd]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     fired_file = os.path.join(shim_dir, f"fired.{case.get('tool', '')}")
     fired = open(fired_file).read() if os.path.exists(fired_file) else ""
