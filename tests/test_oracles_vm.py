@@ -99,6 +99,8 @@ def guest_results(vm_host, shared_home, tmp_path_factory) -> dict[str, dict]:
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     print(f"\noracle cases in one guest of {KERNEL}: {len(cases)} cases, {len(records)} runs, "
           f"{rec.seconds:.1f}s (run {rec.phases.get('run', 0):.1f}s)")
+    for r in records:  # the CI log shows what each case said in the guest
+        print(f"  {r['name']} (attempt {r['attempt']}): {r['code']} {r['line']}")
     return last_attempts(records)
 
 
