@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Iterator
+from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
@@ -150,6 +152,87 @@ def _session():
     return session
 
 
+@dataclass(frozen=True)
+class Bound:
+    """How much of one response kbisect reads, and for how long in all: a mirror that never
+    ends a body (or drips it) must not fill the disk or hold a run forever. `what` names the
+    kind of resource in the error line."""
+
+    limit: int  # bytes of the (decoded) body
+    seconds: float  # from the request to the last byte
+    what: str
+
+
+# The caps follow what each format can hold. Index pages, CHECKSUMS, status files and Launchpad's
+# JSON pages are kilobytes (the whole mainline top index, thousands of rows of ~200 bytes, is well
+# under 1 MiB; real-layouts.md's v6.13 CHECKSUMS is 1121 bytes). The largest kernel package
+# kbisect fetches is a generic kernel's modules (~100 MB; Debian's linux-source .deb is 139 MB,
+# field-notes.md), so 512 MiB leaves room without letting a mirror fill the disk.
+SMALL = Bound(8 << 20, 300.0, "a small resource (index page, CHECKSUMS, status file)")
+PACKAGE = Bound(512 << 20, 3600.0, "a package")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
+
+
+def checked_url(url: str) -> str:
+    """`url`, when it is one kbisect can fetch: only http(s) mirrors are supported (requests
+    answers a file:// or scheme-less URL with InvalidSchema/MissingSchema, which tells the user
+    nothing). Bad input, so a KbisectError that stops the command rather than a skip."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        given = f"a {scheme}:// URL" if scheme else "no http:// or https:// in front"
+        raise KbisectError(f"cannot reach {short_url(url)}: only http(s) mirrors are supported ({given})")
+    return url
+
+
+def bounded_body(response: Any, url: str, bound: Bound, started: float | None = None) -> Iterator[bytes]:
+    """The body of a streamed `requests` response, chunk by chunk, within `bound`: an announced
+    Content-Length over the limit is refused before a byte is read, a body that grows past it
+    (no or a lying length, an endless page, a gzip bomb: decoded bytes count) or takes longer
+    than `bound.seconds` since `started` is refused as soon as it does. SourceUnreachable: this
+    mirror's answer for one kernel cannot be had. A connection dropped mid-body ends the
+    iteration early with BrokenOff (the caller tells truncation from the checksum).
+
+    read1 returns what one socket read gives, so the clock is looked at between small reads
+    even when a mirror drips bytes slower than the per-read timeout would notice."""
+    started = time.monotonic() if started is None else started
+    announced = response.headers.get("Content-Length", "")
+    if announced.isdigit() and int(announced) > bound.limit:
+        raise SourceUnreachable(f"{short_url(url)} announces {_mib(int(announced))}, more than the "
+                                f"{_mib(bound.limit)} kbisect reads for {bound.what}; refused")
+    got = 0
+    while True:
+        chunk = _read1(response)
+        if not chunk:
+            return
+        got += len(chunk)
+        if got > bound.limit:
+            raise SourceUnreachable(f"{short_url(url)} sent more than the {_mib(bound.limit)} kbisect reads "
+                                    f"for {bound.what}; refused")
+        if time.monotonic() - started > bound.seconds:
+            raise SourceUnreachable(f"{short_url(url)} took longer than the {bound.seconds:g} s kbisect "
+                                    f"allows for {bound.what} ({got} bytes read); refused")
+        yield chunk
+
+
+class BrokenOff(Exception):
+    """A response body ended by a broken connection (not by its end)."""
+
+
+def _read1(response: Any) -> bytes:
+    """One read of a response body (up to CHUNK decoded bytes); b"" at its end. A transfer that
+    breaks off is BrokenOff, whichever library layer noticed it."""
+    import requests
+    import urllib3.exceptions
+
+    try:
+        return response.raw.read1(CHUNK, decode_content=True) or b""
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        raise BrokenOff(str(exc)) from None
+
+
 def short_url(url: str) -> str:
     """A URL short enough for a one-line error: long query strings are elided."""
     if len(url) < 120:
@@ -159,38 +242,40 @@ def short_url(url: str) -> str:
     return head + ("?…" if parts.query else "") if len(head) < 150 else head[:70] + "…" + head[-70:]
 
 
-def _get_small(url: str, timeout: float):
-    """GET a small resource: the response, or None when it does not exist (404/410).
+def _get_small(url: str, timeout: float, bound: Bound = SMALL) -> bytes | None:
+    """GET a small resource within `bound`: its body, or None when it does not exist (404/410).
 
-    A mirror that does not answer is SourceUnreachable: while probing one kernel that is a skip
-    (another mirror may have it); a listing that cannot be read at all still stops the command,
-    because nothing asks the skip policy there."""
+    A mirror that does not answer (or answers too much, too slowly) is SourceUnreachable: while
+    probing one kernel that is a skip (another mirror may have it); a listing that cannot be read
+    at all still stops the command, because nothing asks the skip policy there."""
     import requests
 
+    started = time.monotonic()
     try:
-        response = _session().get(url, timeout=timeout)
+        response = _session().get(checked_url(url), timeout=timeout, stream=True)
     except requests.RequestException as exc:
         raise SourceUnreachable(f"cannot reach {short_url(url)}: {type(exc).__name__}") from None
-    if response.status_code in (404, 410):
-        return None
-    if response.status_code >= 400:
-        raise SourceUnreachable(f"{short_url(url)}: HTTP {response.status_code}")
-    return response
+    with response:
+        if response.status_code in (404, 410):
+            return None
+        if response.status_code >= 400:
+            raise SourceUnreachable(f"{short_url(url)}: HTTP {response.status_code}")
+        try:
+            return b"".join(bounded_body(response, url, bound, started))
+        except BrokenOff:
+            raise SourceUnreachable(f"{short_url(url)}: the connection broke off mid-answer") from None
 
 
 def http_get_text(url: str, timeout: float = 60) -> str | None:
-    """GET a small text resource (index page, CHECKSUMS, status); None when it does not exist (404/410)."""
-    response = _get_small(url, timeout)
-    if response is None:
-        return None
-    response.encoding = response.encoding or "utf-8"
-    return response.text
+    """GET a small text resource (index page, CHECKSUMS, status); None when it does not exist
+    (404/410). Decoded as UTF-8 with replacement: every format read this way is ASCII or UTF-8."""
+    body = _get_small(url, timeout)
+    return None if body is None else body.decode("utf-8", "replace")
 
 
 def http_get_bytes(url: str, timeout: float = 60) -> bytes | None:
     """GET a small binary resource (a detached signature); None when it does not exist (404/410)."""
-    response = _get_small(url, timeout)
-    return None if response is None else response.content
+    return _get_small(url, timeout)
 
 
 def http_get_json(url: str, timeout: float = 60) -> object | None:
@@ -203,7 +288,8 @@ def http_get_json(url: str, timeout: float = 60) -> object | None:
         raise KbisectError(f"{short_url(url)}: not JSON") from None
 
 
-def download(url: str | list[str], dest: Path, sha256: str | None, size: int | None = None) -> Path:
+def download(url: str | list[str], dest: Path, sha256: str | None, size: int | None = None,
+             bound: Bound = PACKAGE) -> Path:
     """Download `url` (or the first of several mirrors that has it) to `dest`, verified.
 
     A cached file is re-hashed and reused only if it still matches; a mismatching or
@@ -214,6 +300,8 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
     UnavailableError when the last mirror asked says it is gone (404/410), SourceUnreachable
     when it could not be reached or answered another HTTP error (another mirror, or a later
     run, may have it). A file that cannot be written here is this machine's trouble: it aborts.
+    No more than `bound` is read (a package's size and time cap): a bigger or slower answer is
+    SourceUnreachable with nothing written to stay.
     """
     import requests
 
@@ -232,8 +320,9 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
         last_error: KernelTrouble | None = None
         try:
             for candidate in urls:
+                started = time.monotonic()
                 try:
-                    response = _session().get(candidate, stream=True, timeout=60)
+                    response = _session().get(checked_url(candidate), stream=True, timeout=60)
                 except requests.RequestException as exc:
                     last_error = SourceUnreachable(f"cannot download {short_url(candidate)}: {type(exc).__name__}")
                     continue
@@ -253,13 +342,13 @@ def download(url: str | list[str], dest: Path, sha256: str | None, size: int | N
                     try:  # the open, every write and the close's flush: a full disk fails at any of them
                         with transfer_bar() as bar, open(tmp, "wb") as out:
                             task = bar.add_task(f"download {label}", total=total)
-                            try:
-                                for chunk in response.iter_content(CHUNK):
+                            try:  # bounded: a body past PACKAGE's size or time is refused as it comes
+                                for chunk in bounded_body(response, candidate, bound, started):
                                     out.write(chunk)
                                     digest.update(chunk)
                                     got += len(chunk)
                                     bar.advance(task, len(chunk))
-                            except requests.RequestException:  # connection dropped mid-body
+                            except BrokenOff:  # connection dropped mid-body
                                 truncated = True
                     except OSError as exc:
                         raise KbisectError(f"{label}: cannot write {tmp}: {exc.strerror or exc}") from None
