@@ -642,7 +642,7 @@ def test_packages_come_through_the_debian_sources_apt_client(kbisect_home, tmp_p
             return [{"Package": p, "Version": v, "Filename": f"pool/{p}_{v}.deb"}
                     for p in packages for v in ("6.1.188-1", "6.1.192-2")]
 
-        def download(self, package: str, version: str, into: Path) -> Path:
+        def download(self, package: str, version: str, into: Path, tick=None) -> Path:
             self.downloads.append(package)
             deb = into / f"{package}_{version}_all.deb"
             deb.write_bytes(b"deb")

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -198,23 +199,48 @@ def run_tool(cmd: list[str], what: str, error: type[KbisectError] = KbisectError
     """Run a tool and capture its output; a failure is one `error` line naming `what` and the
     tool's last words (bootfiles pass InstallationError: a missing mkfs breaks every kernel).
 
-    The tool runs in its own process group, killed whole when we are interrupted (SIGTERM is
-    raised as an exception anywhere, cli/base.py): `dpkg-deb -x` forks a `tar` that would go on
-    writing into a staging directory while our `finally` removes it, and leave it half-removed."""
+    The tool runs in its own process group, killed whole when we are interrupted (run_ticking):
+    `dpkg-deb -x` forks a `tar` that would go on writing into a staging directory while our
+    `finally` removes it, and leave it half-removed."""
     try:
-        proc = subprocess.Popen(dies_with_us(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, **kw)
+        proc = run_ticking(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     except FileNotFoundError:
         raise error(f"{what}: {cmd[0]} is not installed (run ./setup.sh)") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise error(f"{what} failed (exit {proc.returncode}): {' | '.join(tail[-3:]) or 'no output'}")
+    return proc
+
+
+TICK = 0.3  # seconds between run_ticking's looks at the clock and calls of its `tick`
+
+
+def run_ticking(cmd: list[str], *, timeout: float | None = None, tick: Callable[[], None] | None = None,
+                **kw) -> subprocess.CompletedProcess:
+    """Run `cmd` to its end (Popen's `kw` say what is captured) in the calling thread, in its own
+    process group that is killed whole on any interruption or after `timeout` seconds
+    (TimeoutExpired); `tick` is called about every TICK seconds while it runs (a progress line).
+
+    Why in the calling thread and its own group: SIGTERM is raised as an exception in the main
+    thread (cli/base.py), and Ctrl-C reaches the tools through the terminal's process group while
+    SIGTERM does not. A tool waited for in a worker thread (apt-get download) would go on until
+    it ended, and the stop with it; waited for here, the exception kills it at once and the
+    callers' `finally` removes what it was writing."""
+    proc = subprocess.Popen(dies_with_us(cmd), start_new_session=True, **kw)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        stdout, stderr = proc.communicate()
+        while True:
+            try:  # communicate may be retried after its timeout without losing output (Popen docs)
+                stdout, stderr = proc.communicate(timeout=TICK)
+                return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(cmd, timeout) from None
+                if tick is not None:
+                    tick()
     except BaseException:
         kill_group(proc)
         raise
-    if proc.returncode != 0:
-        tail = (stderr.strip() or stdout.strip()).splitlines()
-        raise error(f"{what} failed (exit {proc.returncode}): {' | '.join(tail[-3:]) or 'no output'}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def run_to_log(cmd: list[str], log, tick: Callable[[], None] | None = None, **kw) -> int:

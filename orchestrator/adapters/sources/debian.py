@@ -19,8 +19,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from orchestrator.adapters.fsutil import atomic_write
+from orchestrator.adapters.fsutil import atomic_write, run_ticking
 from orchestrator.adapters import cache, config, unpack
 from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
@@ -141,7 +142,9 @@ class Apt:
         return opts
 
     def _run(self, args: list[str], what: str, capture: bool = True, cwd: Path | None = None,
-             timeout: float = 1800) -> subprocess.CompletedProcess:
+             timeout: float = 1800, tick: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+        """apt-get/apt-cache with kbisect's options, waited for in this thread (fsutil.run_ticking):
+        a SIGTERM kills it at once, as Ctrl-C does, instead of waiting out a download."""
         if shutil.which(args[0]) is None:
             raise KbisectError(f"{args[0]} not found: the debian source needs apt")
         stdout = subprocess.PIPE
@@ -154,8 +157,8 @@ class Apt:
             except (AttributeError, OSError, ValueError):
                 stdout = subprocess.PIPE
         try:
-            result = subprocess.run(args[:1] + self.options + args[1:], cwd=cwd, text=True, timeout=timeout,
-                                    stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
+            result = run_ticking(args[:1] + self.options + args[1:], cwd=cwd, text=True, timeout=timeout, tick=tick,
+                                 stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
         except subprocess.TimeoutExpired:
             raise KbisectError(f"{what} timed out after {timeout:.0f}s") from None
         if not capture and stdout is subprocess.PIPE and result.stdout:
@@ -217,10 +220,12 @@ class Apt:
                     records.append(dict(para))
         return records
 
-    def download(self, package: str, version: str, into: Path) -> Path:
-        """`apt-get download package=version` into `into`; returns the .deb apt wrote."""
+    def download(self, package: str, version: str, into: Path, tick: Callable[[], None] | None = None) -> Path:
+        """`apt-get download package=version` into `into`; returns the .deb apt wrote. `tick` is
+        called while it runs (a progress line)."""
         into.mkdir(parents=True, exist_ok=True)
-        result = self._run(["apt-get", "download", "-q", f"{package}={version}"], "apt-get download", cwd=into)
+        result = self._run(["apt-get", "download", "-q", f"{package}={version}"], "apt-get download", cwd=into,
+                           tick=tick)
         debs = sorted(into.glob("*.deb"))
         if result.returncode != 0 or not debs:
             error = self._first_error(result.stderr)

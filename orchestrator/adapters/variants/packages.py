@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -172,12 +171,12 @@ class DebianPackages:
         return Downloaded(package, version, final, size)
 
     def _fetch(self, package: str, version: str, into: Path, progress: StepLog) -> Path:
-        """`apt-get download` in a worker thread, so the step can show the megabytes arriving."""
-        with progress.step(f"downloading {package} {version}") as step, ThreadPoolExecutor(1) as pool:
-            job = pool.submit(self.apt.download, package, version, into)
-            while not wait([job], timeout=0.3).done:
-                step.update(f"{_size_of(into) / 1e6:.0f} MB")
-            return job.result()
+        """`apt-get download`, the step showing the megabytes arriving. apt runs in this thread
+        (Apt._run): a SIGTERM stops it at once and the caller's `finally` removes `into`; in a
+        worker thread the stop waited for the download to end (issue 20)."""
+        with progress.step(f"downloading {package} {version}") as step:
+            return self.apt.download(package, version, into,
+                                     tick=lambda: step.update(f"{_size_of(into) / 1e6:.0f} MB"))
 
     def depends(self, deb: Downloaded) -> list[str]:
         field = run_tool(["dpkg-deb", "-f", str(deb.path), "Depends"], f"reading {deb.path.name}").stdout
