@@ -191,9 +191,10 @@ class DagEngine:
         return self._answer(state)
 
     def _close(self, state: _State, sha: str) -> None:
-        """A priority commit showed the new state: it is the likely culprit, so its parents inside
-        the range are probed next (`git bisect -- PATHS` would stop at it untested against them)."""
-        verdicts = {p: self._probe_in(state, p) for p in self.g.parents[sha] if p in self.index}
+        """A priority commit showed the new state: it is the likely culprit, so its parents still
+        undecided are probed next (`git bisect -- PATHS` would stop at it untested against them)."""
+        undecided = [p for p in self.g.parents[sha] if p in self.index and state.undecided >> self.index[p] & 1]
+        verdicts = {p: self._probe_in(state, p) for p in undecided}  # the others are checked with the answer
         said = ", ".join(f"{self.g.label(p)} is {v.value}" for p, v in verdicts.items())
         if all(v is self.old for v in verdicts.values()):
             self.notes.append(f"paths first: {self.g.label(sha)}, which touches the bug's paths, is {self.new.value}"
