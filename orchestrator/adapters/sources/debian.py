@@ -23,7 +23,7 @@ from typing import Callable
 
 from orchestrator.adapters.fsutil import atomic_write, run_ticking
 from orchestrator.adapters import cache, config, unpack
-from orchestrator.core.errors import ChecksumError, KbisectError, UnavailableError
+from orchestrator.core.errors import ChecksumError, KbisectError, SourceUnreachable, UnavailableError
 from orchestrator.adapters.kernel import MANIFEST, UnpackedKernel
 from orchestrator.adapters.sources import KernelEntry, KernelFile, Source
 from orchestrator.core.versions import DebianKernel, KernelVersion, parse_debian_kernel, parse_version
@@ -168,7 +168,7 @@ class Apt:
     @staticmethod
     def _first_error(stderr: str) -> str:
         for line in (stderr or "").splitlines():
-            if line.startswith(("E:", "Err:")):
+            if line.startswith(("E:", "Err:", "W: Failed to fetch")):
                 return line.strip()
         lines = [line for line in (stderr or "").splitlines() if line.strip()]
         return lines[-1].strip() if lines else "no output"
@@ -192,9 +192,13 @@ class Apt:
             (self.cachedir / "archives" / "partial").mkdir(parents=True, exist_ok=True)
             print("kbisect: refreshing Debian package lists (apt-get update)…", file=sys.stderr)
             result = self._run(["apt-get", "update", "-q"], "apt-get update")
+            if not self.has_lists():
+                # apt-get update exits 0 when no index could be fetched ("W: Failed to fetch …
+                # Could not connect", "W: Some index files failed to download"): no lists at
+                # all means the archive was not reached, never that it holds no kernels
+                raise SourceUnreachable(f"the Debian archive at {_archive_uri(wanted)} was unreachable: apt-get "
+                                        f"update fetched no package lists ({self._first_error(result.stderr)})")
             if result.returncode != 0:
-                if not self.has_lists():
-                    raise KbisectError(f"apt-get update failed: {self._first_error(result.stderr)}")
                 print(f"kbisect: warning: apt-get update partly failed ({self._first_error(result.stderr)}); "
                       "using the lists it has", file=sys.stderr)
             stamp.touch()
@@ -231,8 +235,15 @@ class Apt:
             error = self._first_error(result.stderr)
             if re.search(r"\b(404|410)\b", error):
                 raise UnavailableError(f"{package}={version}: the archive no longer serves it ({error})")
-            raise KbisectError(f"apt-get download {package}={version} failed: {error}")
+            # refused or not reached: this one package cannot be had now (a skip, app.policy)
+            raise SourceUnreachable(f"apt-get download {package}={version} failed: {error}")
         return debs[0]
+
+
+def _archive_uri(sources: str) -> str:
+    """The archive URI of the first line of a sources.list (for an error line)."""
+    m = re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)", sources, re.M)
+    return m.group(1) if m else "the configured mirror"
 
 
 def _preference(record: dict[str, str]) -> tuple:
