@@ -48,8 +48,8 @@ def home(vm_host, shared_home) -> Path:
     ("gretap-ecn", BASE, 0, "inner dst 18:be:92:a0:ee:26"),
     ("gretap-ecn", f"{BASE}+revert-227adfb2b1df", 1, "inner dst 18:bd:92:a0:ee:26"),
     ("veth-csum", f"{BASE}+revert-ce8c839b74e3", 1, "received data differs"),
-    ("vxlan-zero-mac", f"{BASE}+revert-1cd4bc987abb", 1, "dropped by vx0 (nolearning)"),
-    ("vxlan-zero-mac", "debian:5.10.0-30-cloud-amd64", 1, "dropped by vx0 (nolearning)"),
+    ("vxlan-zero-mac", f"{BASE}+revert-1cd4bc987abb", 1, "dropped by vx0 (nolearning) (3 sent, UdpInDatagrams +3, vx0 rx +0)"),
+    ("vxlan-zero-mac", "debian:5.10.0-30-cloud-amd64", 1, "dropped by vx0 (nolearning) (3 sent, UdpInDatagrams +3, vx0 rx +0)"),
     ("ipvs-gue-mtu", BASE, 0, "director egress tx_dropped +0"),
     ("ipvs-gue-mtu", f"{BASE}+revert-d7fce52fdf96", 1, "director egress dropped"),
 ])
