@@ -10,7 +10,8 @@ case (the lie must have been told), and so does any good.
 
 Where the host kernel lacks a feature needed before the read-back is reached (this machine has no
 gretap, fou, IPVS or netem), the case skips naming the fact `host_lacks` checked in a scratch
-namespace of its own - never the reproducer's message. Cases that fake the missing step itself
+namespace of its own - never the reproducer's message; tests/test_oracles_vm.py runs those cases
+in a Debian guest that has the features, with the same judge_case. Cases that fake the missing step itself
 (an `ip link add ... gretap` or `tc qdisc add ... netem` that "succeeds" without applying) run
 everywhere. A static test checks that every read-back call site in a run.sh has a case.
 """
@@ -389,5 +390,5 @@ def test_zz_oracle_shim_figures(capsys):
     host_skips = len(RESULTS) - len(ran)
     with capsys.disabled():
         print(f"\noracle shims: {len(ran)}, false goods: {len(false_goods)}"
-              f" (of {len(CASES)} cases; {host_skips} skipped: host lacks a feature, named per case)")
+              f" (of {len(CASES)} cases; {host_skips} skipped: host lacks a feature, named per case; tests/test_oracles_vm.py runs them in a guest)")
     assert not false_goods, false_goods
