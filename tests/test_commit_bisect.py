@@ -76,7 +76,7 @@ def test_commits_are_listed_oldest_first_with_the_good_end_first(history) -> Non
     commits = commits_between(repo, shas[0], shas[-1])
     assert [c.sha for c in commits] == shas and commits[CULPRIT].subject == SUBJECTS[CULPRIT]
     assert commits[1].spec == f"local:git-{shas[1][:12]}"
-    with pytest.raises(KbisectError, match="is not an ancestor"):
+    with pytest.raises(KbisectError, match="is newer than .*the older revision of the range must come first"):
         commits_between(repo, shas[-1], shas[0])
     with pytest.raises(KbisectError, match="--repo"):
         commits_between(repo, "no-such-rev", shas[0])

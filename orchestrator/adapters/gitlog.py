@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import KbisectError, ReversedRange
 
 UPSTREAM_PATTERNS = [
     re.compile(r"^\s*commit ([0-9a-f]{7,40}) upstream\.?", re.M | re.I),
@@ -116,7 +116,9 @@ def resolve_rev(repo, rev: str) -> str:
     try:
         return repo.commit(rev).hexsha
     except (git.exc.BadName, BadObject, ValueError, git.exc.GitCommandError):
-        raise KbisectError(f"unknown revision {rev!r} in {repo.working_dir}") from None
+        # the callers name the clone as the user gave it (--repo PATH): repo.working_dir may be
+        # kbisect's own worktree of it, a path the user never typed
+        raise KbisectError(f"unknown revision {rev!r} (no branch, tag or commit of that name)") from None
 
 
 @dataclass(frozen=True)
@@ -140,11 +142,28 @@ def commit_graph(repo_path: str | Path, good: str, bad: str) -> tuple[str, list[
     if lo == hi:
         raise KbisectError(f"{good} and {bad} are the same commit: there is nothing to bisect")
     if not repo.is_ancestor(lo, hi):
-        raise KbisectError(f"{good} is not an ancestor of {bad}: the older revision of the range must come first")
+        raise _no_range(repo, good, bad, lo, hi)
     inside = _graph_log(repo, "--topo-order", "--reverse", f"{lo}..{hi}")
     known = {c.sha for c in inside}
     outside = sorted({p for c in inside for p in c.parents if p not in known} | {lo})
     return lo, inside, _graph_log(repo, "--no-walk=unsorted", *outside)
+
+
+def _no_range(repo, good: str, bad: str, lo: str, hi: str) -> KbisectError:
+    """Why `good` is not an ancestor of `bad`, in words that say what to do: swapping the ends
+    fixes only a reversed range (ReversedRange); unrelated histories and a side branch need
+    other revisions."""
+    if repo.is_ancestor(hi, lo):
+        return ReversedRange(f"{good} is newer than {bad} ({bad} is an ancestor of it): the older revision of "
+                             "the range must come first")
+    bases = repo.merge_base(lo, hi)
+    if not bases:
+        return KbisectError(f"{good} and {bad} share no ancestry (unrelated histories): give two revisions of "
+                            "one history, the older an ancestor of the newer")
+    fork = bases[0].hexsha[:12]
+    return KbisectError(f"{good} is not an ancestor of {bad}: they are on diverging branches that fork at {fork}, "
+                        f"so swapping them will not help; give as the older end a revision {bad} contains "
+                        f"(the fork point {fork}, or a tag before it)")
 
 
 def _graph_log(repo, *args: str) -> list[GraphCommit]:

@@ -34,7 +34,7 @@ from orchestrator.app.run import run_probe
 from orchestrator.core.bug import Bug
 from orchestrator.core.dag import CommitGraph, DagEngine
 from orchestrator.core.engine import BisectStatus, Candidate, Probe
-from orchestrator.core.errors import KbisectError
+from orchestrator.core.errors import KbisectError, ReversedRange
 from orchestrator.core.verdict import ProbeRecord
 
 
@@ -106,7 +106,7 @@ def commit_range(repo: Path, good: str, bad: str) -> CommitRange:
     try:
         lo, inside, outside = commit_graph(repo, good, bad)
     except KbisectError as exc:
-        raise KbisectError(f"--repo {repo}: {exc}") from None
+        raise type(exc)(f"--repo {repo}: {exc}") from None
     commits = [Commit(c.sha, c.subject, c.parents, inside=False) for c in outside]
     commits += [Commit(c.sha, c.subject, c.parents) for c in inside]
     return CommitRange(good=lo, bad=inside[-1].sha if inside else lo, commits=commits)
@@ -179,13 +179,23 @@ class CommitKernels:
         return self.deps.probe(spec, self.bug)
 
 
+# What to swap when the ends come reversed (ReversedRange), by req.fix.
+ORDER_HINT = {
+    False: "--good is the older end (where the bug is absent), --bad the newer; swap them",
+    True: "with --fix, --bad is the older end (the bug still shows) and --good the newer (it is gone); swap them",
+}
+
+
 def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps | None = None, *,
                       on_event: Callable[[str], None] = lambda m: None,
                       on_probe: Callable[[Probe], None] | None = None) -> dict[str, Any]:
     """The bisection over commits: result.json's content, with the report written."""
     deps = deps or CommitBisectDeps()
     old_rev, new_rev = req.ends
-    commits = commit_range(req.repo, old_rev, new_rev)
+    try:
+        commits = commit_range(req.repo, old_rev, new_rev)
+    except ReversedRange as exc:  # which option is the older end differs between the two modes
+        raise ReversedRange(f"{exc}: {ORDER_HINT[req.fix]}") from None
     kernels = CommitKernels(req, bug, commits, deps, on_event)
     store = deps.store()
     run_key = store.open_run(f"bisect-commits{' --fix' if req.fix else ''} {bug.id} repo={req.repo} "

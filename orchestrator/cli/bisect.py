@@ -126,20 +126,19 @@ def bisect_cmd(bug_id: str, good: str, bad: str, mirror: str | None, distro: str
     from orchestrator.core.differential import distro_lineage
 
     handover = False
+    if fix and verify_revert:
+        raise KbisectError("--fix --verify-revert: the revert check undoes a culprit to see the bug go; a fix "
+                           "bisection finds where the bug went away and has no culprit to revert")
     if build_commits:
-        from orchestrator.app.handover import resolves
-
         if repo is None:
             raise KbisectError("--build needs --repo (the clone whose commits are built)")
         _check_repo(repo)
         if config_mode not in ("guest", "base"):  # before the package bisection a handover would run first
             check_input_file("--config", Path(config_mode), max_bytes=4 << 20)
-        if resolves(repo, good) and resolves(repo, bad):
+        if _ends_are_revisions(repo, good, bad, fix):
             _bisect_commits(bug_id, good, bad, repo, config_mode, kconfig_for, verify_runs, fresh, as_json, quiet,
                             fix, verify_revert)
             return
-        if fix:
-            raise KbisectError("--fix --build bisects commits: give --good and --bad as revisions of --repo")
         handover = True  # kernel specs: a package bisection first, then its commits
     if fix and (distro or repo is not None or verify_revert):
         raise KbisectError("--fix bisects the one lineage of --bad and --good: --distro, --repo and --verify-revert "
@@ -234,15 +233,41 @@ def _bisect_commits(bug_id: str, good: str, bad: str, repo: Path, config_mode: s
         for parent in data.get("parent_commits") or []:
             click.echo(f"  its {'parent' if not data.get('merge') else 'merge parent'} {parent['sha']} "
                        f"{parent['subject']}: {'bad' if fix else 'good'}, built and probed")
-        check = data.get("revert_check")
-        if check:
-            click.echo(f"revert check: {check['status']}"
-                       + (f" ({', '.join(check['verdicts'])})" if check.get("verdicts") else "")
-                       + (f": {check['reason']}" if check.get("reason") else ""))
+        if data.get("revert_check"):
+            click.echo(revert_line(data["revert_check"]))
+        elif verify_revert:
+            click.echo("revert check: not run (--verify-revert was asked; no check was made)")
         click.echo(f"report: {data.get('report')}")
     code = exit_code(data["status"])
     if code:
         sys.exit(code)
+
+
+def _ends_are_revisions(repo: Path, good: str, bad: str, fix: bool) -> bool:
+    """With --build: True when both ends are revisions of --repo, False when both are kernels (a
+    handover); a one-line error naming the end at fault otherwise: one revision and one name that
+    is nothing in the clone (a typo: not "not a mainline kernel version" about the other end),
+    or a name that is neither a revision nor a kernel."""
+    from orchestrator.app.handover import resolves
+    from orchestrator.core.versions import parse_spec
+
+    found = {option: resolves(repo, rev) for option, rev in (("--good", good), ("--bad", bad))}
+    if all(found.values()):
+        return True
+    given = {"--good": good, "--bad": bad}
+    if any(found.values()):
+        option = next(o for o, ok in found.items() if not ok)
+        raise KbisectError(f"{option} {given[option]}: no such revision in --repo {repo} (no branch, tag or commit "
+                           "of that name; with --build, --good and --bad are both revisions, or both kernels)")
+    if fix:
+        raise KbisectError(f"--fix --build bisects commits: --good {good} and --bad {bad} are no revisions of "
+                           f"--repo {repo}")
+    for option, spec in given.items():
+        try:
+            parse_spec(spec)
+        except KbisectError as exc:
+            raise KbisectError(f"{option} {spec}: neither a revision of --repo {repo} nor a kernel ({exc})") from None
+    return False
 
 
 def _check_spec(option: str, spec: str) -> None:
@@ -295,9 +320,8 @@ def _summary(data: dict[str, Any]) -> None:
         click.echo(f"commits {commits.get('good', '?')}..{commits.get('bad', '?')}: {commits['status']}"
                    + (f", first bad commit {first['sha']} {first['subject']}" if first else "")
                    + (f" ({commits['reason']})" if commits.get("reason") else ""))
-        check = commits.get("revert_check")
-        if check:
-            click.echo(f"revert check: {check['status']}" + (f": {check['reason']}" if check.get("reason") else ""))
+        if commits.get("revert_check"):
+            click.echo(revert_line(commits["revert_check"]))
     if data.get("mode") == "fix" and data.get("first_good"):
         click.echo(f"fixed in: {data['first_good']} (last bad {data['last_bad']})")
     if data.get("upstream_first_bad"):
@@ -306,4 +330,16 @@ def _summary(data: dict[str, Any]) -> None:
     for c in data.get("candidates", [])[:5]:
         up = f" (upstream {c['upstream'][:12]})" if c.get("upstream") else ""
         click.echo(f"  {c['score']:6.1f} {c['sha'][:12]} {c['subject']}{up}")
+    for note in data.get("notes") or []:  # said in result.json; the text must not hide them
+        if note.startswith("git narrowing"):
+            click.echo(f"note: {note}")
+    if data.get("revert_check"):
+        click.echo(revert_line(data["revert_check"]))
     click.echo(f"report: {data.get('report')}")
+
+
+def revert_line(check: dict[str, Any]) -> str:
+    """One line for a revert check, the same in every summary; one that did not run says so and why."""
+    status = "not run (--verify-revert was asked)" if check.get("status") == "not-run" else check.get("status")
+    verdicts = f" ({', '.join(check['verdicts'])})" if check.get("verdicts") else ""
+    return f"revert check: {status}{verdicts}" + (f": {check['reason']}" if check.get("reason") else "")

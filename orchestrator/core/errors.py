@@ -13,6 +13,11 @@ class KbisectError(Exception):
     exit_code = 2
 
 
+class ReversedRange(KbisectError):
+    """A range whose newer end was given as its older one: swapping the two ends fixes it (the
+    caller says which option is the older end)."""
+
+
 class KernelTrouble(KbisectError):
     """Trouble that concerns this kernel only: the kernel is a skip, the run goes on with others."""
 
