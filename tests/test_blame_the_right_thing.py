@@ -7,6 +7,7 @@
 - `bisect --build`: a mistyped revision is named as the end at fault (`--bad nosuchrev` used to
   blame `--good` with "not a mainline kernel version"), with --repo as the user gave it;
   `--fix --verify-revert --build` is refused up front.
+- `kernels list --from 6.1 --to 5.4` is refused (it listed nothing, exit 0).
 - The text summary of a package bisection says when git narrowing was skipped and when a
   requested --verify-revert did not run (before: only result.json said it).
 
@@ -116,6 +117,11 @@ CASES = [
          "diverging branches", setup=_setup_repo),
     Case("build-unrelated", BB + ("--good", "unrelated", "--bad", "v5.7"),
          "share no ancestry", setup=_setup_repo),
+    # before: an empty table and exit 0
+    Case("list-range-backwards", ("kernels", "list", "--from", "6.1", "--to", "5.4"),
+         "--from 6.1 is newer than --to 5.4"),
+    Case("list-debian-range-backwards", ("kernels", "list", "--source", "debian", "--from", "6.1.0-54",
+                                         "--to", "5.10.0-30"), "--from 6.1.0-54 is newer than --to 5.10.0-30"),
 ]
 
 

@@ -119,3 +119,14 @@ def test_sweep_gets_a_skip_cell_for_a_refused_download(tmp_path):
     assert "apt-get download" in cell["reason"] and "403" in cell["reason"]
     downloads = tmp_path / "home" / "downloads" / "debian"
     assert sorted(p.name for p in downloads.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_sweep_refuses_a_line_the_listing_does_not_have(tmp_path):
+    """`--line 9.99` (a typo) was a column of "no reachable kernel" and exit 0; the listing here
+    has 6.1 only."""
+    proc = kbisect(tmp_path, "sweep", "--bug", "gretap-ecn", "--line", "9.99", "--plan", fake_apt=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert error_lines(proc) == ["kbisect: error: --line 9.99: the debian listing has no kernel of that line "
+                                 "(its newest line is 6.1)"]
+    kept = kbisect(tmp_path, "sweep", "--bug", "gretap-ecn", "--line", "6.1", "--plan", fake_apt=True)
+    assert kept.returncode == 0 and f"debian:{KERNEL}" in kept.stdout, kept.stdout + kept.stderr

@@ -15,6 +15,7 @@ columns without booting anything or opening a sweep (`kbisect sweep --plan`).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -267,21 +268,53 @@ def resolve_lines(wanted: list[LineRequest], request: SweepRequest, deps: SweepD
     """Each planned column with the newest available build of its line, each source listed once
     (none at all when no column needs it)."""
     out: dict[str, Column] = {}
+    asked = set(request.lines)
     debian = [r for r in wanted if r.source == "debian"]
     if debian:
-        picked = pick_line_kernels(deps.debian_entries(), [r.line for r in debian])
+        entries = deps.debian_entries()
+        picked = pick_line_kernels(entries, [r.line for r in debian])
         for r in debian:
+            if r.line in asked:
+                _known_line(r, [e for e in entries if on_line(e.get("upstream") or e["version"], r.line)],
+                            [e.get("upstream") or e["version"] for e in entries])
             out[r.column] = Column(r.column, picked.get(r.line), "debian")
     mainline = [r for r in wanted if r.source == "mainline"]
     if mainline:
         rows = deps.mainline_entries(request.mirror, [r.line for r in mainline])
         for r in mainline:
-            _put(out, r, pick_newest_build(mainline_of_line(rows, r.line), "mainline"))
+            of_line = mainline_of_line(rows, r.line)
+            if r.line in asked:
+                _known_line(r, of_line, [str(e.get("version", "")) for e in rows])
+            _put(out, r, pick_newest_build(of_line, "mainline"))
     for r in (r for r in wanted if r.source == "ubuntu"):
         rows = [e for e in deps.ubuntu_entries(request.distro_mirror, r.series or "")
                 if str(e.get("version", "")).startswith(f"{r.line}.")]
         _put(out, r, pick_newest_build(rows, "ubuntu"))
     return {r.column: out[r.column] for r in wanted}
+
+
+def on_line(version: str, line: str) -> bool:
+    """Whether `version` (6.1.170, 6.1.0-54-cloud-amd64) is of `line` (6.1), as pick_line_kernels reads it."""
+    return line == "newest" or version.split(".")[:len(line.split("."))] == line.split(".")
+
+
+def _known_line(r: LineRequest, listed: list[dict], versions: list[str]) -> None:
+    """A --line the user asked for that is newer than every kernel the listing has (9.99, a
+    typo) is refused: a column of "no reachable kernel" and exit 0 read as a sweep that ran. A
+    line inside the listed span that has no kernel (an archive that dropped it) stays a column
+    that says so, as does a line whose builds all failed."""
+    if listed or r.line == "newest":
+        return
+    newest = max((_line_key(v) for v in versions), default=())
+    if _line_key(r.line) > newest:
+        have = ".".join(map(str, newest)) if newest else "nothing"
+        raise KbisectError(f"--line {r.line}: the {r.source} listing has no kernel of that line (its newest line "
+                           f"is {have})")
+
+
+def _line_key(version: str) -> tuple[int, ...]:
+    """(major, minor) of 6.1.170 or 6.1.0-54-cloud-amd64, for comparing lines."""
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:2])
 
 
 def _put(out: dict[str, Column], r: LineRequest, pick: Pick) -> None:

@@ -49,6 +49,7 @@ def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as
     from orchestrator.adapters.sources import get_source
 
     options = _source_options(source, allow_unverified, keyring)
+    _check_range(lo, hi)
     if source == "mainline":
         options["refresh"] = refresh
     entries = get_source(source, mirror, **options).list(lo, hi)
@@ -68,6 +69,24 @@ def list_cmd(source: str, mirror: str | None, lo: str | None, hi: str | None, as
             detail = entry.reason or ""
         table.add_row(entry.version, "yes" if entry.available else "[red]no[/red]", detail)
     Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
+
+
+def _check_range(lo: str | None, hi: str | None) -> None:
+    """--from newer than --to lists nothing, which read as "no kernels" with exit 0: refused.
+    Compared when both are upstream versions (6.1, 5.4.41) or both Debian ABI names; other
+    forms are left to the source."""
+    from orchestrator.core.versions import parse_debian_kernel, parse_version
+
+    if not (lo and hi):
+        return
+    for parse, key in ((parse_version, lambda v: v), (parse_debian_kernel, lambda k: k.with_flavour(None).sort_key)):
+        try:
+            low, high = key(parse(lo)), key(parse(hi))
+        except KbisectError:
+            continue
+        if low > high:
+            raise KbisectError(f"--from {lo} is newer than --to {hi}: nothing lies between them (swap them)")
+        return
 
 
 @kernels.command("fetch")
