@@ -23,10 +23,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 APT_GET = """#!/bin/sh
-# tests/test_apt_sigterm.py: `update` succeeds; `download` leaves a partial file and sleeps
+# tests/test_apt_sigterm.py: `update` writes one (empty) list; `download` leaves a partial file and sleeps
+lists=""
+for a in "$@"; do case "$a" in Dir::State::Lists=*) lists="${a#Dir::State::Lists=}" ;; esac; done
 for a in "$@"; do
   case "$a" in
-    update) exit 0 ;;
+    update) mkdir -p "$lists" && : > "$lists/fake_dists_bookworm_main_binary-amd64_Packages"; exit 0 ;;
     download)
       printf partial > linux-source-6.1_6.1.192-3_all.deb.partial
       echo $$ > "$FAKE_APT_MARK.tmp" && mv "$FAKE_APT_MARK.tmp" "$FAKE_APT_MARK"
