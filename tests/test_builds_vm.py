@@ -186,7 +186,7 @@ def test_commit_bisection_over_a_merge_names_the_side_branch_culprit(base_kernel
     assert bad and all("fails with rp_filter=1" in p["reason"] for p in bad), bad
     check = data["revert_check"]
     assert check["status"] == "confirmed" and check["sha"] == shas["culprit"], check
-    assert check["verdicts"] == ["good"] * 3
+    assert [v for v in check["verdicts"] if v != "skip"] == ["good"] * 3  # a skipped boot is run again
     assert Path(data["report"]).is_file()
 
 

@@ -365,3 +365,24 @@ def test_a_clone_without_the_stable_tags_is_told_which_to_fetch(kbisect_home, tm
     handed = data["commit_bisection"]
     assert handed["status"] == "not-run" and "v6.1.171 not in" in handed["reason"]
     assert "git fetch" in handed["reason"] and "tag v6.1.171" in handed["reason"]
+
+
+@pytest.mark.parametrize("runs, status, asked", [
+    (["good", "skip", "good", "good"], "confirmed", 4),  # a boot that timed out is asked again
+    (["good", "bad", "good"], "not-confirmed", 3),
+    (["skip"] * 6, "not-confirmed", 6),  # no evidence at all: unconfirmed, never good
+    (["skip", "skip", "skip", "good", "good", "skip"], "not-confirmed", 6),  # two good runs are not three
+])
+def test_the_revert_check_asks_a_skipped_run_again_and_confirms_only_on_three_goods(runs, status, asked) -> None:
+    from orchestrator.app.bisect import revert_verdicts
+    from orchestrator.core.engine import Candidate
+
+    answers = iter(runs)
+    seen: list[str] = []
+
+    def prober(cand):
+        seen.append(cand.spec)
+        return Verdict(next(answers))
+
+    check = revert_verdicts(BUG, prober, Candidate("local:git-abc-revert"), None)
+    assert check["status"] == status and len(seen) == asked and check["verdicts"] == runs[:asked]

@@ -386,8 +386,13 @@ REVERT_RUNS = 3  # KernelCI's check: the culprit reverted, probed three times
 
 def revert_verdicts(bug: Bug, prober: ProbeFn, cand: Candidate,
                     on_probe: Callable[[Probe], None] | None) -> dict[str, Any]:
-    """The reverted kernel probed REVERT_RUNS times: `confirmed` only when every run is good (a
-    skip confirms nothing: without evidence the culprit stays unconfirmed, never called good)."""
-    verdicts = [judge(bug.repeat, prober, cand, "revert", on_probe=on_probe).verdict for _ in range(REVERT_RUNS)]
-    confirmed = all(v is Verdict.GOOD for v in verdicts)
+    """The reverted kernel probed until REVERT_RUNS runs gave evidence: `confirmed` only when each
+    of them is good. A skip (a boot that timed out on a loaded host, say) is no evidence either
+    way, so it is run again, at most REVERT_RUNS more times; it never counts as good, and skips
+    that use up those tries leave the culprit unconfirmed."""
+    verdicts: list[Verdict] = []
+    while sum(v is not Verdict.SKIP for v in verdicts) < REVERT_RUNS and len(verdicts) < 2 * REVERT_RUNS:
+        verdicts.append(judge(bug.repeat, prober, cand, "revert", on_probe=on_probe).verdict)
+    evidence = [v for v in verdicts if v is not Verdict.SKIP]
+    confirmed = len(evidence) == REVERT_RUNS and all(v is Verdict.GOOD for v in evidence)
     return {"status": "confirmed" if confirmed else "not-confirmed", "verdicts": [v.value for v in verdicts]}
