@@ -171,7 +171,9 @@ def _assert_phases(rec, with_run: bool = True) -> None:
     assert rec.phases["boot"] > 0
 
 
-@pytest.mark.parametrize("line", ["5.10", "6.12"])
+# 5.10 and 6.1 boot with every reproducer in the sweep test (tests/test_shared_vm.py): 6.12 is the
+# line no other real boot reaches
+@pytest.mark.parametrize("line", ["6.12"])
 def test_debian_lines_boot_and_answer_good(shared_home, tmp_path, line):
     bug = _bug(tmp_path, f"good-{line}", GOOD_SH)
     rec = _probe(KERNELS[line], bug)
