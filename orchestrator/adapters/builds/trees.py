@@ -36,54 +36,101 @@ class SourceTree:
     identity: str  # what the reusable build directory is keyed by (not the revision)
     version: str  # Makefile's VERSION.PATCHLEVEL.SUBLEVEL[EXTRAVERSION]
     origin: dict = field(default_factory=dict)  # {"kind": "tree"|"git"|"debian", ...}
+    # how errors call it: what the user gave (`--tree T`, `--repo R at REV`, `--linux-source X.Y`),
+    # never kbisect's worktree path, which the user never typed
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or str(self.path)
 
 
-def makefile_version(tree: Path) -> str:
-    """"6.1.190" from the top Makefile; KbisectError when `tree` is no Linux source tree."""
+def makefile_version(tree: Path, name: str | None = None) -> str:
+    """"6.1.190" from the top Makefile; KbisectError when `tree` is no Linux source tree, naming
+    it as `name` (what the user gave: `--repo R at REV`, not kbisect's worktree of it)."""
+    name = name or str(tree)
     try:
         text = (tree / "Makefile").read_text(errors="replace")
     except OSError:
-        raise KbisectError(f"{tree} is not a Linux source tree (no top-level Makefile)") from None
+        raise KbisectError(f"{name} is not a Linux source tree (no top-level Makefile)") from None
     fields = dict(_MAKEFILE_VERSION_RE.findall(text[:4000]))
     if not fields.get("VERSION") or not fields.get("PATCHLEVEL") or not (tree / "Kconfig").is_file():
-        raise KbisectError(f"{tree} is not a Linux source tree (its Makefile has no VERSION/PATCHLEVEL)")
+        raise KbisectError(f"{name} is not a Linux source tree (its Makefile has no VERSION/PATCHLEVEL)")
     return f"{fields['VERSION']}.{fields['PATCHLEVEL']}.{fields.get('SUBLEVEL') or 0}{fields.get('EXTRAVERSION', '')}"
 
 
 def from_dir(path: Path) -> SourceTree:
     tree = Path(path).expanduser().resolve()
+    name = f"--tree {path}"
+    if tree.exists() and not tree.is_dir():
+        raise KbisectError(f"{name}: a file, not a directory (give the top of a Linux source tree)")
     if not tree.is_dir():
-        raise KbisectError(f"--tree {path}: no such directory")
-    return SourceTree(tree, f"tree:{tree}", makefile_version(tree), {"kind": "tree", "path": str(tree)})
+        raise KbisectError(f"{name}: no such directory")
+    return SourceTree(tree, f"tree:{tree}", makefile_version(tree, name), {"kind": "tree", "path": str(tree)}, name)
 
 
-def from_git(repo: Path, rev: str, progress: StepLog) -> SourceTree:
-    """`rev` of the clone `repo`, checked out (detached, forced) in kbisect's worktree of it."""
-    import git  # GitPython: a slow import, needed only here
+def from_git(repo: Path, rev: str, progress: StepLog, name: str | None = None) -> SourceTree:
+    """`rev` of the clone `repo`, checked out (detached, forced) in kbisect's worktree of it.
 
+    `name` is how errors call the source (default `--repo REPO at REV`, as the user gave it).
+    A revision that is no Linux tree leaves no worktree registered in the user's clone."""
     from orchestrator.adapters.gitlog import open_repo, resolve_rev
 
     root = Path(repo).expanduser().resolve()
+    name = name or f"--repo {repo} at {rev}"
     try:
         clone = open_repo(root)
         sha = resolve_rev(clone, rev)
     except KbisectError as exc:
         raise KbisectError(f"--repo {repo} --rev {rev}: {exc}") from None
     key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    worktree = config.subdir("builds") / "worktrees" / key
+    worktree = (config.subdir("builds") / "worktrees" / key).resolve()
     with cache.locked(worktree):
         with progress.step(f"checking out {sha[:12]} in {worktree}"):
-            if not (worktree / ".git").exists():
-                shutil.rmtree(worktree, ignore_errors=True)
-                clone.git.worktree("prune")
-                clone.git.worktree("add", "--detach", "--force", str(worktree), sha)
-            else:
-                wt = git.Repo(worktree)
-                wt.git.checkout("--detach", "--force", sha)
-                wt.git.clean("-fdx", "-q")  # a patch applied for the previous step is gone too
+            _check_out(clone, worktree, sha, name)
+        try:
+            version = makefile_version(worktree, name)
+        except KbisectError:
+            remove_worktree(clone, worktree)
+            raise
     subject = clone.commit(sha).summary
-    return SourceTree(worktree, f"git:{root}", makefile_version(worktree),
-                      {"kind": "git", "repo": str(root), "rev": rev, "commit": sha, "subject": subject})
+    return SourceTree(worktree, f"git:{root}", version,
+                      {"kind": "git", "repo": str(root), "rev": rev, "commit": sha, "subject": subject}, name)
+
+
+def _check_out(clone, worktree: Path, sha: str, name: str) -> None:
+    """`sha` in kbisect's worktree of `clone`: the one it has when it is whole and registered,
+    else a new one (a half-made or unregistered one removed first, by its path)."""
+    import git  # GitPython: a slow import, needed only here
+
+    try:
+        if (worktree / ".git").exists() and _registered(clone, worktree):
+            wt = git.Repo(worktree)
+            wt.git.checkout("--detach", "--force", sha)
+            wt.git.clean("-fdx", "-q")  # a patch applied for the previous step is gone too
+            return
+        remove_worktree(clone, worktree)
+        clone.git.worktree("add", "--detach", "--force", str(worktree), sha)
+    except git.GitCommandError as exc:
+        remove_worktree(clone, worktree)
+        tail = (exc.stderr or "").strip().splitlines()
+        raise KbisectError(f"{name}: checking it out failed: {(tail or [str(exc.status)])[-1]}") from None
+
+
+def _registered(clone, worktree: Path) -> bool:
+    """Whether `clone` lists `worktree` (an absolute, resolved path) among its worktrees."""
+    listing = clone.git.worktree("list", "--porcelain")
+    return f"worktree {worktree}" in listing.splitlines()
+
+
+def remove_worktree(clone, worktree: Path) -> None:
+    """kbisect's own worktree of `clone` unregistered by its path and its directory removed.
+
+    Never `git worktree prune`: it unregisters every worktree whose directory is missing, the
+    user's on an unmounted disk too (git-worktree(1), "prune")."""
+    if _registered(clone, worktree):
+        # twice: a locked worktree too (git-worktree(1), "remove")
+        clone.git.worktree("remove", "--force", "--force", str(worktree))
+    shutil.rmtree(worktree, ignore_errors=True)
 
 
 def debian_repo(line: str, packages: PackageFetcher, progress: StepLog,

@@ -1,0 +1,128 @@
+"""What kbisect never touches of the user's (issue 20), on real git repositories, the real
+`patch` tool and the real CLI (`kernels build`, `report`):
+
+- their clone: only kbisect's own worktree, added and removed by its path (no `git worktree
+  prune`, which unregistered a worktree of theirs on an unmounted disk), and none left
+  registered when `--repo` is no kernel tree;
+- their tree: patches applied all or nothing (each checked with a dry run first), no `.rej` or
+  `.orig` left, a relative `--patch` read from the caller's directory, an empty one refused;
+- a relative KBISECT_HOME resolved before make sees it (make -C TREE O=relative wrote the build
+  inside the user's tree);
+- errors name what the user gave (`--repo R at REV`, `--tree T`), not kbisect's worktree.
+
+The fake kernel tree's Makefile does what kbuild does with O= (creates it, relative to -C's
+directory) and writes a .config without the guest's options, so a build stops at the config
+check, after its patches were applied, in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.adapters.builds import trees
+from orchestrator.adapters.progress import StepLog
+from orchestrator.core.errors import KbisectError
+
+REPO = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "init.defaultBranch=master"]
+
+# kbuild's own handling of O= (Makefile: `$(shell mkdir -p $(KBUILD_OUTPUT))` after make -C has
+# entered the source tree), then a config without the guest's options
+MAKEFILE = """\
+VERSION = 6
+PATCHLEVEL = 1
+SUBLEVEL = 190
+EXTRAVERSION =
+defconfig olddefconfig:
+\tmkdir -p $(O) && touch $(O)/.config && cp net/a.c $(O)/a.c.seen
+"""
+
+
+def kernel_tree(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "Makefile").write_text(MAKEFILE)
+    (root / "Kconfig").write_text('mainmenu "Linux"\n')
+    (root / "net").mkdir()
+    (root / "net" / "a.c").write_text("int a(void) { return 1; }\n")
+    (root / "net" / "b.c").write_text("int b(void) { return 1; }\n")
+    return root
+
+
+def git_repo(root: Path, kernel: bool = True) -> Path:
+    if kernel:
+        kernel_tree(root)
+    else:
+        root.mkdir(parents=True)
+        (root / "README").write_text("not a kernel\n")
+    subprocess.run(GIT + ["-C", str(root), "init", "-q"], check=True)
+    subprocess.run(GIT + ["-C", str(root), "add", "-A"], check=True)
+    subprocess.run(GIT + ["-C", str(root), "commit", "-qm", "base"], check=True)
+    return root
+
+
+def worktrees(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "-C", str(repo), "worktree", "list", "--porcelain"], check=True,
+                         capture_output=True, text=True).stdout
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")]
+
+
+def kbisect(args: list[str], cwd: Path, home: str | Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBISECT_")}
+    env.update(KBISECT_HOME=str(home), KBISECT_RESULTS=str(Path(cwd) / "results"), KBISECT_LOCK_TIMEOUT="5",
+               PYTHONPATH=str(REPO), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120)
+
+
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    """The one `kbisect: error:` line of a failed command (and no traceback)."""
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("kbisect: error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and ".git" not in p.relative_to(root).parts}
+
+
+# ------------------------------------------------------------------------------ the user's clone
+
+
+def test_a_build_leaves_the_users_own_worktrees_registered(tmp_path, kbisect_home) -> None:
+    repo = git_repo(tmp_path / "linux")
+    theirs = tmp_path / "usb-disk" / "linux-wip"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", "--detach", str(theirs)], check=True)
+    (tmp_path / "usb-disk").rename(tmp_path / "unmounted")  # the disk is not mounted today
+    built = trees.from_git(repo, "HEAD", StepLog())
+    assert str(theirs) in worktrees(repo)  # before: `git worktree prune` unregistered it
+    assert str(built.path) in worktrees(repo)
+    trees.from_git(repo, "HEAD", StepLog())  # the next step reuses kbisect's own
+    assert sorted(worktrees(repo)) == sorted([str(repo), str(theirs), str(built.path)])
+
+
+def test_kbisects_own_stale_worktree_is_removed_by_its_path(tmp_path, kbisect_home) -> None:
+    repo = git_repo(tmp_path / "linux")
+    first = trees.from_git(repo, "HEAD", StepLog())
+    subprocess.run(["rm", "-rf", str(first.path)], check=True)  # gc, or a user, removed the directory
+    again = trees.from_git(repo, "HEAD", StepLog())
+    assert again.path == first.path and (again.path / "Makefile").is_file()
+    assert worktrees(repo) == [str(repo), str(first.path)]  # one registration, not a second beside a stale one
+
+
+def test_a_repo_that_is_no_kernel_tree_leaves_no_worktree_registered(tmp_path) -> None:
+    repo = git_repo(tmp_path / "notes", kernel=False)
+    proc = kbisect(["kernels", "build", "--repo", "notes", "--rev", "HEAD", "--bug", "veth-csum"], tmp_path,
+                   tmp_path / "home")
+    error = one_error(proc)
+    assert "--repo notes at HEAD is not a Linux source tree" in error  # before: kbisect's worktree path
+    assert str(tmp_path / "home") not in error
+    assert worktrees(repo) == [str(repo)]
+    assert not (repo / ".git" / "worktrees").exists() or not any((repo / ".git" / "worktrees").iterdir())
