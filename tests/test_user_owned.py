@@ -38,8 +38,10 @@ VERSION = 6
 PATCHLEVEL = 1
 SUBLEVEL = 190
 EXTRAVERSION =
-defconfig olddefconfig:
+defconfig:
 \tmkdir -p $(O) && touch $(O)/.config && cp net/a.c $(O)/a.c.seen
+olddefconfig:
+\t: > $(O)/.config
 """
 
 
@@ -126,3 +128,53 @@ def test_a_repo_that_is_no_kernel_tree_leaves_no_worktree_registered(tmp_path) -
     assert str(tmp_path / "home") not in error
     assert worktrees(repo) == [str(repo)]
     assert not (repo / ".git" / "worktrees").exists() or not any((repo / ".git" / "worktrees").iterdir())
+
+
+# ------------------------------------------------------------------------------ the user's tree
+
+FITS_B = "--- a/net/b.c\n+++ b/net/b.c\n@@ -1 +1 @@\n-int b(void) { return 1; }\n+int b(void) { return 3; }\n"
+FITS_A = "--- a/net/a.c\n+++ b/net/a.c\n@@ -1 +1 @@\n-int a(void) { return 1; }\n+int a(void) { return 2; }\n"
+MISFITS_B = "--- a/net/b.c\n+++ b/net/b.c\n@@ -1 +1 @@\n-int b(void) { return 7; }\n+int b(void) { return 8; }\n"
+
+
+def build_tree(tmp_path: Path, *patches: str, home: str | Path | None = None) -> subprocess.CompletedProcess:
+    args = ["kernels", "build", "--tree", "linux", "--bug", "veth-csum", "-j1"]
+    for patch in patches:
+        args += ["--patch", patch]
+    return kbisect(args, tmp_path, home or tmp_path / "home")
+
+
+def seen_by_make(home: Path) -> list[str]:
+    """net/a.c as make saw it (the fake Makefile copies it into the build directory)."""
+    return [p.read_text() for p in sorted(home.glob("builds/obj/*/a.c.seen"))]
+
+
+def test_a_patch_that_fails_part_way_leaves_the_tree_as_it_was(tmp_path) -> None:
+    tree = kernel_tree(tmp_path / "linux")
+    (tmp_path / "first.patch").write_text(FITS_B)
+    (tmp_path / "half.patch").write_text(FITS_A + MISFITS_B)  # a.c fits, b.c does not
+    before = tree_files(tree)
+    error = one_error(build_tree(tmp_path, str(tmp_path / "first.patch"), str(tmp_path / "half.patch")))
+    assert "patch half.patch does not apply" in error
+    # before: a.c patched, b.c.rej written, and first.patch left applied for the next build
+    assert tree_files(tree) == before
+    assert seen_by_make(tmp_path / "home") == []  # nothing was built from a half-patched tree
+
+
+def test_a_relative_patch_is_read_from_the_callers_directory(tmp_path) -> None:
+    tree = kernel_tree(tmp_path / "linux")
+    (tmp_path / "fix.patch").write_text(FITS_A)  # the README's form: --patch fix.patch
+    before = tree_files(tree)
+    error = one_error(build_tree(tmp_path, "fix.patch"))
+    assert "does not apply" not in error and "requirement(s) not met" in error  # the fake config, after the patch
+    assert seen_by_make(tmp_path / "home") == ["int a(void) { return 2; }\n"]  # make saw it applied
+    assert tree_files(tree) == before  # and it was reversed after
+
+
+def test_an_empty_patch_is_refused(tmp_path) -> None:
+    tree = kernel_tree(tmp_path / "linux")
+    (tmp_path / "empty.patch").write_text("")
+    before = tree_files(tree)
+    error = one_error(build_tree(tmp_path, str(tmp_path / "empty.patch")))
+    assert f"--patch {tmp_path / 'empty.patch'}: empty" in error  # before: built and recorded as applied
+    assert tree_files(tree) == before and not (tmp_path / "home" / "builds" / "obj").exists()

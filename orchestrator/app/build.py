@@ -80,6 +80,8 @@ def check_request(req: BuildRequest) -> None:
     for patch in req.patches:
         if not Path(patch).is_file():
             raise KbisectError(f"--patch {patch}: no such file")
+        if not Path(patch).read_bytes().strip():  # `patch` applies an empty file silently, exit 0
+            raise KbisectError(f"--patch {patch}: empty, it holds no change to apply")
     try:
         check_overrides(req.kconfig)
     except ValueError as e:
@@ -201,17 +203,25 @@ def _build_into(plan: BuildPlan, dest: Path, key: str, progress: StepLog) -> Non
 
 
 class _patched:
-    """Patches applied to the tree for one build, reversed afterwards in reverse order."""
+    """Patches applied to the tree for one build, reversed afterwards in reverse order.
+
+    All or nothing: each is checked (apply_patch's dry run) before it is applied, and when one
+    does not fit, those applied before it are reversed before the error is raised (before, they
+    stayed in the user's tree and the next build included them)."""
 
     def __init__(self, tree: Path, patches: list[Path], progress: StepLog) -> None:
         self.tree, self.patches, self.progress, self.applied = tree, patches, progress, []
 
     def __enter__(self) -> None:
-        for patch in self.patches:
-            with self.progress.step(f"applying {Path(patch).name}"):
-                apply_patch(Path(patch), self.tree)
-            self.applied.append(patch)
+        try:
+            for patch in self.patches:
+                with self.progress.step(f"applying {Path(patch).name}"):
+                    apply_patch(Path(patch), self.tree)
+                self.applied.append(patch)
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc) -> None:
-        for patch in reversed(self.applied):
-            reverse_patch(Path(patch), self.tree)
+        while self.applied:
+            reverse_patch(Path(self.applied.pop()), self.tree)

@@ -93,15 +93,23 @@ def check_patch_scope(touched: list[TouchedFile]) -> None:
 def apply_patch(patch: Path, tree: Path, use_patch_tool: bool | None = None, reverse: bool = False) -> None:
     """Apply with -p1 and no fuzz, so a patch that does not fit this source is refused, not bent.
 
-    `patch` is used when installed (None: look), else `git apply`, which is as strict.
+    All or nothing: `patch` is run with --dry-run first and only a patch whose every hunk fits is
+    applied (a patch failing part-way would leave the tree half-patched, and the next build of a
+    user's tree would include it silently); no .rej or .orig is ever written. `git apply`, used
+    when `patch` is not installed (None: look), is atomic itself. A relative `patch` is the
+    caller's (the current directory's), not one inside `tree`.
     `reverse` takes an applied patch back out (a whole-kernel build leaves a shared tree as found).
     """
+    patch = Path(patch).expanduser().absolute()
     if use_patch_tool is None:
         use_patch_tool = shutil.which("patch") is not None
     if use_patch_tool:
+        # --reject-file=-: rejects are discarded, never written beside the file (GNU patch(1))
         cmd = ["patch", "-p1", "--batch", "--reverse" if reverse else "--forward", "--fuzz=0",
-               "--no-backup-if-mismatch", "-d", str(tree), "-i", str(patch)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+               "--no-backup-if-mismatch", "--reject-file=-", "-d", str(tree), "-i", str(patch)]
+        proc = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
     else:
         env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent))
         proc = subprocess.run(["git", "apply", "-p1", *(["-R"] if reverse else []), str(patch)], cwd=tree,
