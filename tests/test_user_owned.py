@@ -178,3 +178,12 @@ def test_an_empty_patch_is_refused(tmp_path) -> None:
     error = one_error(build_tree(tmp_path, str(tmp_path / "empty.patch")))
     assert f"--patch {tmp_path / 'empty.patch'}: empty" in error  # before: built and recorded as applied
     assert tree_files(tree) == before and not (tmp_path / "home" / "builds" / "obj").exists()
+
+
+def test_a_relative_home_is_resolved_before_make_sees_it(tmp_path) -> None:
+    tree = kernel_tree(tmp_path / "linux")
+    before = tree_files(tree)
+    one_error(build_tree(tmp_path, home="state"))  # KBISECT_HOME=state, relative to the caller
+    # before: make -C linux O=state/builds/obj/... wrote the build directory inside the tree
+    assert tree_files(tree) == before and not (tree / "state").exists()
+    assert seen_by_make(tmp_path / "state") == ["int a(void) { return 1; }\n"]

@@ -31,6 +31,9 @@ MAX_ERROR_CHARS = 2000  # an error line quoting a huge input is cut in the middl
 @click.version_option(package_name="kbisect")
 def cli() -> None:
     """kbisect: find which kernel version broke a reproducer, and why."""
+    from orchestrator.adapters import config
+
+    config.resolve_paths()  # once, at start: make -C TREE O=relative would build inside the tree
     home = os.environ.get("KBISECT_HOME")
     if home and os.path.lexists(home) and not os.path.isdir(home):
         raise KbisectError(f"KBISECT_HOME={home}: not a directory")
