@@ -187,3 +187,51 @@ def test_a_relative_home_is_resolved_before_make_sees_it(tmp_path) -> None:
     # before: make -C linux O=state/builds/obj/... wrote the build directory inside the tree
     assert tree_files(tree) == before and not (tree / "state").exists()
     assert seen_by_make(tmp_path / "state") == ["int a(void) { return 1; }\n"]
+
+
+# ------------------------------------------------------------------------------ what errors name
+
+
+def test_tree_on_a_file_says_it_is_a_file(tmp_path) -> None:
+    (tmp_path / "linux.tar.xz").write_bytes(b"\xfd7zXZ")
+    error = one_error(kbisect(["kernels", "build", "--tree", "linux.tar.xz"], tmp_path, tmp_path / "home"))
+    assert "--tree linux.tar.xz: a file, not a directory" in error  # before: "no such directory"
+
+
+def test_a_repo_builds_config_error_names_the_repo_not_the_worktree(tmp_path) -> None:
+    git_repo(tmp_path / "linux")
+    error = one_error(kbisect(["kernels", "build", "--repo", "linux", "--rev", "HEAD", "--bug", "veth-csum"],
+                              tmp_path, tmp_path / "home"))
+    # before: "config of /…/home/builds/worktrees/<key>: …", a path the user never typed
+    assert "config of --repo linux at HEAD: " in error and "worktrees" not in error
+
+
+class _SourcePackage:
+    """An archive with linux-source-6.1 at the version asked for (its source already unpacked)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def pick(self, package: str, wanted: str) -> str:
+        return "6.1.190-1"
+
+    def download(self, package: str, version: str, progress):
+        from orchestrator.adapters.variants.packages import Downloaded
+
+        path = self.root / f"{package}_{version}_all.deb"
+        path.write_bytes(b"a .deb")
+        return Downloaded(package, version, path, path.stat().st_size)
+
+
+def test_a_linux_source_builds_config_error_names_the_package(tmp_path, kbisect_home) -> None:
+    from orchestrator.adapters import catalog
+    from orchestrator.app.build import BuildDeps, BuildRequest, build_kernel
+
+    src = trees.debian_source_dir("linux-source-6.1", "6.1.190-1")
+    src.parent.mkdir(parents=True, exist_ok=True)
+    git_repo(src)
+    subprocess.run(["git", "-C", str(src), "tag", trees.DEBIAN_TAG], check=True)
+    deps = BuildDeps(packages=lambda: _SourcePackage(tmp_path), local_root=lambda: tmp_path / "local")
+    with pytest.raises(KbisectError) as caught:
+        build_kernel(BuildRequest(linux_source="6.1", bugs=[catalog.resolve("veth-csum")], jobs=1), deps, StepLog())
+    assert str(caught.value).startswith("config of --linux-source 6.1 (linux-source-6.1 6.1.190-1): ")

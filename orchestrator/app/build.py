@@ -102,7 +102,8 @@ def source_tree(req: BuildRequest, repo: Path | None, origin: dict, progress: St
         return trees.from_dir(req.tree)
     if req.repo:
         return trees.from_git(req.repo, str(req.rev), progress)
-    tree = trees.from_git(repo, trees.DEBIAN_TAG, progress)
+    tree = trees.from_git(repo, trees.DEBIAN_TAG, progress,
+                          name=f"--linux-source {req.linux_source} ({origin['package']} {origin['version']})")
     tree.origin.update(origin)
     return tree
 

@@ -116,7 +116,7 @@ def configure(plan: BuildPlan, obj: Path, log) -> dict[str, str]:
         wanted += [Requirement(n, v) for n, v in plan.fragment().items() if n in _MUST_HOLD]
     missing = unmet(wanted, resolved)
     if missing:
-        raise ConfigUnmet(f"config of {plan.tree.path}: {len(missing)} requirement(s) not met after olddefconfig "
+        raise ConfigUnmet(f"config of {plan.tree.name}: {len(missing)} requirement(s) not met after olddefconfig "
                            f"(a dependency is off or the option does not exist in {plan.tree.version}): "
                            + ", ".join(missing[:6]))
     return resolved
