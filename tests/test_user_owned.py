@@ -17,6 +17,7 @@ check, after its patches were applied, in well under a second.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -235,3 +236,76 @@ def test_a_linux_source_builds_config_error_names_the_package(tmp_path, kbisect_
     with pytest.raises(KbisectError) as caught:
         build_kernel(BuildRequest(linux_source="6.1", bugs=[catalog.resolve("veth-csum")], jobs=1), deps, StepLog())
     assert str(caught.value).startswith("config of --linux-source 6.1 (linux-source-6.1 6.1.190-1): ")
+
+
+# ------------------------------------------------------------------------------ other runs' reports
+
+
+def _run(run_id: str, first_bad: str) -> Path:
+    from orchestrator.adapters import report
+
+    return report.write({"run_id": run_id, "bug": "veth-csum", "first_bad": first_bad, "probes": []}, run_id)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_report_out_refuses_another_runs_directory(kbisect_home, _results_in_tmp, capsys) -> None:
+    from tests.test_uncovered import run_cli
+
+    _run("run-a", "5.7")
+    b = _run("run-b", "6.1")
+    before = _files(b)
+    code, _, err = run_cli(["report", "--run", "run-a", "--out", str(b)], capsys)
+    assert code == 2 and err.count("kbisect: error:") == 1, err
+    assert f"--out {b}: holds run run-b's report" in err and "not run run-a's" in err
+    assert _files(b) == before  # before: B's result.json, evidence and report were run A's
+
+
+def test_report_out_refuses_a_directory_of_other_files(kbisect_home, _results_in_tmp, tmp_path, capsys) -> None:
+    from tests.test_uncovered import run_cli
+
+    _run("run-a", "5.7")
+    mine = tmp_path / "papers"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("\\documentclass{article}\n")
+    (mine / "report.html").write_text("<p>my own report</p>\n")
+    code, _, err = run_cli(["report", "--run", "run-a", "--out", str(mine)], capsys)
+    assert code == 2 and f"--out {mine}: holds thesis.tex, which this report did not write" in err, err
+    assert (mine / "report.html").read_text() == "<p>my own report</p>\n" and sorted(_files(mine)) == ["report.html",
+                                                                                                     "thesis.tex"]
+    code, _, err = run_cli(["report", "--run", "run-a", "--out", str(_results_in_tmp)], capsys)
+    assert code == 2 and "which this report did not write" in err  # the results directory itself
+
+
+def test_report_out_rewrites_its_own_earlier_copy(kbisect_home, _results_in_tmp, tmp_path, capsys) -> None:
+    from tests.test_uncovered import run_cli
+
+    _run("run-a", "5.7")
+    out = tmp_path / "copy"
+    for _ in range(2):  # new, then its own earlier copy
+        code, _, err = run_cli(["report", "--run", "run-a", "--out", str(out)], capsys)
+        assert code == 0, err
+    assert json.loads((out / "result.json").read_text())["run_id"] == "run-a"
+    code, _, err = run_cli(["report", "--run", "run-a"], capsys)  # the run's own directory, as before
+    assert code == 0, err
+
+
+def test_report_out_refuses_another_sweeps_directory(kbisect_home, capsys) -> None:
+    from orchestrator.adapters.store import Store, SweepLog
+    from tests.test_uncovered import run_cli
+
+    store = Store()
+    try:
+        first, _, _ = SweepLog(store).open("nightly", {"bugs": [], "columns": {}})
+        second, _, _ = SweepLog(store).open("weekly", {"bugs": [], "columns": {}})
+    finally:
+        store.close()
+    code, out, err = run_cli(["report", "--sweep", str(first)], capsys)
+    assert code == 0, err
+    theirs = Path(out.split("matrix: ", 1)[1].splitlines()[0]).parent
+    before = _files(theirs)
+    code, _, err = run_cli(["report", "--sweep", str(second), "--out", str(theirs)], capsys)
+    assert code == 2 and f"holds sweep {first}'s report" in err and f"not sweep {second}'s" in err, err
+    assert _files(theirs) == before

@@ -49,6 +49,8 @@ def regenerate_run(run_id: str, out: Path | None = None) -> Regenerated:
     consoles = {int(k): v for k, v in (evidence.get("consoles") or {}).items()}
     files = {int(k): list(v) for k, v in (evidence.get("artefacts") or {}).items()}
     target = Path(out) if out else directory
+    this = str(result.get("run_id") or run_id)
+    refuse_foreign(target, directory, RUN_REPORT, lambda d: d.get("run_id"), this, f"run {this}")
     written = report.write(result, str(result.get("run_id") or run_id), consoles, out_dir=target, artefacts=files)
     return Regenerated(written / "report.html", config.results_dir() / "index.html")  # write() updated it
 
@@ -70,8 +72,48 @@ def regenerate_sweep(sweep_id: int, out: Path | None = None, deps: ReportDeps | 
     stored = _stored_matrix(row.get("report") or "")
     data = sweep_data(row, cells, earlier, stored)
     directory = Path(out) if out else _sweep_dir(row)
+    refuse_foreign(directory, _sweep_dir(row), SWEEP_REPORT, lambda d: (d.get("sweep") or {}).get("id"), sweep_id,
+                   f"sweep {sweep_id}")
     html = report.write_matrix(data, directory)
     return Regenerated(html, config.results_dir() / "index.html")  # write_matrix() updated it
+
+
+# what report.write and report.write_matrix put into a directory; the first names the report's owner
+RUN_REPORT = ("result.json", "evidence.json", "report.html")
+SWEEP_REPORT = ("matrix.json", "matrix.html", "junit.xml")
+
+
+def refuse_foreign(out: Path, own: Path, files: tuple[str, ...], owner: Callable[[dict[str, Any]], Any],
+                   this: Any, what: str) -> None:
+    """One line unless `out` is the report's own directory, new or empty, or holds nothing but an
+    earlier copy of this same report (`files`, its first naming `this` as its owner).
+
+    Why: `report --run A --out DIR_OF_RUN_B` overwrote run B's result.json, report and evidence;
+    a directory of anything else would get a report mixed into it."""
+    if not out.is_dir() or out.resolve() == own.resolve():
+        return
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in names if n not in files]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise KbisectError(f"--out {out}: holds {foreign[0]}{more}, which this report did not write "
+                           f"(give a new or empty directory)")
+    if not names:
+        return
+    found = owner(_read_record(out / files[0]))
+    if found != this:
+        whose = f"{what.split()[0]} {found}'s" if found is not None else "another"
+        raise KbisectError(f"--out {out}: holds {whose} report ({', '.join(names)}), not {what}'s "
+                           "(give a new or empty directory)")
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A report's JSON record, or {} when there is none or it is unreadable (then it names no owner)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def sweep_data(row: dict[str, Any], cells: list[Cell], earlier: list[Cell], stored: dict[str, Any]) -> dict[str, Any]:
@@ -118,14 +160,7 @@ def _probe_counts(cells: list[Cell]) -> dict[str, int]:
 
 
 def _stored_matrix(html: str) -> dict[str, Any]:
-    if not html:
-        return {}
-    path = Path(html).with_name("matrix.json")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return _read_record(Path(html).with_name("matrix.json")) if html else {}
 
 
 def _sweep_dir(row: dict[str, Any]) -> Path:
