@@ -20,24 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+from tests.fake_apt import apt_get
+
 REPO = Path(__file__).resolve().parent.parent
 
-APT_GET = """#!/bin/sh
-# tests/test_apt_sigterm.py: `update` writes one (empty) list; `download` leaves a partial file and sleeps
-lists=""
-for a in "$@"; do case "$a" in Dir::State::Lists=*) lists="${a#Dir::State::Lists=}" ;; esac; done
-for a in "$@"; do
-  case "$a" in
-    update) mkdir -p "$lists" && : > "$lists/fake_dists_bookworm_main_binary-amd64_Packages"; exit 0 ;;
-    download)
-      printf partial > linux-source-6.1_6.1.192-3_all.deb.partial
+# `download` leaves a partial file, says its pid, and sleeps (until killed)
+APT_GET = apt_get("""      printf partial > linux-source-6.1_6.1.192-3_all.deb.partial
       echo $$ > "$FAKE_APT_MARK.tmp" && mv "$FAKE_APT_MARK.tmp" "$FAKE_APT_MARK"
       sleep 120
-      exit 0 ;;
-  esac
-done
-exit 0
-"""
+      exit 0""", "tests/test_apt_sigterm.py")
 
 APT_CACHE = """#!/bin/sh
 # tests/test_apt_sigterm.py: one downloadable linux-source-6.1 (apt-cache show's record form)

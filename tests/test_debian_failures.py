@@ -21,22 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_apt import apt_get
+
 REPO = Path(__file__).resolve().parent.parent
 CLOSED = "http://127.0.0.1:9/debian"  # nothing listens there
 KERNEL = "6.1.0-54-cloud-amd64"
 
-APT_GET = """#!/bin/sh
-# tests/test_debian_failures.py: `update` writes one (empty) Packages list; `download` is refused
-lists=""
-for a in "$@"; do case "$a" in Dir::State::Lists=*) lists="${a#Dir::State::Lists=}" ;; esac; done
-for a in "$@"; do
-  case "$a" in
-    update) mkdir -p "$lists" && : > "$lists/fake_dists_bookworm_main_binary-amd64_Packages"; exit 0 ;;
-    download) echo "E: Failed to fetch http://127.0.0.1:9/debian/pool/main/l/x.deb  403  Forbidden" >&2; exit 100 ;;
-  esac
-done
-exit 0
-"""
+# `download` is refused, as apt says it when the archive answers 403
+APT_GET = apt_get("""      echo "E: Failed to fetch http://127.0.0.1:9/debian/pool/main/l/x.deb  403  Forbidden" >&2
+      exit 100""", "tests/test_debian_failures.py")
 
 # apt-cache show's record form (deb822 paragraphs), one unsigned image package
 APT_CACHE = f"""#!/bin/sh
