@@ -172,13 +172,6 @@ def _graph_log(repo, *args: str) -> list[GraphCommit]:
     return [GraphCommit(sha, tuple(parents.split()), subject) for sha, parents, subject in rows]
 
 
-def commits_between(repo_path: str | Path, good: str, bad: str) -> list[tuple[str, str]]:
-    """(sha, subject) of `good`, then of every commit of good..bad parents first (`bad` last)."""
-    lo, inside, outside = commit_graph(repo_path, good, bad)
-    first = next(c for c in outside if c.sha == lo)
-    return [(first.sha, first.subject)] + [(c.sha, c.subject) for c in inside]
-
-
 def commits_touching(repo_path: str | Path, good: str, bad: str, paths: list[str]) -> set[str]:
     """Shas of good..bad (git bisect's range, as commit_graph lists it; merges left out) that
     change any of `paths`."""

@@ -204,13 +204,14 @@ def run_commit_bisect(bug: Bug, req: CommitBisectRequest, deps: CommitBisectDeps
                            run_key=run_key)
     guess = deps.top_ranked(req.repo, old_rev, new_rev, bug) if req.guided and deps.top_ranked else None
     touching = deps.touching(req.repo, old_rev, new_rev, bug.paths) if deps.touching and bug.paths else set()
-    engine = DagEngine(commits.graph(), prober, policy=bug.repeat, lineage=f"commits of {req.repo}",
+    graph = commits.graph()
+    engine = DagEngine(graph, prober, policy=bug.repeat, lineage=f"commits of {req.repo}",
                        verify=req.verify_runs, guesses=[c.sha for c in commits.commits if guess and c.inside
                                                         and c.sha.startswith(guess)],
                        priority=touching, fix=req.fix, on_probe=on_probe, on_event=on_event)
     if touching:
         inside = sum(1 for c in commits.commits if c.inside and c.sha in touching)
-        on_event(f"paths first: {inside} of {len(commits.graph().order)} commits of the range touch "
+        on_event(f"paths first: {inside} of {len(graph.order)} commits of the range touch "
                  f"{', '.join(bug.paths)}")
     result = engine.run()
     data = result.to_json()
